@@ -1,0 +1,70 @@
+"""Argument validation shared by every op: one place, one message style.
+
+Every check raises ``TypeError`` (wrong kind of object or dtype) or ``ValueError``
+(wrong shape or value) with a message that names the argument, says what was
+expected and what was given. Ops validate in their public function, never inside
+a kernel.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _dtype_names(dtypes) -> str:
+    names = [str(d).replace("torch.", "") for d in dtypes]
+    return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
+
+
+def check_tensor(name: str, x, ndim: int, layout: str) -> None:
+    """``x`` must be a tensor with ``ndim`` dimensions; ``layout`` names them, e.g. ``"[B, H, T, D]"``."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape {layout}, got {type(x).__name__}")
+    if x.dim() != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions {layout}, got shape {tuple(x.shape)}")
+
+
+def check_float_dtypes(names: dict, allowed=FLOAT_DTYPES) -> torch.dtype:
+    """All tensors in ``names`` (name -> tensor) share one floating dtype from ``allowed``; returns it."""
+    for name, x in names.items():
+        if x.dtype not in allowed:
+            raise TypeError(f"{name} must be {_dtype_names(allowed)}, got {x.dtype}")
+    dtypes = {x.dtype for x in names.values()}
+    if len(dtypes) > 1:
+        given = ", ".join(f"{n} {x.dtype}" for n, x in names.items())
+        raise TypeError(f"{', '.join(names)} must have the same dtype, got {given}")
+    return dtypes.pop()
+
+
+def check_same_device(names: dict) -> torch.device:
+    """All tensors in ``names`` (name -> tensor) live on one device; returns it."""
+    devices = {x.device for x in names.values()}
+    if len(devices) > 1:
+        given = ", ".join(f"{n} on {x.device}" for n, x in names.items())
+        raise ValueError(f"{', '.join(names)} must be on the same device, got {given}")
+    return devices.pop()
+
+
+def check_dim(name: str, x: torch.Tensor, dim: int, what: str, expected: int) -> None:
+    """Size ``dim`` of ``x`` (described as ``what``) must equal ``expected``."""
+    if x.shape[dim] != expected:
+        raise ValueError(f"{name} must have {what} {expected}, got {x.shape[dim]} (shape {tuple(x.shape)})")
+
+
+def check_bool(name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+
+
+def check_scale(name: str, value) -> None:
+    """``value`` must be ``None`` or a positive finite real number."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a positive finite number or None, got {type(value).__name__} {value!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive finite number or None, got {value!r}")
