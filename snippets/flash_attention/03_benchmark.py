@@ -1,0 +1,194 @@
+"""Throughput: flash_attention against PyTorch's SDPA backends and naive attention.
+
+You will see forward and forward+backward TFLOP/s as the sequence grows, for head dims 64
+and 128, with and without the causal mask, in bfloat16, for our Triton kernel, every
+backend of ``torch.nn.functional.scaled_dot_product_attention`` that the installed PyTorch
+offers on this device (flash, memory-efficient, cuDNN, math) and naive attention. The
+ceilings of the device (dense bf16 matrix products and copy bandwidth) are measured in the
+same run. Only a GPU run says anything about speed; on a CPU the snippet runs tiny sizes.
+"""
+# requires: cuda
+# %%
+import json
+import statistics
+import time
+
+import matplotlib.pyplot as plt
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from kernels import flash_attention
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+if DEVICE == "cuda":  # 16k tokens per batch, hidden size 2048 (H = 2048 // D), as in the FlashAttention papers
+    LENGTHS, HEAD_DIMS, TOKENS, HIDDEN, DTYPE = [512, 1024, 2048, 4096, 8192, 16384], [64, 128], 16384, 2048, torch.bfloat16
+else:
+    LENGTHS, HEAD_DIMS, TOKENS, HIDDEN, DTYPE = [64, 128], [64], 128, 128, torch.float32
+NAIVE_MAX_T = 8192  # beyond this the naive [B, H, T, T] scores and their gradients do not fit
+print(f"device: {torch.cuda.get_device_name() if DEVICE == 'cuda' else 'cpu (timings say nothing about GPUs)'}")
+
+
+# %% [markdown]
+# The FLOP count of attention: two matrix products of `2·Tq·Tk·D` each per head, halved by
+# the causal mask; the backward does 2.5 times the forward's work (five products instead of two).
+
+# %%
+def attention_flops(B, H, T, D, causal, mode):
+    flops = 4 * B * H * T * T * D
+    if causal:
+        flops /= 2
+    return flops * (3.5 if mode == "fwd+bwd" else 1.0)
+
+
+def bench_ms(fn):
+    """Median time of ``fn()`` in milliseconds."""
+    if DEVICE == "cuda":
+        from triton.testing import do_bench
+        return do_bench(fn, warmup=25, rep=100, return_mode="median")
+    fn()
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+# %% [markdown]
+# The contenders. Each takes `q, k, v` of shape `[B, H, T, D]` and the causal flag.
+
+# %%
+def naive_attention(q, k, v, causal):
+    s = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5  # [B, H, T, T]
+    if causal:
+        s = s.masked_fill(torch.ones(s.shape[-2:], dtype=torch.bool, device=s.device).triu(1), float("-inf"))
+    return torch.softmax(s, dim=-1) @ v
+
+
+def sdpa_with(backend):
+    def run(q, k, v, causal):
+        with sdpa_kernel(backend):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    return run
+
+
+PROVIDERS = {"flash_attention (ours)": lambda q, k, v, causal: flash_attention(q, k, v, causal=causal)}
+for name, backend in [("SDPA flash", "FLASH_ATTENTION"), ("SDPA efficient", "EFFICIENT_ATTENTION"),
+                      ("SDPA cuDNN", "CUDNN_ATTENTION"), ("SDPA math", "MATH")]:
+    if hasattr(SDPBackend, backend):
+        PROVIDERS[name] = sdpa_with(getattr(SDPBackend, backend))
+PROVIDERS["naive"] = naive_attention
+
+
+# %% [markdown]
+# The two ceilings, measured now: a dense bf16 matrix product and a device-to-device copy.
+
+# %%
+def ceilings():
+    n = 8192 if DEVICE == "cuda" else 256
+    a, b = torch.randn(n, n, device=DEVICE, dtype=DTYPE), torch.randn(n, n, device=DEVICE, dtype=DTYPE)
+    matmul_tflops = 2 * n**3 / bench_ms(lambda: a @ b) * 1e-9
+    x = torch.empty(2**28 if DEVICE == "cuda" else 2**20, device=DEVICE, dtype=torch.uint8)
+    y = torch.empty_like(x)
+    copy_gbs = 2 * x.numel() / bench_ms(lambda: y.copy_(x)) * 1e-6  # bytes read + written
+    return matmul_tflops, copy_gbs
+
+
+matmul_tflops, copy_gbs = ceilings()
+print(f"dense {str(DTYPE).replace('torch.', '')} matmul: {matmul_tflops:.0f} TFLOP/s, copy: {copy_gbs:.0f} GB/s")
+
+
+# %% [markdown]
+# Every (mode, D, causal, T) point for every provider. A provider that this PyTorch cannot
+# run for these inputs, or that runs out of memory, is left out of that point.
+
+# %%
+def measure(fn, q, k, v, causal, mode):
+    if mode == "fwd":
+        return bench_ms(lambda: fn(q, k, v, causal))
+    do = torch.randn_like(q)
+
+    def fwd_bwd():
+        for x in (q, k, v):
+            x.grad = None
+        fn(q, k, v, causal).backward(do)
+    return bench_ms(fwd_bwd)
+
+
+results, skipped = [], set()
+for D in HEAD_DIMS:
+    H = HIDDEN // D
+    for causal in (False, True):
+        for T in LENGTHS:
+            B = max(1, TOKENS // T)
+            q, k, v = (torch.randn(B, H, T, D, device=DEVICE, dtype=DTYPE, requires_grad=True) for _ in range(3))
+            for mode in ("fwd", "fwd+bwd"):
+                point = {"mode": mode, "D": D, "causal": causal, "T": T, "B": B, "H": H, "tflops": {}}
+                for name, fn in PROVIDERS.items():
+                    if name in ("naive", "SDPA math") and T > NAIVE_MAX_T:
+                        continue
+                    try:
+                        ms = measure(fn, q, k, v, causal, mode)
+                    except (RuntimeError, torch.cuda.OutOfMemoryError) as err:  # no kernel for these inputs, or OOM
+                        reason = str(err).splitlines()[0][:100]
+                        if (name, reason) not in skipped:
+                            print(f"  {name} skipped from T={T}, D={D} on: {reason}")
+                            skipped.add((name, reason))
+                        continue
+                    finally:
+                        if DEVICE == "cuda":
+                            torch.cuda.empty_cache()
+                    point["tflops"][name] = attention_flops(B, H, T, D, causal, mode) / ms * 1e-9
+                results.append(point)
+                summary = "  ".join(f"{n}: {t:6.1f}" for n, t in point["tflops"].items())
+                print(f"{mode:7s} D={D:3d} causal={causal!s:5s} T={T:5d}  TFLOP/s  {summary}", flush=True)
+
+
+# %% [markdown]
+# Our kernel relative to the fastest SDPA backend at each point.
+
+# %%
+def speedup(point):
+    sdpa = [t for n, t in point["tflops"].items() if n.startswith("SDPA")]
+    ours = point["tflops"].get("flash_attention (ours)")
+    return ours / max(sdpa) if sdpa and ours else float("nan")
+
+
+fig, axes = plt.subplots(2, 2 * len(HEAD_DIMS), figsize=(4.2 * 2 * len(HEAD_DIMS), 7.5), squeeze=False)
+for row, mode in enumerate(("fwd", "fwd+bwd")):
+    for col, (D, causal) in enumerate((D, c) for D in HEAD_DIMS for c in (False, True)):
+        ax = axes[row][col]
+        points = [p for p in results if p["mode"] == mode and p["D"] == D and p["causal"] == causal]
+        for name in PROVIDERS:
+            xs = [p["T"] for p in points if name in p["tflops"]]
+            ax.plot(xs, [p["tflops"][name] for p in points if name in p["tflops"]], "o-", ms=3, label=name)
+        ax.set_xscale("log", base=2)
+        ax.set(title=f"{mode}, D={D}, {'causal' if causal else 'not causal'}",
+               xlabel="sequence length T (tokens)", ylabel="TFLOP/s")
+        ax.grid(alpha=0.3)
+axes[0][0].legend(fontsize=8)
+fig.suptitle(f"Attention throughput, {str(DTYPE).replace('torch.', '')}, {TOKENS} tokens per batch, "
+             f"hidden {HIDDEN} ({torch.cuda.get_device_name() if DEVICE == 'cuda' else 'CPU'})")
+fig.tight_layout()
+fig.savefig("tflops.svg")
+
+names = list(PROVIDERS)
+with open("tflops.md", "w") as f:
+    f.write("| mode | D | causal | T | " + " | ".join(names) + " | ours / best SDPA |\n")
+    f.write("|---|---:|---|---:|" + "---:|" * len(names) + "---:|\n")
+    for p in results:
+        cells = [f"{p['tflops'][n]:.1f}" if n in p["tflops"] else "–" for n in names]
+        f.write(f"| {p['mode']} | {p['D']} | {'yes' if p['causal'] else 'no'} | {p['T']} | "
+                + " | ".join(cells) + f" | {speedup(p):.2f}x |\n")
+    f.write(f"\nTFLOP/s of each provider; ceilings measured in the same run: dense matmul "
+            f"{matmul_tflops:.0f} TFLOP/s, copy {copy_gbs:.0f} GB/s.\n")
+
+targets = {mode: min((speedup(p) for p in results if p["mode"] == mode and p["D"] == 128 and p["T"] >= 4096),
+                     default=float("nan")) for mode in ("fwd", "fwd+bwd")}
+print(f"lowest ratio to the fastest SDPA backend at T >= 4096, D = 128: forward {targets['fwd']:.2f}x "
+      f"(target 1.0x), forward+backward {targets['fwd+bwd']:.2f}x (target 0.9x)")
+with open("results.json", "w") as f:
+    json.dump({"device": DEVICE, "matmul_tflops": matmul_tflops, "copy_gbs": copy_gbs,
+               "min_ratio_fwd_T4096_D128": targets["fwd"], "min_ratio_fwd_bwd_T4096_D128": targets["fwd+bwd"],
+               "points": results}, f, indent=2)
