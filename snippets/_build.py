@@ -1,0 +1,241 @@
+"""The build step: run snippets in fresh processes and publish their outputs atomically.
+
+Each snippet runs through `snippets/_runner.py` in a new Python process whose working directory
+is an empty temporary folder (MPLBACKEND=Agg, the repository root first on PYTHONPATH so that the
+`kernels/` hashed into meta.json is the one imported). Its output lines are streamed as they
+come. On success, the files it wrote plus `stdout.txt`, `cells.json` and `meta.json` are copied
+into a hidden staging folder beside the destination, which then replaces
+`<out>/<article>/<stem>/` by renames. On failure nothing is written and the build stops.
+
+A CPU run never replaces a GPU output, and a `# requires: cuda` snippet is not run at all on a
+machine without CUDA. Standard library only (torch is imported by the children).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from snippets import _notebook
+from snippets._provenance import (
+    CELLS_FILE, META_FILE, RESERVED_FILES, STDOUT_FILE, Snippet, discover, kernels_sha256,
+    output_dir, read_meta, select, sha256_file, short_date, status,
+)
+
+RUNNER = Path(__file__).with_name("_runner.py")
+CUDA_PROBE = "import torch; print(torch.cuda.is_available())"
+
+
+class SnippetFailed(Exception):
+    """A snippet raised, exited with a non-zero status, or wrote a file name the build reserves."""
+
+
+def child_env(root: Path, interpret: bool = False) -> dict:
+    """The environment of a snippet process: ours, plus MPLBACKEND=Agg and the root on the path.
+
+    With `interpret` (a machine without CUDA) it also sets TRITON_INTERPRET=1 unless the caller
+    chose a value, so that published CPU outputs come from the Triton kernels, run in Triton's
+    interpreter, rather than from the PyTorch references they would otherwise fall back to.
+    """
+    env = dict(os.environ, MPLBACKEND="Agg", PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
+    if interpret:
+        env.setdefault("TRITON_INTERPRET", "1")
+    return env
+
+
+def cuda_available(root: Path) -> bool:
+    """Whether torch sees a CUDA device, asked in a child process (this one never imports torch)."""
+    result = subprocess.run([sys.executable, "-c", CUDA_PROBE], capture_output=True, text=True,
+                            env=child_env(root), check=False)
+    return result.returncode == 0 and result.stdout.strip() == "True"
+
+
+def _git(root: Path, *args: str) -> str | None:
+    """The stripped stdout of a git command in `root`, or None when git or the repository fails."""
+    try:
+        result = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
+                                check=False)
+    except OSError:
+        return None
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def git_state(root: Path, generated: Path) -> tuple[str | None, bool]:
+    """(commit, dirty): HEAD's hash (None without a repository or commit) and whether the sources
+    differ from it (untracked files count; changes under the generated folder do not)."""
+    commit = _git(root, "rev-parse", "--verify", "--quiet", "HEAD")
+    pathspec = ["--", "."]
+    if generated.resolve().is_relative_to(root.resolve()):
+        pathspec.append(f":(exclude){generated.resolve().relative_to(root.resolve()).as_posix()}")
+    porcelain = _git(root, "status", "--porcelain", *pathspec)
+    return commit or None, bool(porcelain)
+
+
+def _stream(command: list[str], cwd: Path, env: dict) -> int:
+    """Run `command`, echoing its merged stdout/stderr line by line as it comes; its exit status."""
+    with subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT) as process:
+        for raw in iter(process.stdout.readline, b""):
+            sys.stdout.write("    " + raw.decode("utf-8", errors="replace"))
+            sys.stdout.flush()
+        return process.wait()
+
+
+def _replace_dir(staging: Path, dest: Path) -> None:
+    """Put `staging` in place of `dest` with renames; the old folder is removed afterwards."""
+    old = None
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+        os.rename(dest, old)
+    os.rename(staging, dest)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def _stage(work: Path, record: Path, staging: Path) -> dict[str, str]:
+    """Copy the snippet's files and records into `staging`; return {relative name: sha256}."""
+    for path in sorted(work.rglob("*")):
+        rel = path.relative_to(work)
+        if not path.is_file() or "__pycache__" in rel.parts:
+            continue
+        if rel.as_posix() in RESERVED_FILES:
+            raise SnippetFailed(f"the snippet wrote {rel.as_posix()!r}, a name the build step "
+                                f"reserves for itself ({', '.join(RESERVED_FILES)}); rename it")
+        (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, staging / rel)
+    for name in (STDOUT_FILE, CELLS_FILE):
+        shutil.copy2(record / name, staging / name)
+    return {p.relative_to(staging).as_posix(): sha256_file(p)
+            for p in sorted(staging.rglob("*")) if p.is_file()}
+
+
+def run_snippet(snippet: Snippet, root: Path, generated: Path, kernels_sha: str,
+                keep_gpu: bool, interpret: bool = False) -> dict | None:
+    """Run one snippet and publish its output folder; return its meta, or None if not published.
+
+    `keep_gpu` means a GPU result must not be replaced by a CPU one (the snippet requires CUDA or
+    its current output came from a GPU); when the child then saw no GPU nothing is published.
+
+    Raises:
+        SnippetFailed: with the traceback (or the reason) when the snippet failed.
+    """
+    with tempfile.TemporaryDirectory(prefix="snippet-") as tmp:
+        work, record = Path(tmp, "work"), Path(tmp, "record")
+        work.mkdir()
+        record.mkdir()
+        start = time.perf_counter()
+        code = _stream([sys.executable, str(RUNNER), str(snippet.path), str(record)], work,
+                       child_env(root, interpret))
+        duration = time.perf_counter() - start
+        if code != 0:
+            trace = record / "traceback.txt"
+            raise SnippetFailed(trace.read_text(encoding="utf-8") if trace.is_file()
+                                else f"its process exited with status {code}\n")
+        facts = json.loads((record / "facts.json").read_text(encoding="utf-8"))
+        if keep_gpu and not facts["gpu"]:
+            return None
+        dest = output_dir(generated, snippet)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{snippet.stem}.tmp-", dir=dest.parent))
+        try:
+            files = _stage(work, record, staging)
+            commit, dirty = git_state(root, generated)
+            meta = {
+                "snippet": snippet.rel, "snippet_sha256": sha256_file(snippet.path),
+                "kernels_sha256": kernels_sha, **facts,
+                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "commit": commit, "dirty": dirty, "duration_s": round(duration, 2), "files": files,
+            }
+            text = json.dumps(meta, indent=2, ensure_ascii=False) + "\n"
+            (staging / META_FILE).write_text(text, encoding="utf-8")
+            _replace_dir(staging, dest)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return meta
+
+
+def build(root: Path, generated: Path, only: str | None = None) -> int:
+    """Run the selected snippets in order and publish their outputs; the exit status.
+
+    0 when every snippet was published or skipped, 1 when one failed (the build stops there and
+    leaves every output folder as it was), 2 when `only` matches no snippet.
+    """
+    root, generated = Path(root), Path(generated)
+    snippets = select(discover(root), only)
+    if not snippets:
+        print(f"error: no snippet matches {only!r} under {root / 'snippets'}" if only
+              else f"no snippets found under {root / 'snippets'}", file=sys.stderr)
+        return 2 if only else 0
+    kernels_sha, has_cuda, articles, code = kernels_sha256(root), cuda_available(root), [], 0
+    try:
+        for number, snippet in enumerate(snippets, start=1):
+            label = f"[{number}/{len(snippets)}] {snippet.key}"
+            if snippet.article not in articles:
+                articles.append(snippet.article)
+            old = read_meta(output_dir(generated, snippet))
+            keep_gpu = snippet.requires_cuda or bool(old and old.get("gpu"))
+            if keep_gpu and not has_cuda:
+                print(f"{label} skipped: " + (
+                    f"keeping the GPU output from {short_date(old)} on {old.get('device')} "
+                    "(this machine has no GPU)" if old and old.get("gpu") else
+                    "requires CUDA; it waits for a GPU run (nothing written)"), flush=True)
+                continue
+            print(f"{label} ...", flush=True)
+            try:
+                meta = run_snippet(snippet, root, generated, kernels_sha, keep_gpu, interpret=not has_cuda)
+            except SnippetFailed as failure:
+                print(f"\n{label} FAILED: {snippet.rel}\n\n{failure}\nStopped: later snippets "
+                      "were not run and existing outputs were left as they were.",
+                      file=sys.stderr, flush=True)
+                code = 1
+                break
+            print(f"{label} done in {meta['duration_s']:.1f} s" if meta else
+                  f"{label} not published: its process saw no GPU", flush=True)
+    finally:
+        for article in articles:
+            path = _notebook.write_notebook(root, generated, article, kernels_sha)
+            print(f"wrote {path}", flush=True)
+    return code
+
+
+def check(root: Path, generated: Path, only: str | None = None) -> int:
+    """Report every output that is missing, stale or waiting for a GPU run; the exit status.
+
+    1 when an output that a run on this kind of machine could update is missing or stale; 0 when
+    everything is fresh or only GPU runs are pending (so `--check` can gate CPU-only CI).
+    """
+    kernels_sha, pending, failing = kernels_sha256(root), 0, 0
+    for snippet in select(discover(root), only):
+        state = status(snippet, generated, kernels_sha)
+        if state.state == "fresh":
+            continue
+        pending += 1
+        failing += not state.needs_gpu
+        since = f" since the run of {short_date(state.meta)}" if state.meta else ""
+        where = " on a GPU machine" if state.needs_gpu else ""
+        print(f"{snippet.key}: {state.state}: {state.reason}{since} "
+              f"(regenerate{where}: {snippet.command})")
+    if not pending:
+        print("all outputs are fresh")
+    elif not failing:
+        print("only GPU runs are pending: every output a CPU run can update is fresh")
+    return 1 if failing else 0
+
+
+def list_snippets(root: Path, generated: Path, only: str | None = None) -> int:
+    """Print every snippet with the state of its output; exit status 0."""
+    kernels_sha = kernels_sha256(root)
+    for snippet in select(discover(root), only):
+        state = status(snippet, generated, kernels_sha)
+        tag = "  [requires cuda]" if snippet.requires_cuda else ""
+        print(f"{snippet.key:40} {state.state}{tag}")
+    return 0

@@ -1,0 +1,214 @@
+"""Provenance of generated outputs: discovery, content hashes, meta.json and freshness.
+
+One place for the rules that both the build step (`python -m snippets`) and the MkDocs hook
+(`snippets/mkdocs_hook.py`) apply, so that the page and `--check` always agree:
+
+- a snippet is `snippets/<article>/<NN>_<name>.py`; its output folder is
+  `docs/generated/<article>/<NN>_<name>/` with a `meta.json` beside the files it wrote;
+- an output is *fresh* when its `meta.json` records the current sha256 of the snippet file and the
+  current `kernels_sha256` (a hash over every `kernels/**/*.py`), *stale* otherwise, *missing* when
+  there is no `meta.json`, and *waiting-for-gpu* when it is missing and the snippet has a line
+  `# requires: cuda` near its top (a CPU run of such a snippet is never published).
+
+Standard library only: this module runs on the GPU machines, which carry no site tooling.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from pathlib import Path
+
+SNIPPET_NAME = re.compile(r"^\d+_\w+\.py$")
+REQUIRES_CUDA = re.compile(r"^#\s*requires:\s*cuda\s*$", re.IGNORECASE)
+REQUIRES_CUDA_LINES = 30
+META_FILE = "meta.json"
+CELLS_FILE = "cells.json"
+STDOUT_FILE = "stdout.txt"
+RESERVED_FILES = (META_FILE, CELLS_FILE, STDOUT_FILE)
+META_KEYS = (
+    "snippet", "snippet_sha256", "kernels_sha256", "gpu", "device", "cuda", "torch", "triton",
+    "python", "triton_interpret", "date", "commit", "dirty", "duration_s", "files",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Snippet:
+    """One snippet script.
+
+    Attributes:
+        article: the article folder name, e.g. "flash_attention".
+        stem: the file name without ".py", e.g. "02_memory".
+        path: absolute path of the script.
+        rel: the script's path relative to the repository root, with forward slashes.
+    """
+
+    article: str
+    stem: str
+    path: Path
+    rel: str
+
+    @property
+    def key(self) -> str:
+        """`<article>/<stem>`: the name used by `--only`, by page markers and in messages."""
+        return f"{self.article}/{self.stem}"
+
+    @property
+    def command(self) -> str:
+        """The command that regenerates this snippet's output."""
+        return f"python -m snippets --only {self.key}"
+
+    @property
+    def requires_cuda(self) -> bool:
+        """True when one of the first lines of the script is `# requires: cuda`."""
+        with open(self.path, encoding="utf-8") as f:
+            for _, line in zip(range(REQUIRES_CUDA_LINES), f):
+                if REQUIRES_CUDA.match(line.strip()):
+                    return True
+        return False
+
+
+@dataclasses.dataclass(frozen=True)
+class Status:
+    """Freshness of one snippet's output.
+
+    Attributes:
+        state: "fresh", "stale", "missing" or "waiting-for-gpu".
+        reason: what explains the state, e.g. "kernels/ changed" ("" when fresh).
+        meta: the parsed meta.json, or None when there is none.
+        needs_gpu: True when only a run on a GPU machine can update this output (the snippet
+            requires CUDA, or its current output came from a GPU and a CPU run never replaces it).
+    """
+
+    state: str
+    reason: str
+    meta: dict | None
+    needs_gpu: bool
+
+
+def discover(root: Path) -> list[Snippet]:
+    """Return every `snippets/<article>/<NN>_<name>.py` under the repository `root`, sorted."""
+    base = Path(root) / "snippets"
+    found = []
+    if not base.is_dir():
+        return found
+    for article in sorted(p for p in base.iterdir() if p.is_dir()):
+        if article.name.startswith(("_", ".")):
+            continue
+        for path in sorted(article.iterdir()):
+            if path.is_file() and SNIPPET_NAME.match(path.name):
+                rel = path.relative_to(root).as_posix()
+                found.append(Snippet(article.name, path.stem, path.resolve(), rel))
+    return found
+
+
+def select(snippets: list[Snippet], pattern: str | None) -> list[Snippet]:
+    """Keep the snippets whose `<article>/<stem>` matches `pattern`.
+
+    The pattern is an fnmatch pattern (`flash_attention/0*`) or a plain substring (`memory`);
+    a leading `snippets/` and a trailing `.py` are ignored, so a file path works too.
+    """
+    import fnmatch
+
+    if pattern is None:
+        return list(snippets)
+    if not isinstance(pattern, str) or not pattern.strip():
+        raise ValueError(f"pattern must be a non-empty string, got {pattern!r}")
+    pattern = pattern.strip().replace("\\", "/").removeprefix("snippets/").removesuffix(".py")
+    return [s for s in snippets if fnmatch.fnmatchcase(s.key, pattern) or pattern in s.key]
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def kernels_sha256(root: Path) -> str:
+    """Hex sha256 over the sorted relative paths and contents of every `kernels/**/*.py`.
+
+    Renaming, adding or removing a file changes the hash as well as editing one. A repository
+    without a `kernels/` folder hashes to the sha256 of nothing.
+    """
+    base = Path(root) / "kernels"
+    digest = hashlib.sha256()
+    files = sorted(base.rglob("*.py")) if base.is_dir() else []
+    for path in sorted(files, key=lambda p: p.relative_to(base).as_posix()):
+        rel = path.relative_to(base).as_posix()
+        digest.update(rel.encode("utf-8") + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def output_dir(generated: Path, snippet: Snippet) -> Path:
+    """The output folder of `snippet` under the generated root (`docs/generated`)."""
+    return Path(generated) / snippet.article / snippet.stem
+
+
+def read_meta(folder: Path) -> dict | None:
+    """The parsed `meta.json` of an output folder, or None when it has none.
+
+    Raises:
+        ValueError: when the file exists but is not a JSON object.
+    """
+    path = Path(folder) / META_FILE
+    if not path.is_file():
+        return None
+    meta = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(meta).__name__}")
+    return meta
+
+
+def status(snippet: Snippet, generated: Path, kernels_sha: str) -> Status:
+    """The freshness of `snippet`'s output under `generated`, given the current kernels hash."""
+    meta = read_meta(output_dir(generated, snippet))
+    requires_cuda = snippet.requires_cuda
+    if meta is None:
+        if requires_cuda:
+            return Status("waiting-for-gpu", "requires CUDA and waits for a GPU run", None, True)
+        return Status("missing", "has no output yet", None, False)
+    needs_gpu = requires_cuda or bool(meta.get("gpu"))
+    changed = []
+    if meta.get("snippet_sha256") != sha256_file(snippet.path):
+        changed.append(snippet.rel)
+    if meta.get("kernels_sha256") != kernels_sha:
+        changed.append("kernels/")
+    if not changed:
+        return Status("fresh", "", meta, needs_gpu)
+    return Status("stale", f"{' and '.join(changed)} changed", meta, needs_gpu)
+
+
+def short_date(meta: dict) -> str:
+    """The day (YYYY-MM-DD) of a meta.json's ISO date, or "an unknown date"."""
+    date = meta.get("date")
+    return date[:10] if isinstance(date, str) and date else "an unknown date"
+
+
+def provenance_line(meta: dict) -> str:
+    """One line naming where and from what an output was generated.
+
+    Example: "Generated on NVIDIA H100 80GB HBM3 · CUDA 12.8 · torch 2.11.0 · triton 3.6.0 ·
+    2026-11-23 · commit abc1234", or on a CPU "Generated on CPU (AMD EPYC 7763) · torch
+    2.13.0+cpu · triton 3.9.0 · 2026-11-23 · commit abc1234 (uncommitted changes)".
+    """
+    if not isinstance(meta, dict):
+        raise TypeError(f"meta must be a dict, got {type(meta).__name__}")
+    device = meta.get("device") or "an unknown device"
+    parts = [f"Generated on {device}" if meta.get("gpu") else f"Generated on CPU ({device})"]
+    if meta.get("gpu") and meta.get("cuda"):
+        parts.append(f"CUDA {meta['cuda']}")
+    for name in ("torch", "triton"):
+        if meta.get(name):
+            parts.append(f"{name} {meta[name]}")
+    if meta.get("triton_interpret") and not meta.get("gpu"):
+        parts.append("Triton kernels in the interpreter")
+    parts.append(short_date(meta))
+    commit = f"commit {meta['commit'][:7]}" if meta.get("commit") else "no commit"
+    parts.append(commit + (" (uncommitted changes)" if meta.get("dirty") else ""))
+    return " · ".join(parts)

@@ -1,0 +1,340 @@
+"""Tests of the build step (`python -m snippets`) on tiny throwaway repositories.
+
+The fixture snippets write text, JSON and matplotlib figures; none needs a GPU or the real
+kernels. Each successful snippet costs one child process (about two seconds: it imports torch to
+record the device), so the main build is shared by the tests that only read its outputs.
+"""
+
+import base64
+import datetime
+import importlib.metadata
+import json
+import platform
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+if str(REPOSITORY) not in sys.path:
+    sys.path.insert(0, str(REPOSITORY))
+
+from snippets import _build  # noqa: E402
+from snippets.__main__ import main  # noqa: E402
+from snippets._provenance import (  # noqa: E402
+    META_KEYS, discover, kernels_sha256, provenance_line, select, sha256_file,
+)
+from snippets._runner import parse_cells  # noqa: E402
+
+PLOT = '''"""A figure, a table and a JSON file."""
+# %% [markdown]
+# # Plot
+# Some *prose*.
+
+# %%
+import json
+import matplotlib.pyplot as plt
+print("computing")
+
+# %%
+plt.plot([1, 2, 3])
+plt.savefig("line.svg")
+plt.savefig("line.png")
+with open("table.md", "w") as f:
+    f.write("| n | ms |\\n|---|---|\\n| 1 | 2.5 |\\n")
+json.dump({"speedup": 2.345678}, open("results.json", "w"))
+print("saved")
+'''
+TEXT = '''# %%
+with open("notes.txt", "w") as f:
+    f.write("plain text\\n")
+print("text done")
+'''
+GPU = '''"""Timings."""
+# requires: cuda
+# %%
+print("timing")
+'''
+
+
+def make_repo(root: Path, snippets: dict, kernels: str = "X = 1\n") -> Path:
+    """A repository with `kernels/ops.py` and the given {"<article>/<file>": source} snippets."""
+    (root / "kernels").mkdir(parents=True)
+    (root / "kernels" / "ops.py").write_text(kernels)
+    for name, source in snippets.items():
+        path = root / "snippets" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(source)
+    return root
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """`python -m snippets ARGS` as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "snippets", *args], cwd=REPOSITORY,
+                          capture_output=True, text=True, check=False)
+
+
+def out_of(repo: Path, key: str = "") -> Path:
+    """The generated folder of `repo`, or one snippet's output folder in it."""
+    return repo / "docs" / "generated" / key
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """A repository built once: (its root, the completed `python -m snippets` process)."""
+    repo = make_repo(tmp_path_factory.mktemp("built"), {
+        "demo/01_plot.py": PLOT, "demo/02_text.py": TEXT, "demo/03_gpu.py": GPU})
+    return repo, run_cli("--root", str(repo))
+
+
+@pytest.fixture
+def copy(built, tmp_path):
+    """A private copy of the built repository, free to edit."""
+    return Path(shutil.copytree(built[0], tmp_path / "repo"))
+
+
+def test_build_publishes_outputs_and_progress(built):
+    repo, result = built
+    assert result.returncode == 0, result.stderr
+    assert "[1/3] demo/01_plot ..." in result.stdout
+    assert "    computing\n" in result.stdout and "    saved\n" in result.stdout
+    assert "[1/3] demo/01_plot done in" in result.stdout
+    assert "[2/3] demo/02_text done in" in result.stdout
+    names = {p.name for p in out_of(repo, "demo/01_plot").iterdir()}
+    assert names == {"line.svg", "line.png", "table.md", "results.json", "stdout.txt",
+                     "cells.json", "meta.json"}
+    assert (out_of(repo, "demo/01_plot") / "stdout.txt").read_text() == "computing\nsaved\n"
+    assert (out_of(repo, "demo/02_text") / "notes.txt").read_text() == "plain text\n"
+    assert not [p for p in out_of(repo, "demo").iterdir() if p.name.startswith(".")]
+
+
+def test_meta_json_records_provenance(built):
+    repo, _ = built
+    folder = out_of(repo, "demo/01_plot")
+    meta = json.loads((folder / "meta.json").read_text())
+    assert tuple(meta) == META_KEYS
+    assert meta["snippet"] == "snippets/demo/01_plot.py"
+    assert meta["snippet_sha256"] == sha256_file(repo / "snippets/demo/01_plot.py")
+    assert meta["kernels_sha256"] == kernels_sha256(repo)
+    assert meta["gpu"] is False and meta["cuda"] is None and meta["device"]
+    assert meta["torch"] == importlib.metadata.version("torch")
+    assert meta["triton"] == importlib.metadata.version("triton")
+    assert meta["python"] == platform.python_version()
+    date = datetime.datetime.fromisoformat(meta["date"])
+    assert date.utcoffset() == datetime.timedelta(0)
+    assert abs(datetime.datetime.now(datetime.timezone.utc) - date).total_seconds() < 600
+    assert meta["commit"] is None and meta["dirty"] is False  # not a git repository
+    assert 0 < meta["duration_s"] < 120
+    files = {p.name: sha256_file(p) for p in folder.iterdir() if p.name != "meta.json"}
+    assert meta["files"] == files
+
+
+def test_requires_cuda_is_skipped_without_gpu(built):
+    repo, result = built
+    assert "[3/3] demo/03_gpu skipped: requires CUDA; it waits for a GPU run" in result.stdout
+    assert "timing" not in result.stdout
+    assert not out_of(repo, "demo/03_gpu").exists()
+
+
+def test_cells_json_has_cells_and_outputs(built):
+    repo, _ = built
+    cells = json.loads((out_of(repo, "demo/01_plot") / "cells.json").read_text())
+    assert [c["cell_type"] for c in cells] == ["code", "markdown", "code", "code"]
+    assert cells[1]["source"] == "# Plot\nSome *prose*."
+    assert cells[2]["outputs"] == [{"output_type": "stream", "name": "stdout",
+                                    "text": "computing\n"}]
+    outputs = cells[3]["outputs"]
+    assert outputs[0] == {"output_type": "stream", "name": "stdout", "text": "saved\n"}
+    figures = {k: v for o in outputs[1:] for k, v in o["data"].items() if k.startswith("image")}
+    assert {o["output_type"] for o in outputs[1:]} == {"display_data"}
+    assert figures["image/svg+xml"].lstrip().startswith("<?xml")
+    assert base64.b64decode(figures["image/png"]).startswith(b"\x89PNG")
+
+
+def test_companion_notebook_is_valid_and_has_outputs(built):
+    repo, result = built
+    path = out_of(repo, "demo/demo.ipynb")
+    assert f"wrote {path}" in result.stdout
+    nb = json.loads(path.read_text())
+    assert nb["nbformat"] == 4 and nb["metadata"]["kernelspec"]["name"] == "python3"
+    title = nb["cells"][0]["source"]
+    assert "Generated by `python -m snippets`" in title and "pip install -e ." in title
+    sources = [c["source"] for c in nb["cells"]]
+    assert [s.splitlines()[0] for s in sources if s.startswith("## ")] == [
+        "## `snippets/demo/01_plot.py`", "## `snippets/demo/02_text.py`",
+        "## `snippets/demo/03_gpu.py`"]
+    about = sources.index("## `snippets/demo/01_plot.py`\n\n*" + provenance_line(
+        json.loads((out_of(repo, "demo/01_plot") / "meta.json").read_text())) + "*")
+    assert nb["cells"][about + 4]["outputs"][1]["data"]["image/png"]
+    gpu = [s for s in sources if s.startswith("## `snippets/demo/03_gpu.py`")][0]
+    assert "waits for a GPU run" in gpu
+    assert nb["cells"][-1]["source"] == 'print("timing")' and nb["cells"][-1]["outputs"] == []
+    ids = [c["id"] for c in nb["cells"]]
+    assert len(ids) == len(set(ids))
+
+
+def test_companion_notebook_passes_nbformat_validation(built):
+    nbformat = pytest.importorskip("nbformat")
+    nbformat.validate(nbformat.read(out_of(built[0], "demo/demo.ipynb"), as_version=4))
+
+
+def test_check_and_list_after_a_build(built):
+    result = run_cli("--root", str(built[0]), "--check")
+    assert result.returncode == 0, result.stdout
+    assert result.stdout.splitlines() == [
+        "demo/03_gpu: waiting-for-gpu: requires CUDA and waits for a GPU run "
+        "(regenerate on a GPU machine: python -m snippets --only demo/03_gpu)",
+        "only GPU runs are pending: every output a CPU run can update is fresh"]
+    listed = run_cli("--root", str(built[0]), "--list").stdout.split()
+    assert listed == ["demo/01_plot", "fresh", "demo/02_text", "fresh", "demo/03_gpu",
+                      "waiting-for-gpu", "[requires", "cuda]"]
+
+
+def test_check_reports_stale_and_missing(copy, capsys):
+    (copy / "snippets/demo/02_text.py").write_text(TEXT + "print('more')\n")
+    assert main(["--root", str(copy), "--check", "--only", "02"]) == 1
+    assert capsys.readouterr().out.startswith(
+        "demo/02_text: stale: snippets/demo/02_text.py changed since the run of ")
+    (copy / "kernels/ops.py").write_text("X = 2\n")
+    assert main(["--root", str(copy), "--check", "--only", "01"]) == 1
+    assert "demo/01_plot: stale: kernels/ changed since" in capsys.readouterr().out
+    shutil.rmtree(out_of(copy, "demo/01_plot"))
+    assert main(["--root", str(copy), "--check", "--only", "01"]) == 1
+    assert capsys.readouterr().out == ("demo/01_plot: missing: has no output yet "
+                                       "(regenerate: python -m snippets --only demo/01_plot)\n")
+
+
+def test_check_does_not_fail_on_stale_gpu_output(copy, capsys):
+    meta_path = out_of(copy, "demo/02_text/meta.json")
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "gpu": True, "kernels_sha256": "old"}))
+    assert main(["--root", str(copy), "--check", "--only", "02"]) == 0
+    assert "stale: kernels/ changed since the run of" in capsys.readouterr().out
+
+
+def test_rebuild_replaces_the_folder_and_is_fresh_again(copy, capsys):
+    (copy / "snippets/demo/02_text.py").write_text('open("other.txt", "w").write("x")\n')
+    assert main(["--root", str(copy), "--only", "demo/02_*"]) == 0
+    names = {p.name for p in out_of(copy, "demo/02_text").iterdir()}
+    assert names == {"other.txt", "stdout.txt", "cells.json", "meta.json"}
+    capsys.readouterr()
+    assert main(["--root", str(copy), "--check"]) == 0
+    assert "demo/02_text" not in capsys.readouterr().out
+
+
+def test_gpu_output_is_not_overwritten_by_a_cpu_run(copy, capsys):
+    meta_path = out_of(copy, "demo/02_text/meta.json")
+    meta = json.loads(meta_path.read_text())
+    meta.update(gpu=True, device="NVIDIA H100 80GB HBM3", cuda="12.8",
+                date="2026-01-02T03:04:05+00:00")
+    meta_path.write_text(json.dumps(meta))
+    before = {p.name: p.read_bytes() for p in out_of(copy, "demo/02_text").iterdir()}
+    assert main(["--root", str(copy), "--only", "02_text"]) == 0
+    out = capsys.readouterr().out
+    assert ("[1/1] demo/02_text skipped: keeping the GPU output from 2026-01-02 on "
+            "NVIDIA H100 80GB HBM3") in out
+    assert "text done" not in out
+    assert {p.name: p.read_bytes() for p in out_of(copy, "demo/02_text").iterdir()} == before
+
+
+def test_failure_stops_the_build_and_keeps_earlier_outputs(tmp_path, capsys):
+    repo = make_repo(tmp_path, {"demo/01_ok.py": TEXT, "demo/02_fail.py": TEXT,
+                                "demo/03_after.py": 'open("after.txt", "w").write("x")\n'})
+    assert main(["--root", str(repo), "--only", "02_fail"]) == 0
+    old = {p.name: p.read_bytes() for p in out_of(repo, "demo/02_fail").iterdir()}
+    (repo / "snippets/demo/02_fail.py").write_text(
+        "# %%\nprint('before')\n\n# %%\ndef broken():\n    raise RuntimeError('boom')\n\n"
+        "broken()\n")
+    capsys.readouterr()
+    assert main(["--root", str(repo)]) == 1
+    out, err = capsys.readouterr()
+    assert "[1/3] demo/01_ok done in" in out and "    before\n" in out
+    assert "[2/3] demo/02_fail FAILED: snippets/demo/02_fail.py" in err
+    assert f'File "{repo / "snippets/demo/02_fail.py"}", line 8, in <module>\n    broken()' in err
+    assert "line 6, in broken\n    raise RuntimeError('boom')" in err
+    assert "RuntimeError: boom" in err and "_runner.py" not in err
+    assert "[3/3]" not in out + err and not out_of(repo, "demo/03_after").exists()
+    assert {p.name: p.read_bytes() for p in out_of(repo, "demo/02_fail").iterdir()} == old
+    assert (out_of(repo, "demo/01_ok") / "meta.json").is_file()
+    assert not [p for p in out_of(repo, "demo").iterdir() if p.name.startswith(".")]
+    assert json.loads(out_of(repo, "demo/demo.ipynb").read_text())["nbformat"] == 4
+
+
+def test_a_snippet_writing_a_reserved_name_fails(tmp_path, capsys):
+    repo = make_repo(tmp_path, {"demo/01_meta.py": 'open("meta.json", "w").write("{}")\n'})
+    assert main(["--root", str(repo)]) == 1
+    assert "wrote 'meta.json', a name the build step reserves" in capsys.readouterr().err
+    assert not out_of(repo, "demo/01_meta").exists()
+    assert not [p for p in out_of(repo, "demo").iterdir() if p.name.startswith(".")]
+
+
+def test_only_selects_by_pattern_substring_or_path(tmp_path, capsys):
+    repo = make_repo(tmp_path, {"a/01_x.py": "", "a/02_y.py": "", "b/01_x.py": ""})
+    found = discover(repo)
+    assert [s.key for s in found] == ["a/01_x", "a/02_y", "b/01_x"]
+    assert [s.key for s in select(found, "*/01_*")] == ["a/01_x", "b/01_x"]
+    assert [s.key for s in select(found, "02")] == ["a/02_y"]
+    assert [s.key for s in select(found, "snippets/b/01_x.py")] == ["b/01_x"]
+    with pytest.raises(ValueError, match="pattern must be a non-empty string"):
+        select(found, " ")
+    assert main(["--root", str(repo), "--only", "nothing"]) == 2
+    assert "no snippet matches 'nothing'" in capsys.readouterr().err
+
+
+def test_parse_cells_keeps_line_numbers():
+    text = ('"""Doc."""\n# requires: cuda\n\n# %% [markdown]\n# # Title\n#\n# Text.\n\n'
+            "# %%\n\nx = 1\nprint(x)\n\n# %% Timing\ny = 2\n# %%\n\n")
+    assert parse_cells(text) == [
+        {"cell_type": "code", "source": '"""Doc."""\n# requires: cuda', "line": 1},
+        {"cell_type": "markdown", "source": "# Title\n\nText.", "line": 5},
+        {"cell_type": "code", "source": "x = 1\nprint(x)", "line": 11},
+        {"cell_type": "code", "source": "y = 2", "line": 15},
+    ]
+
+
+def test_kernels_sha256_covers_paths_and_contents(tmp_path):
+    repo = make_repo(tmp_path, {})
+    first = kernels_sha256(repo)
+    (repo / "kernels/ops.py").rename(repo / "kernels/other.py")
+    assert kernels_sha256(repo) != first
+    (repo / "kernels/other.py").rename(repo / "kernels/ops.py")
+    assert kernels_sha256(repo) == first
+    (repo / "kernels/notes.txt").write_text("not python")
+    assert kernels_sha256(repo) == first
+    (repo / "kernels/sub").mkdir()
+    (repo / "kernels/sub/new.py").write_text("")
+    assert kernels_sha256(repo) != first
+
+
+def test_git_state_reads_commit_and_dirty(tmp_path):
+    repo = make_repo(tmp_path / "repo", {"a/01_x.py": "print(1)\n"})
+    generated = out_of(repo)
+    assert _build.git_state(repo, generated) == (None, False)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(repo)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "init"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    assert _build.git_state(repo, generated) == (head, False)
+    (generated / "a").mkdir(parents=True)
+    (generated / "a" / "new.txt").write_text("outputs do not make the sources dirty")
+    assert _build.git_state(repo, generated) == (head, False)
+    (repo / "kernels/ops.py").write_text("X = 3\n")
+    assert _build.git_state(repo, generated) == (head, True)
+
+
+def test_provenance_line():
+    gpu = {"gpu": True, "device": "NVIDIA H100 80GB HBM3", "cuda": "12.8", "torch": "2.11.0",
+           "triton": "3.6.0", "date": "2026-11-23T10:00:00+00:00", "commit": "abc1234def",
+           "dirty": False}
+    assert provenance_line(gpu) == ("Generated on NVIDIA H100 80GB HBM3 · CUDA 12.8 · "
+                                    "torch 2.11.0 · triton 3.6.0 · 2026-11-23 · commit abc1234")
+    cpu = {**gpu, "gpu": False, "device": "AMD EPYC 7763", "cuda": None, "torch": "2.13.0+cpu",
+           "triton": None, "dirty": True}
+    assert provenance_line(cpu) == ("Generated on CPU (AMD EPYC 7763) · torch 2.13.0+cpu · "
+                                    "2026-11-23 · commit abc1234 (uncommitted changes)")
+    with pytest.raises(TypeError, match="meta must be a dict"):
+        provenance_line(None)

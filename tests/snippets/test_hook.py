@@ -1,0 +1,216 @@
+"""Tests of the MkDocs hook that renders `[[ output: ... ]]` and `[[ value: ... ]]` markers.
+
+The generated outputs are written here by hand, with real hashes, so no snippet runs.
+"""
+
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+if str(REPOSITORY) not in sys.path:
+    sys.path.insert(0, str(REPOSITORY))
+
+from snippets import mkdocs_hook as hook  # noqa: E402
+from snippets._provenance import kernels_sha256, provenance_line, sha256_file  # noqa: E402
+
+SVG = '<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"></svg>\n'
+META = {"gpu": True, "device": "NVIDIA H100 80GB HBM3", "cuda": "12.8", "torch": "2.11.0",
+        "triton": "3.6.0", "python": "3.12.3", "date": "2026-11-20T08:00:00+00:00",
+        "commit": "abc1234def", "dirty": False, "duration_s": 1.0}
+OUTPUTS = {
+    "fig.svg": SVG,
+    "table.md": "| n | ms |\n|---|---|\n| 1 | 2.5 |\n",
+    "log.txt": "step 1\n```\nstep 2\n",
+    "results.json": json.dumps({"speedup": 2.345678, "big": 12345.6, "n": 7, "name": "bf16",
+                                "nested": {"ms": [0.5, 0.25]}}),
+}
+
+
+@pytest.fixture
+def repo(tmp_path):
+    """A repository with one fresh output (demo/01_fresh), one CPU output, one GPU-only snippet
+    without output and one snippet without output."""
+    (tmp_path / "kernels").mkdir()
+    (tmp_path / "kernels/ops.py").write_text("X = 1\n")
+    sources = {"01_fresh": "print(1)\n", "02_cpu": "print(2)\n",
+               "03_gpu": "# requires: cuda\nprint(3)\n", "04_never": "print(4)\n"}
+    for stem, source in sources.items():
+        path = tmp_path / "snippets/demo" / f"{stem}.py"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(source)
+    write_output(tmp_path, "01_fresh", OUTPUTS, META)
+    write_output(tmp_path, "02_cpu", {"log.txt": "cpu\n"},
+                 {**META, "gpu": False, "device": "AMD EPYC 7763", "cuda": None, "dirty": True})
+    (tmp_path / "docs").mkdir(exist_ok=True)
+    return tmp_path
+
+
+def write_output(root: Path, stem: str, files: dict, meta: dict) -> None:
+    """Write a generated output folder as the build step would, with the current hashes."""
+    folder = root / "docs/generated/demo" / stem
+    folder.mkdir(parents=True)
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    snippet = root / "snippets/demo" / f"{stem}.py"
+    full = {"snippet": f"snippets/demo/{stem}.py", "snippet_sha256": sha256_file(snippet),
+            "kernels_sha256": kernels_sha256(root), **meta,
+            "files": {n: sha256_file(folder / n) for n in files}}
+    (folder / "meta.json").write_text(json.dumps(full))
+
+
+def render(root: Path, markdown: str, src_uri: str = "page.md") -> str:
+    """Run the hook's build and page events on `markdown` as MkDocs would."""
+    config = {"docs_dir": str(root / "docs"), "config_file_path": str(root / "mkdocs.yml"),
+              "markdown_extensions": ["attr_list", "admonition", "pymdownx.superfences"]}
+    hook.on_config(config)
+    hook.on_pre_build(config)
+    page = types.SimpleNamespace(file=types.SimpleNamespace(src_uri=src_uri))
+    return hook.on_page_markdown(markdown, page=page, config=config, files=None)
+
+
+def warnings(caplog) -> list[str]:
+    """The warning messages the hook logged."""
+    return [r.getMessage() for r in caplog.records
+            if r.name.startswith("mkdocs.plugins") and r.levelno >= logging.WARNING]
+
+
+def provenance(root: Path, stem: str) -> str:
+    """The provenance paragraph expected under an output of `stem`."""
+    meta = json.loads((root / "docs/generated/demo" / stem / "meta.json").read_text())
+    return f"{provenance_line(meta)}\n{{: .provenance }}\n"
+
+
+def test_figure_with_class_relative_path_and_provenance(repo, caplog):
+    out = render(repo, "Intro.\n\n[[ output: demo/01_fresh/fig.svg | Peak memory by length ]]\n")
+    assert out == ("Intro.\n\n![Peak memory by length](generated/demo/01_fresh/fig.svg)"
+                   "{ .generated-figure }\n\n" + provenance(repo, "01_fresh") + "\n")
+    nested = render(repo, "[[ output: demo/01_fresh/fig.svg|Alt ]]", src_uri="guide/deep/page.md")
+    assert "![Alt](../../generated/demo/01_fresh/fig.svg){ .generated-figure }" in nested
+    assert "Generated on NVIDIA H100 80GB HBM3 · CUDA 12.8 · torch 2.11.0" in out
+    assert warnings(caplog) == []
+
+
+def test_table_text_and_json_blocks(repo, caplog):
+    table = render(repo, "[[ output: demo/01_fresh/table.md ]]")
+    assert table.startswith("| n | ms |\n|---|---|\n| 1 | 2.5 |\n\nGenerated on NVIDIA H100")
+    text = render(repo, "[[ output: demo/01_fresh/log.txt ]]")
+    assert text.startswith("````text\nstep 1\n```\nstep 2\n````\n")
+    data = render(repo, "[[ output: demo/01_fresh/results.json ]]")
+    assert data.startswith('```json\n{"speedup": 2.345678')
+    cpu = render(repo, "[[ output: demo/02_cpu/log.txt ]]")
+    assert "Generated on CPU (AMD EPYC 7763) · torch 2.11.0 · triton 3.6.0 · 2026-11-20 · " \
+           "commit abc1234 (uncommitted changes)\n{: .provenance }" in cpu
+    assert warnings(caplog) == []
+
+
+def test_indented_marker_keeps_its_indentation(repo):
+    out = render(repo, '!!! note "Figure"\n    [[ output: demo/01_fresh/fig.svg | Alt ]]\n')
+    assert "\n    ![Alt](generated/demo/01_fresh/fig.svg){ .generated-figure }\n" in out
+    assert "\n    {: .provenance }\n" in out
+
+
+@pytest.mark.parametrize("edit", ["kernels", "snippet"])
+def test_stale_output_gets_a_warning_admonition(repo, caplog, edit):
+    if edit == "kernels":
+        (repo / "kernels/ops.py").write_text("X = 2\n")
+    else:
+        (repo / "snippets/demo/01_fresh.py").write_text("print('changed')\n")
+    out = render(repo, "[[ output: demo/01_fresh/fig.svg | Alt ]]")
+    changed = "kernels/" if edit == "kernels" else "snippets/demo/01_fresh.py"
+    assert out.startswith(
+        '!!! warning "Stale output"\n    The sources changed since this output was generated '
+        f"on 2026-11-20 ({changed} changed). Regenerate it on a GPU machine with "
+        "`python -m snippets --only demo/01_fresh`.\n\n![Alt]")
+    assert provenance(repo, "01_fresh") in out
+    assert warnings(caplog) == []
+
+
+def test_gpu_snippet_without_output_waits_for_a_gpu_run(repo, caplog):
+    out = render(repo, "[[ output: demo/03_gpu/timings.svg | Timings ]]")
+    assert out.startswith('!!! info "Waiting for a GPU run"\n')
+    assert "`python -m snippets --only demo/03_gpu`" in out and "![" not in out
+    value = render(repo, "Speedup [[ value: demo/03_gpu/results.json#speedup ]].")
+    assert value == "Speedup *(waiting for a GPU run)*."
+    assert warnings(caplog) == []
+
+
+@pytest.mark.parametrize("marker, message", [
+    ("[[ output: demo/04_never/fig.svg | Alt ]]", "snippets/demo/04_never.py has no output yet"),
+    ("[[ output: demo/01_fresh/nope.svg | Alt ]]", "has no file 'nope.svg'"),
+    ("[[ output: demo/09_typo/fig.svg | Alt ]]", "no snippet snippets/demo/09_typo.py"),
+    ("[[ output: demo/fig.svg | Alt ]]", "expected <article>/<stem>/<file>"),
+])
+def test_missing_outputs_warn_and_show_a_box(repo, caplog, marker, message):
+    out = render(repo, marker)
+    assert out.startswith('!!! failure "Missing output"\n') and message in out
+    assert len(warnings(caplog)) == 1 and message in warnings(caplog)[0]
+
+
+def test_figure_without_alt_text_warns(repo, caplog):
+    out = render(repo, "[[ output: demo/01_fresh/fig.svg ]]")
+    assert out.startswith("![](generated/demo/01_fresh/fig.svg)")
+    assert "needs alt text" in warnings(caplog)[0]
+
+
+def test_values_are_formatted(repo, caplog):
+    markdown = ("x [[ value: demo/01_fresh/results.json#speedup ]], "
+                "[[value:demo/01_fresh/results.json#big]], "
+                "[[ value: demo/01_fresh/results.json#n ]] "
+                "[[ value: demo/01_fresh/results.json#name ]] "
+                "[[ value: demo/01_fresh/results.json#nested.ms.1 ]]")
+    assert render(repo, markdown) == "x 2.35, 12346, 7 bf16 0.25"
+    assert warnings(caplog) == []
+    assert hook.format_value(0.000123456) == "0.000123"
+    assert hook.format_value(None) == "null" and hook.format_value([1, 2]) == "[1, 2]"
+
+
+@pytest.mark.parametrize("target", ["demo/01_fresh/results.json#absent",
+                                    "demo/01_fresh/other.json#speedup",
+                                    "demo/04_never/results.json#speedup",
+                                    "demo/01_fresh/results.json#nested.ms.5"])
+def test_missing_values_warn(repo, caplog, target):
+    assert render(repo, f"v = [[ value: {target} ]]") == f"v = **[missing: {target}]**"
+    assert len(warnings(caplog)) == 1 and target.split("#")[0] in warnings(caplog)[0]
+
+
+def test_markers_in_code_are_left_alone(repo, caplog):
+    markdown = ("```markdown\n[[ output: demo/04_never/fig.svg | Alt ]]\n"
+                "[[ value: demo/01_fresh/results.json#n ]]\n```\n"
+                "~~~~\n```\n[[ output: demo/04_never/fig.svg | Alt ]]\n~~~~\n"
+                "Write `[[ value: demo/01_fresh/results.json#n ]]` to get "
+                "[[ value: demo/01_fresh/results.json#n ]].\n")
+    expected = markdown.replace("get [[ value: demo/01_fresh/results.json#n ]]", "get 7")
+    assert render(repo, markdown) == expected
+    assert warnings(caplog) == []
+
+
+def test_on_config_warns_about_missing_extensions(caplog):
+    hook.on_config({"markdown_extensions": ["admonition", "toc"]})
+    assert warnings(caplog) == [
+        "snippets hook: add the Markdown extension 'attr_list' to mkdocs.yml"]
+
+
+def test_strict_mkdocs_build_renders_and_fails_on_missing(repo):
+    pytest.importorskip("mkdocs")
+    hook_path = REPOSITORY / "snippets" / "mkdocs_hook.py"
+    (repo / "mkdocs.yml").write_text(
+        "site_name: T\nmarkdown_extensions: [attr_list, admonition]\n"
+        f"hooks: [{json.dumps(str(hook_path))}]\n")
+    (repo / "docs/index.md").write_text("# T\n\n[[ output: demo/01_fresh/fig.svg | Fig ]]\n")
+    command = [sys.executable, "-m", "mkdocs", "build", "--strict"]
+    result = subprocess.run(command, cwd=repo, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    html = (repo / "site/index.html").read_text()
+    assert 'class="generated-figure"' in html and 'src="generated/demo/01_fresh/fig.svg"' in html
+    assert '<p class="provenance">Generated on NVIDIA H100' in html
+    shutil.rmtree(repo / "site")
+    (repo / "docs/index.md").write_text("# T\n\n[[ output: demo/04_never/fig.svg | Fig ]]\n")
+    result = subprocess.run(command, cwd=repo, capture_output=True, text=True, check=False)
+    assert result.returncode != 0 and "04_never.py has no output yet" in result.stderr
