@@ -12,6 +12,8 @@ fenced code blocks or inline code):
   as a warning (so `mkdocs build --strict` fails) and shown in a "Missing output" box.
 - inline `[[ value: <article>/<stem>/<file>.json#key.sub ]]`: the value from a generated JSON file
   (floats with 3 significant digits, large ones as integers); a warning when it is missing.
+- `[[ outputs-table ]]` on a line of its own: a table of every snippet's output, where and when
+  it was generated and whether it is fresh, stale or still waiting for a run.
 
 The kernels hash and the state of each output are computed once per build (`on_pre_build`).
 """
@@ -35,6 +37,7 @@ from snippets._provenance import (  # noqa: E402
 
 log = logging.getLogger("mkdocs.plugins.snippets")
 
+TABLE_MARKER = re.compile(r"^[ \t]*\[\[\s*outputs-table\s*\]\]\s*$")
 OUTPUT_MARKER = re.compile(r"^(?P<indent>[ \t]*)\[\[\s*output:\s*(?P<target>[^|\]]+?)\s*"
                            r"(?:\|\s*(?P<alt>[^\]]*?)\s*)?\]\]\s*$")
 VALUE_MARKER = r"\[\[\s*value:\s*(?P<target>[^\]#]+?)\s*#\s*(?P<key>[^\]\s]+)\s*\]\]"
@@ -106,12 +109,32 @@ def render(markdown: str, src_uri: str, build: _Build) -> str:
         elif opening:
             fence = opening.group("fence")
             lines.append(line)
+        elif TABLE_MARKER.match(line):
+            lines += outputs_table(build).split("\n")
         elif marker := OUTPUT_MARKER.match(line):
             block = _output(marker.group("target"), marker.group("alt"), src_uri, build)
             lines += [marker.group("indent") + b if b else "" for b in block.split("\n")]
         else:
             lines.append(CODE_SPAN_OR_VALUE.sub(lambda m: _inline(m, src_uri, build), line))
     return "\n".join(lines)
+
+
+def outputs_table(build: _Build) -> str:
+    """A Markdown table: each snippet, where and when its output was made, and its state."""
+    rows = ["| Snippet | Generated on | Date | Commit | State |", "|---|---|---|---|---|"]
+    for key, snippet in sorted(build.snippets.items()):
+        state, meta = build.status(snippet), build.status(snippet).meta
+        if meta is None:
+            where = date = commit = "–"
+        else:
+            where = (f"{meta.get('device')}, CUDA {meta.get('cuda')}" if meta.get("gpu")
+                     else f"CPU ({meta.get('device')})")
+            where += f", torch {meta.get('torch')}, triton {meta.get('triton')}"
+            date, commit = short_date(meta), (meta.get("commit") or "none")[:7]
+        label = {"fresh": "fresh", "stale": f"stale: {state.reason}", "missing": "missing",
+                 "waiting-for-gpu": "waits for a GPU run"}.get(state.state, state.state)
+        rows.append(f"| `{key}` | {where} | {date} | {commit} | {label} |")
+    return "\n".join(rows) + "\n"
 
 
 def _closes(fence: str, line: str) -> bool:

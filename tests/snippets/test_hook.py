@@ -214,3 +214,16 @@ def test_strict_mkdocs_build_renders_and_fails_on_missing(repo):
     (repo / "docs/index.md").write_text("# T\n\n[[ output: demo/04_never/fig.svg | Fig ]]\n")
     result = subprocess.run(command, cwd=repo, capture_output=True, text=True, check=False)
     assert result.returncode != 0 and "04_never.py has no output yet" in result.stderr
+
+
+def test_outputs_table_lists_every_snippet_with_its_state(repo, caplog):
+    (repo / "snippets/demo/02_cpu.py").write_text("print('changed')\n")
+    out = render(repo, "Intro\n\n[[ outputs-table ]]\n\n```\n[[ outputs-table ]]\n```\n")
+    rows = [line for line in out.split("\n") if line.startswith("| `demo/")]
+    assert [row.split("|")[1].strip() for row in rows] == [
+        "`demo/01_fresh`", "`demo/02_cpu`", "`demo/03_gpu`", "`demo/04_never`"]
+    assert "NVIDIA H100 80GB HBM3, CUDA 12.8" in rows[0] and rows[0].endswith("| fresh |")
+    assert "CPU (AMD EPYC 7763)" in rows[1] and "stale: snippets/demo/02_cpu.py changed" in rows[1]
+    assert rows[2].endswith("| waits for a GPU run |") and rows[3].endswith("| missing |")
+    assert "```\n[[ outputs-table ]]\n```" in out  # left alone inside code
+    assert warnings(caplog) == []

@@ -1,0 +1,85 @@
+# Two commands set everything up and then do their job:
+#   make serve   the site at http://127.0.0.1:8000
+#   make test    the whole test suite
+# Each setup step leaves a stamp file, so running a command again skips what is done.
+
+PYTHON ?= python3
+# Silence Material for MkDocs' end-of-life banner on every build.
+export NO_MKDOCS_2_WARNING := 1
+VENV := .venv
+BIN := $(VENV)/bin
+PIP_INSTALL := $(BIN)/python -m pip install -c constraints.txt
+
+MATHJAX_VERSION := 3.2.2
+MATHJAX_DIR := docs/assets/mathjax
+MATHJAX_STAMP := $(MATHJAX_DIR)/.installed-$(MATHJAX_VERSION)
+# The TeX input with SVG output (no web fonts), plus every component it may load later:
+# TeX extensions (autoload), the context menu and the accessibility tools.
+MATHJAX_FILES := tex-svg.js core.js loader.js startup.js input output/svg.js output/svg ui a11y sre adaptors
+
+.DEFAULT_GOAL := help
+.PHONY: help serve test build snippets check setup-docs setup-test mathjax chromium clean
+
+help:
+	@echo "make serve     set up, then serve the site at http://127.0.0.1:8000"
+	@echo "make test      set up, then run the whole test suite"
+	@echo "make build     build the site into site/ (mkdocs build --strict)"
+	@echo "make snippets  run the snippets and write their outputs to docs/generated/"
+	@echo "make check     list generated outputs that are missing or stale"
+	@echo "make clean     remove the built site and the installed MathJax"
+
+serve: setup-docs
+	$(BIN)/mkdocs serve -a 127.0.0.1:8000
+
+test: setup-test
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+build: setup-docs
+	$(BIN)/mkdocs build --strict
+
+# The build step needs matplotlib, which the test extra brings.
+snippets: $(VENV)/.installed-test
+	$(BIN)/python -m snippets
+
+check: $(VENV)/.installed-test
+	$(BIN)/python -m snippets --check
+
+setup-docs: $(VENV)/.installed-docs mathjax
+
+setup-test: $(VENV)/.installed-test mathjax chromium
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# constraints.txt pins the versions (torch==2.13.0 among them) so that builds repeat.
+$(VENV)/.installed-docs: pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP_INSTALL) -e ".[docs]"
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP_INSTALL) -e ".[docs,test]"
+	touch $@
+
+# MathJax comes from the npm registry and is served from the built site (git-ignored).
+mathjax: $(MATHJAX_STAMP)
+
+$(MATHJAX_STAMP):
+	@command -v npm >/dev/null 2>&1 || { echo "npm is needed to install MathJax (Debian: apt-get install npm)" >&2; exit 1; }
+	npm install --prefix . --no-save --no-package-lock --no-audit --no-fund mathjax@$(MATHJAX_VERSION)
+	rm -rf $(MATHJAX_DIR)
+	mkdir -p $(MATHJAX_DIR)
+	cd node_modules/mathjax/es5 && cp -R --parents $(MATHJAX_FILES) $(CURDIR)/$(MATHJAX_DIR)/
+	cp node_modules/mathjax/LICENSE $(MATHJAX_DIR)/
+	touch $@
+
+# Debian's chromium for the browser test, installed when missing and we are root or may
+# use sudo without a password. Without it the browser test fails under CI and skips elsewhere.
+chromium:
+	@if command -v chromium >/dev/null 2>&1; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; \
+	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then SUDO=sudo; \
+	else echo "chromium is missing and cannot be installed without root: sudo apt-get install chromium"; exit 0; fi; \
+	$$SUDO apt-get update -q && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
+
+clean:
+	rm -rf site .cache node_modules $(MATHJAX_DIR)

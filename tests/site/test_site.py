@@ -1,0 +1,270 @@
+"""The built site: a strict MkDocs build, then every page in headless Chromium.
+
+The site is built into a temporary folder and served on 127.0.0.1 by the standard
+library's HTTP server. Debian's chromium, driven by Playwright, opens every page and
+checks that it works offline and renders completely: no console error, no failed
+request, no request to another host, every image loaded, every formula typeset by
+MathJax without an error and no raw TeX left in the text.
+
+Without chromium the browser tests fail under CI and skip elsewhere, saying how to
+install it.
+"""
+
+import functools
+import http.server
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+MATHJAX = ROOT / "docs" / "assets" / "mathjax" / "tex-svg.js"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+MARKERS = re.compile(r"\[\[\s*(output|value)\s*:")
+# Code on a page may show a marker as an example; the hook leaves those alone.
+CODE = re.compile(r"<(pre|code)\b.*?</\1>", re.DOTALL)
+# Delimiters of TeX that MathJax should have replaced.
+RAW_TEX = re.compile(r"\\\(|\\\[|\$\$")
+# Inline $...$ as notebooks write it.
+RAW_DOLLAR_MATH = re.compile(r"\$[^$\s][^$]*\$")
+
+# Collects the text a reader sees, outside code, scripts and typeset formulas.
+VISIBLE_TEXT_JS = """
+(selector) => {
+  const root = document.querySelector(selector);
+  if (!root) return "";
+  const skip = "code, pre, script, style, noscript, textarea, mjx-container, .md-search";
+  const walker = document.createTreeWalker(root, NodeFilter.SHOW_TEXT);
+  const parts = [];
+  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    if (!node.parentElement.closest(skip)) parts.push(node.nodeValue);
+  }
+  return parts.join(" ");
+}
+"""
+
+# Resolves when every image has loaded or failed (lazy images are asked to load now).
+IMAGES_SETTLED_JS = """
+async () => {
+  await Promise.all(Array.from(document.images, (img) => {
+    img.loading = "eager";
+    if (img.complete) return null;
+    return new Promise((resolve) => {
+      img.addEventListener("load", resolve, { once: true });
+      img.addEventListener("error", resolve, { once: true });
+    });
+  }));
+  return Array.from(document.images)
+    .filter((img) => !(img.complete && img.naturalWidth > 0))
+    .map((img) => img.currentSrc || img.src);
+}
+"""
+
+# True once MathJax has finished the current page (see docs/javascripts/mathjax.js).
+MATH_DONE_JS = """
+async () => {
+  if (!window.MathJax || !MathJax.startup || !MathJax.startup.promise) return false;
+  await MathJax.startup.promise;
+  const math = document.querySelectorAll(".arithmatex");
+  return Array.from(math).every((el) => el.querySelector("mjx-container"));
+}
+"""
+
+MATH_ERRORS_JS = """
+() => Array.from(
+  document.querySelectorAll('mjx-merror, merror, [data-mml-node="merror"], [data-mjx-error]'),
+  (el) => el.getAttribute("data-mjx-error") || el.textContent
+)
+"""
+
+
+# --------------------------------------------------------------------------- build
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves files without logging each request to stderr."""
+
+    def log_message(self, format, *args):
+        pass
+
+
+class QuietServer(http.server.ThreadingHTTPServer):
+    """Ignores clients that hang up early (the browser closing a page mid-request)."""
+
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A folder served on 127.0.0.1 from a thread, and its address."""
+    folder = tmp_path_factory.mktemp("site")
+    server = QuietServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield folder, f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def site_dir(served):
+    """The site built with `mkdocs build --strict` into the served folder, for its address."""
+    site, url = served
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
+        cwd=ROOT,
+        env={**os.environ, "SITE_URL": url},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, f"mkdocs build --strict failed:\n{result.stdout}\n{result.stderr}"
+    return site
+
+
+@pytest.fixture(scope="module")
+def base_url(served, site_dir):
+    """The address of the built site."""
+    return served[1]
+
+
+@pytest.fixture(scope="module")
+def pages(site_dir):
+    """Every HTML page of the built site, as paths relative to the site folder."""
+    found = sorted(
+        path.relative_to(site_dir).as_posix()
+        for path in site_dir.rglob("*.html")
+        if path.name != "404.html" and not path.relative_to(site_dir).parts[0] == "assets"
+    )
+    assert "index.html" in found, f"the built site has no home page; pages: {found}"
+    return found
+
+
+def test_mathjax_is_installed():
+    assert MATHJAX.is_file(), (
+        f"MathJax is missing at {MATHJAX.relative_to(ROOT)}: `make mathjax` (or `make test`) "
+        "installs it from the npm registry"
+    )
+
+
+def test_no_marker_left_unrendered(site_dir, pages):
+    leftovers = {
+        page: sorted(set(MARKERS.findall(CODE.sub("", (site_dir / page).read_text(encoding="utf-8")))))
+        for page in pages
+    }
+    leftovers = {page: kinds for page, kinds in leftovers.items() if kinds}
+    assert not leftovers, f"raw [[ output: / [[ value: markers left in the built pages: {leftovers}"
+
+
+def test_notebooks_are_offered_as_downloads(site_dir, pages):
+    """Each rendered notebook page links its .ipynb, and the file sits beside the page."""
+    notebook_pages = [page for page in pages if "jupyter-wrapper" in (site_dir / page).read_text(encoding="utf-8")]
+    for page in notebook_pages:
+        html = (site_dir / page).read_text(encoding="utf-8")
+        links = re.findall(r'href="([^"/]+\.ipynb)"[^>]*\bdownload=', html)
+        assert links, f"{page}: no download link to its notebook"
+        for link in links:
+            assert (site_dir / page).parent.joinpath(link).is_file(), f"{page}: {link} is not in the site"
+
+
+# --------------------------------------------------------------------------- browser
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's chromium, headless, driven by Playwright."""
+    executable = shutil.which("chromium")
+    if executable is None:
+        message = (
+            "chromium is not installed: `apt-get install chromium` (Debian), "
+            "or run `make test`, which installs it"
+        )
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+class PageWatch:
+    """Records what went wrong while a page loaded: console errors, failed requests, other hosts."""
+
+    def __init__(self, page):
+        self.problems = []
+        page.on("console", self._on_console)
+        page.on("pageerror", lambda error: self.problems.append(f"page error: {error}"))
+        page.on("requestfailed", lambda request: self.problems.append(f"request failed: {request.url} ({request.failure})"))
+        page.on("response", self._on_response)
+        page.route("**/*", self._route)
+
+    def _on_console(self, message):
+        if message.type == "error":
+            self.problems.append(f"console error: {message.text}")
+
+    def _on_response(self, response):
+        if response.status >= 400:
+            self.problems.append(f"HTTP {response.status}: {response.url}")
+
+    def _route(self, route):
+        """Lets requests to the local server through and blocks (and records) any other."""
+        url = urlsplit(route.request.url)
+        if url.scheme in ("data", "blob", "about") or url.hostname == "127.0.0.1":
+            route.continue_()
+        else:
+            self.problems.append(f"request to another host: {route.request.url}")
+            route.abort()
+
+
+@pytest.fixture
+def context(browser):
+    """A fresh browser context (its own cache and storage), closed after the test."""
+    context = browser.new_context()
+    yield context
+    context.close()
+
+
+def check_rendered(page, watch, name):
+    """Asserts that the page open in `page` rendered completely and cleanly."""
+    page.wait_for_function(MATH_DONE_JS, timeout=20_000)
+    math_errors = page.evaluate(MATH_ERRORS_JS)
+    broken_images = page.evaluate(IMAGES_SETTLED_JS)
+    text = page.evaluate(VISIBLE_TEXT_JS, "body")
+    notebook_text = page.evaluate(VISIBLE_TEXT_JS, ".jupyter-wrapper")
+    title = page.title().strip()
+    heading = page.evaluate("() => (document.querySelector('article h1') || {}).textContent || ''").strip()
+
+    assert not watch.problems, f"{name}: " + "; ".join(watch.problems)
+    assert not math_errors, f"{name}: MathJax errors: {math_errors}"
+    assert not broken_images, f"{name}: images that did not load: {broken_images}"
+    raw = RAW_TEX.findall(text) + RAW_DOLLAR_MATH.findall(notebook_text)
+    assert not raw, f"{name}: raw TeX left in the visible text: {raw[:5]}"
+    assert title, f"{name}: the page has no <title>"
+    assert heading, f"{name}: the page has no <h1> heading"
+
+
+def test_every_page_renders_offline(context, base_url, pages):
+    for name in pages:
+        page = context.new_page()
+        watch = PageWatch(page)
+        page.goto(base_url + name, wait_until="load")
+        check_rendered(page, watch, name)
+        page.close()
