@@ -229,10 +229,12 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
              + offs_d[None, :] * stride_dqd, dq.to(DQ.dtype.element_ty), mask=m_q)
 
 
-def _config(D: int, backward: bool):
+def _config(D: int, dtype: torch.dtype, backward: bool):
     """Tile sizes and launch settings: (BLOCK_M, BLOCK_N, num_warps, num_stages)."""
     if INTERPRET:
         return 32, 32, 1, 1  # the interpreter runs one program at a time; tiles only set the loop count
+    if dtype == torch.float32:
+        D = 2 * D  # tiles are sized by bytes of shared memory: a float32 row weighs two half rows
     if backward:
         return (64, 64, 4, 2) if D <= 64 else (64, 64, 8, 2) if D <= 128 else (32, 32, 4, 1)
     return (128, 64, 4, 3) if D <= 64 else (128, 64, 8, 3) if D <= 128 else (64, 32, 4, 2)
@@ -249,7 +251,7 @@ def flash_attention_fwd(q, k, v, causal: bool, scale: float):
     Hkv, Tk = k.shape[1], k.shape[2]
     o = torch.empty_like(q)
     lse = torch.empty((B, H, Tq), device=q.device, dtype=torch.float32)
-    BLOCK_M, BLOCK_N, num_warps, num_stages = _config(D, backward=False)
+    BLOCK_M, BLOCK_N, num_warps, num_stages = _config(D, q.dtype, backward=False)
     grid = (triton.cdiv(Tq, BLOCK_M), B * H)
     _fwd_kernel[grid](
         q, k, v, o, lse, *q.stride(), *k.stride(), *v.stride(), *o.stride(),
@@ -265,7 +267,7 @@ def flash_attention_bwd(do, q, k, v, o, lse, causal: bool, scale: float):
     Hkv, Tk = k.shape[1], k.shape[2]
     delta = (do.float() * o.float()).sum(-1)  # [B, H, Tq]: rowsum(dO * O) = rowsum(P * dP)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    BLOCK_M, BLOCK_N, num_warps, num_stages = _config(D, backward=True)
+    BLOCK_M, BLOCK_N, num_warps, num_stages = _config(D, q.dtype, backward=True)
     common = dict(Tq=Tq, Tk=Tk, D=D, sm_scale=scale, IS_CAUSAL=causal, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
                   BLOCK_D=max(16, triton.next_power_of_2(D)), PRECISION=_precision(q.dtype),
                   num_warps=num_warps, num_stages=num_stages)
