@@ -1,5 +1,6 @@
 """Fast LLM kernels: each op a Triton kernel beside a plain PyTorch reference."""
 from .flash_attention import flash_attention
+from .linear_attention import linear_attention, linear_attention_step
 
-__all__ = ["flash_attention"]
+__all__ = ["flash_attention", "linear_attention", "linear_attention_step"]
 __version__ = "0.1.0"

@@ -3,16 +3,15 @@ from __future__ import annotations
 
 import torch
 
+from .._backend import HAS_TRITON, uses_triton
 from .._checks import (check_bool, check_dim, check_float_dtypes, check_same_device, check_scale,
                        check_tensor)
 from .naive import attention_blockwise, attention_ref
 
-try:
+if HAS_TRITON:
     from . import triton as _triton
-except ImportError:  # Triton is not installed (e.g. macOS): only the reference is available
-    _triton = None
 
-__all__ = ["flash_attention", "attention_ref", "attention_blockwise"]
+__all__ = ["flash_attention", "attention_ref", "attention_blockwise", "uses_triton"]
 
 
 def _check_inputs(q, k, v, causal, scale, return_lse):
@@ -42,19 +41,6 @@ def _check_inputs(q, k, v, causal, scale, return_lse):
         raise ValueError(f"q must hold at least one query (Tq >= 1), got shape {tuple(q.shape)}")
     if k.shape[2] == 0:
         raise ValueError(f"k and v must hold at least one key (Tk >= 1), got shape {tuple(k.shape)}")
-
-
-def uses_triton(x: torch.Tensor) -> bool:
-    """Whether attention on ``x`` runs the Triton kernels (CUDA, or the interpreter on the CPU).
-
-    The interpreter's ``tl.dot`` reads bfloat16 operands as raw 16-bit integers, so bfloat16
-    CPU tensors take the reference even under ``TRITON_INTERPRET=1``.
-    """
-    if _triton is None:
-        return False
-    if x.is_cuda:
-        return True
-    return _triton.INTERPRET and x.device.type == "cpu" and x.dtype != torch.bfloat16
 
 
 def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,

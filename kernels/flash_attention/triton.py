@@ -18,16 +18,11 @@ the diagonal or the end of the sequence with one, and tiles wholly hidden are sk
 """
 from __future__ import annotations
 
-import math
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-# Triton decides at decoration time whether a kernel runs in the interpreter.
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-LOG2E = 1.4426950408889634
+from .._backend import INTERPRET
 
 
 # --8<-- [start:fwd_kernel]

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from _compare import assert_close
 from kernels import flash_attention
 from kernels.flash_attention import attention_blockwise, attention_ref, uses_triton
 
@@ -43,16 +44,6 @@ HALF_DTYPES = [torch.float16] + ([torch.bfloat16] if CUDA else [])
 def shape_id(shape):
     B, H, Hkv, Tq, Tk, D, causal = shape
     return f"B{B}-H{H}-Hkv{Hkv}-Tq{Tq}-Tk{Tk}-D{D}" + ("-causal" if causal else "")
-
-
-def assert_close(name, ref, out, atol, rtol):
-    """Elementwise |out - ref| <= atol + rtol |ref|, reported as max error and relative RMSE."""
-    ref, out = ref.double(), out.double()
-    err = (out - ref).abs()
-    rmse = (err.pow(2).mean().sqrt() / ref.pow(2).mean().sqrt().clamp_min(1e-30)).item()
-    bad = err > atol + rtol * ref.abs()
-    assert not bad.any(), (f"{name}: {bad.sum().item()} of {bad.numel()} elements off, "
-                           f"max abs error {err.max().item():.3e}, relative RMSE {rmse:.3e}")
 
 
 def make_inputs(shape, dtype, seed=0):

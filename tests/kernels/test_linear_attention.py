@@ -1,0 +1,191 @@
+"""linear_attention: the chunk-wise Triton kernels against the float64 references, the two
+references against each other, the decoding step, the normaliser, the feature maps, bad input.
+
+Without a GPU the kernels run in Triton's interpreter (tests/conftest.py) with chunks of 16,
+so lengths of 17, 40 and 63 cross several chunk boundaries; with a GPU the tests run on CUDA.
+"""
+import pytest
+import torch
+
+from _compare import assert_close
+from kernels import linear_attention, linear_attention_step
+from kernels.linear_attention import (elu_plus_one, gaussian_projection, linear_attention_quadratic,
+                                      linear_attention_recurrent, orthogonal_gaussian,
+                                      positive_random_features, trigonometric_random_features, uses_triton)
+
+CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if CUDA else "cpu"
+
+# (B, H, T, K, V, decay strength, initial state): lengths 1, around the chunk, several chunks.
+SHAPES = [
+    (1, 1, 1, 16, 16, 0.0, False),
+    (1, 2, 16, 16, 8, 0.5, True),
+    (2, 3, 17, 40, 24, 1.0, True),
+    (1, 2, 40, 64, 32, 0.0, False),
+    (2, 1, 63, 16, 64, 5.0, True),
+    (1, 3, 33, 8, 16, 0.1, False),
+]
+if CUDA:
+    SHAPES += [(2, 4, 1000, 64, 64, 0.05, True), (1, 8, 4097, 128, 128, 0.01, False), (1, 2, 300, 256, 256, 1.0, True)]
+HALF_DTYPES = [torch.float16] + ([torch.bfloat16] if CUDA else [])
+
+
+def shape_id(shape):
+    B, H, T, K, V, decay, s0 = shape
+    return f"B{B}-H{H}-T{T}-K{K}-V{V}-decay{decay}" + ("-state" if s0 else "")
+
+
+def make_inputs(shape, dtype, seed=0):
+    B, H, T, K, V, strength, with_state = shape
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, H, T, K, generator=g) * K ** -0.25
+    k = torch.randn(B, H, T, K, generator=g) * K ** -0.25
+    v = torch.randn(B, H, T, V, generator=g)
+    decay = -strength * torch.rand(H, generator=g) if strength else None
+    s0 = torch.randn(B, H, K, V, generator=g) if with_state else None
+    do, dfinal = torch.randn(B, H, T, V, generator=g), torch.randn(B, H, K, V, generator=g)
+    to = lambda x, dt=dtype: None if x is None else x.to(DEVICE, dt)  # noqa: E731
+    return to(q), to(k), to(v), to(decay, torch.float32), to(s0, torch.float32), to(do), to(dfinal, torch.float32)
+
+
+def run_and_compare(shape, dtype, atol, rtol):
+    q, k, v, decay, s0, do, dfinal = make_inputs(shape, dtype)
+    assert uses_triton(q), "the test would compare the reference with itself"
+    inputs = [q, k, v] + ([s0] if s0 is not None else [])
+    for x in inputs:
+        x.requires_grad_()
+    o, final = linear_attention(q, k, v, decay=decay, initial_state=s0, return_final_state=True)
+    assert o.dtype == dtype and o.shape == v.shape and final.dtype == torch.float32
+    ((o.float() * do.float()).sum() + (final * dfinal).sum()).backward()
+    ref_inputs = [x.detach().double().requires_grad_() for x in inputs]
+    o64, final64 = linear_attention_quadratic(*ref_inputs[:3], decay=None if decay is None else decay.double(),
+                                              initial_state=ref_inputs[3] if s0 is not None else None)
+    ((o64 * do.double()).sum() + (final64 * dfinal.double()).sum()).backward()
+    assert_close("o", o64, o, atol, rtol)
+    assert_close("final state", final64, final, atol, rtol)
+    for name, x, x64 in zip(("dq", "dk", "dv", "d initial_state"), inputs, ref_inputs):
+        assert x.grad.dtype == x.dtype
+        assert_close(name, x64.grad, x.grad, atol, rtol)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
+def test_float32_matches_reference(shape):
+    run_and_compare(shape, torch.float32, atol=5e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", HALF_DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [SHAPES[2], SHAPES[4]] + SHAPES[6:], ids=shape_id)
+def test_half_precision_matches_reference(shape, dtype):
+    tol = {torch.float16: 2e-2, torch.bfloat16: 8e-2}[dtype]
+    run_and_compare(shape, dtype, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("shape", SHAPES[:5], ids=shape_id)
+def test_references_agree(shape):
+    q, k, v, decay, s0, _, _ = make_inputs(shape, torch.float64)
+    decay = None if decay is None else decay.double()
+    s0 = None if s0 is None else s0.double()
+    o1, f1 = linear_attention_quadratic(q.cpu(), k.cpu(), v.cpu(), decay=None if decay is None else decay.cpu(),
+                                        initial_state=None if s0 is None else s0.cpu())
+    o2, f2 = linear_attention_recurrent(q.cpu(), k.cpu(), v.cpu(), decay=None if decay is None else decay.cpu(),
+                                        initial_state=None if s0 is None else s0.cpu())
+    assert_close("o", o1, o2, 1e-10, 1e-10)
+    assert_close("final state", f1, f2, 1e-10, 1e-10)
+
+
+def test_non_causal_is_q_times_kt_v():
+    q, k, v, *_ = make_inputs((2, 2, 30, 16, 24, 0.0, False), torch.float32)
+    expected = 16 ** -0.5 * q.double() @ (k.double().transpose(-1, -2) @ v.double())
+    assert_close("o", expected, linear_attention(q, k, v, causal=False), 1e-5, 1e-5)
+
+
+def test_state_carries_over_between_calls_and_steps():
+    """Prefill in two pieces, then decode token by token: the same as one call over everything."""
+    q, k, v, decay, _, _, _ = make_inputs((1, 2, 40, 16, 16, 0.5, False), torch.float32)
+    whole = linear_attention(q, k, v, decay=decay)
+    first, state = linear_attention(q[:, :, :23], k[:, :, :23], v[:, :, :23], decay=decay, return_final_state=True)
+    second, state = linear_attention(q[:, :, 23:35], k[:, :, 23:35], v[:, :, 23:35], decay=decay,
+                                     initial_state=state, return_final_state=True)
+    steps = []
+    for t in range(35, 40):
+        o_t, state = linear_attention_step(q[:, :, t], k[:, :, t], v[:, :, t], state, decay=decay)
+        steps.append(o_t)
+    assert_close("pieces", whole, torch.cat([first, second, torch.stack(steps, dim=2)], dim=2), 2e-5, 1e-4)
+
+
+def test_normalize_divides_by_the_decayed_key_sum():
+    q, k, v, decay, _, _, _ = make_inputs((1, 2, 37, 16, 8, 0.3, False), torch.float64)
+    q, k = elu_plus_one(q), elu_plus_one(k)
+    T = q.shape[2]
+    lag = torch.arange(T)[:, None] - torch.arange(T)[None, :]
+    D = torch.where(lag >= 0, torch.exp(decay.double().cpu()[:, None, None] * lag.clamp_min(0)), 0.0)
+    A = (q.cpu() @ k.cpu().transpose(-1, -2)) * D  # the scale cancels
+    expected = (A @ v.cpu()) / A.sum(-1, keepdim=True)
+    got = linear_attention(q.float(), k.float(), v.float(), decay=decay, normalize=True)
+    assert_close("normalized", expected, got.cpu(), 1e-5, 1e-4)
+
+
+@pytest.mark.parametrize("features", [positive_random_features, trigonometric_random_features])
+def test_random_features_estimate_the_softmax_kernel(features):
+    g = torch.Generator().manual_seed(3)
+    d, m = 16, 16384  # the estimators are unbiased; their variance grows like exp(|x + y|^2)
+    x, y = 0.2 * torch.randn(8, d, generator=g, dtype=torch.float64), 0.2 * torch.randn(8, d, generator=g, dtype=torch.float64)
+    w = orthogonal_gaussian(m, d, generator=g, dtype=torch.float64)
+    estimate = features(x, w) @ features(y, w).T
+    assert_close("exp(x.y)", torch.exp(x @ y.T), estimate, 0.0, 0.1)
+    if features is positive_random_features:
+        assert (features(x, w) > 0).all()
+
+
+def test_orthogonal_projection_rows_are_orthogonal_within_a_block():
+    w = orthogonal_gaussian(40, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert w.shape == (40, 16)
+    block = w[:16] / w[:16].norm(dim=1, keepdim=True)
+    assert_close("gram", torch.eye(16, dtype=torch.float64), block @ block.T, 1e-10, 0)
+    assert gaussian_projection(5, 16).shape == (5, 16)
+
+
+# ----------------------------------------------------------------------------- bad input
+def _qkv(B=1, H=2, T=8, K=16, V=8):
+    return torch.randn(B, H, T, K), torch.randn(B, H, T, K), torch.randn(B, H, T, V)
+
+
+BAD_INPUTS = {
+    "not a tensor": (lambda q, k, v: ("q", k, v, {}), TypeError, "q must be a torch.Tensor"),
+    "3 dims": (lambda q, k, v: (q[0], k, v, {}), ValueError, r"q must have 4 dimensions \[B, H, T, K\]"),
+    "integer": (lambda q, k, v: (q.int(), k.int(), v.int(), {}), TypeError, "q must be float16, bfloat16 or float32"),
+    "mixed dtypes": (lambda q, k, v: (q, k, v.half(), {}), TypeError, "must have the same dtype"),
+    "k shape": (lambda q, k, v: (q, k[:, :, :5], v, {}), ValueError, "k must have the shape of q"),
+    "v length": (lambda q, k, v: (q, k, v[:, :, :5], {}), ValueError, r"v must have length \(that of q\) 8, got 5"),
+    "head dim": (lambda q, k, v: (q[..., :12], k[..., :12], v, {}), ValueError, "K .* must be a multiple of 8 between 8 and 256, got 12"),
+    "value dim": (lambda q, k, v: (q, k, torch.randn(1, 2, 8, 260), {}), ValueError, "V .* got 260"),
+    "decay shape": (lambda q, k, v: (q, k, v, {"decay": torch.zeros(3)}), ValueError, r"one log-decay per head, shape \[2\], got \(3,\)"),
+    "decay positive": (lambda q, k, v: (q, k, v, {"decay": torch.tensor([-0.1, 0.2])}), ValueError, "log-decays <= 0"),
+    "decay nan": (lambda q, k, v: (q, k, v, {"decay": torch.tensor([-0.1, float("nan")])}), ValueError, "finite"),
+    "decay integer": (lambda q, k, v: (q, k, v, {"decay": torch.tensor([0, 0])}), TypeError, "decay must be a floating-point"),
+    "decay grad": (lambda q, k, v: (q, k, v, {"decay": torch.zeros(2, requires_grad=True)}), ValueError, "must not require grad"),
+    "decay not causal": (lambda q, k, v: (q, k, v, {"decay": torch.zeros(2), "causal": False}), ValueError, "decay needs causal=True"),
+    "state not causal": (lambda q, k, v: (q, k, v, {"initial_state": torch.zeros(1, 2, 16, 8), "causal": False}), ValueError, "initial_state needs causal=True"),
+    "final not causal": (lambda q, k, v: (q, k, v, {"return_final_state": True, "causal": False}), ValueError, "return_final_state needs causal=True"),
+    "state shape": (lambda q, k, v: (q, k, v, {"initial_state": torch.zeros(1, 2, 8, 16)}), ValueError, r"initial_state must have shape \[B, H, K, V\] = \(1, 2, 16, 8\), got \(1, 2, 8, 16\)"),
+    "state dims": (lambda q, k, v: (q, k, v, {"initial_state": torch.zeros(2, 16, 8)}), ValueError, "initial_state must have 4 dimensions"),
+    "normalize with state": (lambda q, k, v: (q, k, v, {"normalize": True, "return_final_state": True}), ValueError, "normalize=True"),
+    "scale": (lambda q, k, v: (q, k, v, {"scale": -2.0}), ValueError, "scale must be a positive finite number"),
+    "causal not bool": (lambda q, k, v: (q, k, v, {"causal": 1}), TypeError, "causal must be True or False"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=list(BAD_INPUTS))
+def test_bad_input_is_rejected_with_a_clear_message(case):
+    make, error, message = BAD_INPUTS[case]
+    q, k, v, kwargs = make(*_qkv())
+    with pytest.raises(error, match=message):
+        linear_attention(q, k, v, **kwargs)
+
+
+def test_step_rejects_a_state_of_the_wrong_shape():
+    q, k, v = torch.randn(1, 2, 16), torch.randn(1, 2, 16), torch.randn(1, 2, 8)
+    with pytest.raises(ValueError, match=r"state must have shape \[B, H, K, V\] = \(1, 2, 16, 8\)"):
+        linear_attention_step(q, k, v, torch.zeros(1, 2, 8, 16))
+    with pytest.raises(ValueError, match="decay must hold finite log-decays"):
+        linear_attention_step(q, k, v, torch.zeros(1, 2, 16, 8), decay=torch.tensor([0.5, 0.0]))
