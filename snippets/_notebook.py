@@ -4,20 +4,27 @@
 a title cell saying how to run it, then for each snippet in order a markdown cell naming the
 file with its provenance line, followed by the cells that ran with their outputs. A snippet
 without an output yet contributes its source cells, without outputs, and a note saying why.
+
+Each output image carries its alt text in `metadata[<mime>]["alt"]`, where nbconvert looks for
+it: the alt text of the page marker that shows the same file
+(`[[ output: <article>/<stem>/<file> | alt ]]` in `docs/*.md`), else "Figure <file> from
+<snippet>".
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 from snippets._provenance import (
-    CELLS_FILE, Snippet, discover, output_dir, provenance_line, status,
+    CELLS_FILE, Snippet, discover, figure_alt_texts, output_dir, provenance_line, status,
 )
 from snippets._runner import parse_cells
 
 KERNELSPEC = {"display_name": "Python 3", "language": "python", "name": "python3"}
+IMAGE_NAME = re.compile(r"^<(?P<name>[^<>]+)>$")  # the text/plain of an image output
 
 
 def _markdown(cell_id: str, source: str) -> dict:
@@ -59,8 +66,40 @@ def _source_cells(snippet: Snippet) -> list[dict]:
     return cells
 
 
-def snippet_cells(snippet: Snippet, generated: Path, kernels_sha: str) -> list[dict]:
-    """The notebook cells of one snippet: a heading with provenance, then its cells."""
+def _text(data) -> str:
+    """A notebook string field, which nbformat allows as a str or a list of lines."""
+    return "".join(data) if isinstance(data, list) else str(data)
+
+
+def with_alt_text(cell: dict, snippet: Snippet, alts: dict[str, str]) -> dict:
+    """`cell` with the alt text of each output image in `output.metadata[<mime>]["alt"]`.
+
+    `alts` maps `<article>/<stem>/<file>` to the alt text of the page marker showing it; an
+    image no marker shows gets "Figure <file> from <snippet>".
+    """
+    outputs = []
+    for output in cell.get("outputs", []):
+        data = output.get("data", {})
+        images = [mime for mime in data if mime.startswith("image/")]
+        if images:
+            name = IMAGE_NAME.match(_text(data.get("text/plain", "")).strip())
+            name = name.group("name") if name else "output"
+            alt = alts.get(f"{snippet.key}/{name}") or f"Figure {name} from {snippet.rel}"
+            metadata = dict(output.get("metadata", {}))
+            for mime in images:
+                metadata[mime] = {**metadata.get(mime, {}), "alt": alt}
+            output = {**output, "metadata": metadata}
+        outputs.append(output)
+    return {**cell, "outputs": outputs} if "outputs" in cell else cell
+
+
+def snippet_cells(snippet: Snippet, generated: Path, kernels_sha: str,
+                  alts: dict[str, str] | None = None) -> list[dict]:
+    """The notebook cells of one snippet: a heading with provenance, then its cells.
+
+    `alts` are the alt texts of the figures shown on the pages (`figure_alt_texts`).
+    """
+    alts = {} if alts is None else alts
     state = status(snippet, generated, kernels_sha)
     heading = f"## `{snippet.rel}`\n\n"
     if state.meta is None:
@@ -76,16 +115,17 @@ def snippet_cells(snippet: Snippet, generated: Path, kernels_sha: str) -> list[d
         cells = json.loads(path.read_text(encoding="utf-8"))
     body = [_markdown(f"{snippet.stem}-about"[:64], heading)]
     for number, cell in enumerate(cells, start=1):
-        body.append({**cell, "id": f"{snippet.stem}-{number}"[:64]})
+        body.append({**with_alt_text(cell, snippet, alts), "id": f"{snippet.stem}-{number}"[:64]})
     return body
 
 
 def notebook(root: Path, generated: Path, article: str, kernels_sha: str) -> dict:
     """The companion notebook of `article` as a JSON-ready dict."""
     cells = [_title(article_title(root, article), article)]
+    alts = figure_alt_texts(Path(root) / "docs")
     for snippet in discover(root):
         if snippet.article == article:
-            cells += snippet_cells(snippet, generated, kernels_sha)
+            cells += snippet_cells(snippet, generated, kernels_sha, alts)
     return {
         "cells": cells,
         "metadata": {"kernelspec": KERNELSPEC, "language_info": {"name": "python"}},

@@ -5,6 +5,9 @@ One place for the rules that both the build step (`python -m snippets`) and the 
 
 - a snippet is `snippets/<article>/<NN>_<name>.py`; its output folder is
   `docs/generated/<article>/<NN>_<name>/` with a `meta.json` beside the files it wrote;
+- a page shows an output with a marker `[[ output: <article>/<stem>/<file> | alt text ]]` on a
+  line of its own, outside fenced code; the alt text of a figure is written there and nowhere
+  else (the companion notebooks take it from the pages too);
 - an output is *fresh* when its `meta.json` records the current sha256 of the snippet file and the
   current `kernels_sha256` (a hash over every `kernels/**/*.py`), *stale* otherwise, *missing* when
   there is no `meta.json`, and *waiting-for-gpu* when it is missing and the snippet has a line
@@ -29,9 +32,12 @@ CELLS_FILE = "cells.json"
 STDOUT_FILE = "stdout.txt"
 RESERVED_FILES = (META_FILE, CELLS_FILE, STDOUT_FILE)
 META_KEYS = (
-    "snippet", "snippet_sha256", "kernels_sha256", "gpu", "device", "cuda", "torch", "triton",
-    "python", "triton_interpret", "date", "commit", "dirty", "duration_s", "files",
+    "snippet", "snippet_sha256", "kernels_sha256", "gpu", "device", "driver", "cuda", "torch",
+    "triton", "python", "triton_interpret", "date", "commit", "dirty", "duration_s", "files",
 )
+OUTPUT_MARKER = re.compile(r"^(?P<indent>[ \t]*)\[\[\s*output:\s*(?P<target>[^|\]]+?)\s*"
+                           r"(?:\|\s*(?P<alt>[^\]]*?)\s*)?\]\]\s*$")
+FENCE = re.compile(r"^[ \t]*(?P<fence>`{3,}|~{3,})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,6 +188,43 @@ def status(snippet: Snippet, generated: Path, kernels_sha: str) -> Status:
     if not changed:
         return Status("fresh", "", meta, needs_gpu)
     return Status("stale", f"{' and '.join(changed)} changed", meta, needs_gpu)
+
+
+def markdown_lines(markdown: str):
+    """Yield `(line, in_code)` for each line of `markdown`; `in_code` is True for the lines of a
+    fenced code block, its fences included, where markers are examples and never rendered."""
+    fence = None
+    for line in markdown.split("\n"):
+        if fence is not None:
+            closing = line.strip()
+            if len(closing) >= len(fence) and closing == fence[0] * len(closing):
+                fence = None
+            yield line, True
+        elif opening := FENCE.match(line):
+            fence = opening.group("fence")
+            yield line, True
+        else:
+            yield line, False
+
+
+def figure_alt_texts(docs_dir: Path) -> dict[str, str]:
+    """The alt text of every output marker on the site's pages, by its target.
+
+    Reads every `*.md` under `docs_dir` except the generated outputs and returns
+    `{"<article>/<stem>/<file>": alt}` for each `[[ output: ... | alt ]]` marker outside fenced
+    code that has an alt text; when two pages show the same file, the first page (in path
+    order) names it.
+    """
+    docs_dir = Path(docs_dir)
+    found: dict[str, str] = {}
+    for page in sorted(docs_dir.rglob("*.md")):
+        if page.relative_to(docs_dir).parts[0] == "generated":
+            continue
+        for line, in_code in markdown_lines(page.read_text(encoding="utf-8")):
+            marker = None if in_code else OUTPUT_MARKER.match(line)
+            if marker and marker.group("alt"):
+                found.setdefault(marker.group("target").strip(), marker.group("alt"))
+    return found
 
 
 def short_date(meta: dict) -> str:

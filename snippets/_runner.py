@@ -8,12 +8,15 @@ The snippet's percent-format cells (`# %%`, `# %% [markdown]`) are parsed here (
 its code cells run in order in one `__main__` namespace, each compiled with the snippet's real
 file name and line numbers so that tracebacks point at the snippet's lines. Each cell's stdout and
 stderr go to the terminal and into the cell's outputs; image files (png, svg) written or rewritten
-by a cell become display outputs of that cell. Into RECORD_DIR it writes `cells.json` (nbformat 4
+by a cell become display outputs of that cell, whose `text/plain` is the file name in angle
+brackets (`<peak_memory.svg>`; the companion notebook finds each figure's alt text by that
+name). Into RECORD_DIR it writes `cells.json` (nbformat 4
 cells), `stdout.txt`, `facts.json` (the device and versions, collected in this process) and, when
 a cell raises, `traceback.txt` (then the exit status is 1).
 
 Output written straight to the file descriptors (by C code or subprocesses) reaches the terminal
-but not the recorded outputs. Standard library only, plus torch and triton when installed.
+but not the recorded outputs. Standard library only, plus torch and triton when installed (and
+`nvidia-smi`, when there is one, for the driver version).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import json
 import os
 import platform
 import re
+import subprocess
 import sys
 import traceback
 import types
@@ -143,10 +147,23 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
+def nvidia_driver() -> str | None:
+    """The NVIDIA driver version that `nvidia-smi` reports (its first GPU), or None when there is
+    no `nvidia-smi`, it fails or it prints nothing."""
+    command = ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = [line.strip() for line in result.stdout.splitlines() if line.strip()]
+    return lines[0] if result.returncode == 0 and lines else None
+
+
 def device_facts() -> dict:
-    """gpu, device, cuda, torch, triton and python of this process, as meta.json records them."""
-    facts = {"gpu": False, "device": _cpu_name(), "cuda": None, "torch": None, "triton": None,
-             "python": platform.python_version(),
+    """gpu, device, driver, cuda, torch, triton and python of this process, as meta.json records
+    them (driver: the NVIDIA driver version when a GPU is present, else None)."""
+    facts = {"gpu": False, "device": _cpu_name(), "driver": None, "cuda": None, "torch": None,
+             "triton": None, "python": platform.python_version(),
              "triton_interpret": os.environ.get("TRITON_INTERPRET") == "1"}
     try:
         import torch
@@ -155,7 +172,8 @@ def device_facts() -> dict:
     if torch is not None:
         facts["torch"] = torch.__version__
         if torch.cuda.is_available():
-            facts.update(gpu=True, device=torch.cuda.get_device_name(0), cuda=torch.version.cuda)
+            facts.update(gpu=True, device=torch.cuda.get_device_name(0), driver=nvidia_driver(),
+                         cuda=torch.version.cuda)
     try:
         import triton
 

@@ -12,14 +12,27 @@ fenced code blocks or inline code):
   as a warning (so `mkdocs build --strict` fails) and shown in a "Missing output" box.
 - inline `[[ value: <article>/<stem>/<file>.json#key.sub ]]`: the value from a generated JSON file
   (floats with 3 significant digits, large ones as integers); a warning when it is missing.
+- inline `[[ device: <article>/<stem> ]]`: where that snippet's output was produced, e.g.
+  "NVIDIA H100 80GB HBM3" or "CPU (Intel Xeon ...)"; "*waiting for a GPU run*" for a
+  `# requires: cuda` snippet without output; a warning when there is no output otherwise.
 - `[[ outputs-table ]]` on a line of its own: a table of every snippet's output, where and when
   it was generated and whether it is fresh, stale or still waiting for a run.
+- `[[ gpu-environment ]]` on a line of its own: the environment of the most recent output made
+  on a GPU (device, driver, CUDA, torch, triton, Python, date, commit), or a note that no output
+  has been produced on a GPU yet.
+
+On notebook pages (rendered by mkdocs-jupyter) it also gives each output image the alt text
+that the companion notebook records for it (`metadata[<mime>]["alt"]`, written by the build
+step from the page markers), in place of nbconvert's "No description has been provided".
 
 The kernels hash and the state of each output are computed once per build (`on_pre_build`).
 """
 
 from __future__ import annotations
 
+import base64
+import datetime
+import html
 import json
 import logging
 import posixpath
@@ -27,22 +40,26 @@ import re
 import sys
 from pathlib import Path
 
+
 _REPOSITORY = Path(__file__).resolve().parent.parent
 if str(_REPOSITORY) not in sys.path:  # MkDocs loads this file by path, not as a package member
     sys.path.insert(0, str(_REPOSITORY))
 
 from snippets._provenance import (  # noqa: E402
-    Snippet, Status, discover, kernels_sha256, provenance_line, short_date, status,
+    OUTPUT_MARKER, Snippet, Status, discover, kernels_sha256, markdown_lines, provenance_line,
+    short_date, status,
 )
 
 log = logging.getLogger("mkdocs.plugins.snippets")
 
 TABLE_MARKER = re.compile(r"^[ \t]*\[\[\s*outputs-table\s*\]\]\s*$")
-OUTPUT_MARKER = re.compile(r"^(?P<indent>[ \t]*)\[\[\s*output:\s*(?P<target>[^|\]]+?)\s*"
-                           r"(?:\|\s*(?P<alt>[^\]]*?)\s*)?\]\]\s*$")
+GPU_ENVIRONMENT_MARKER = re.compile(r"^[ \t]*\[\[\s*gpu-environment\s*\]\]\s*$")
 VALUE_MARKER = r"\[\[\s*value:\s*(?P<target>[^\]#]+?)\s*#\s*(?P<key>[^\]\s]+)\s*\]\]"
-CODE_SPAN_OR_VALUE = re.compile(r"(?P<code>(?P<ticks>`+).*?(?P=ticks))|" + VALUE_MARKER)
-FENCE = re.compile(r"^[ \t]*(?P<fence>`{3,}|~{3,})")
+DEVICE_MARKER = r"\[\[\s*device:\s*(?P<snippet>[^\]\s]+)\s*\]\]"
+INLINE = re.compile(r"(?P<code>(?P<ticks>`+).*?(?P=ticks))|" + VALUE_MARKER + "|" + DEVICE_MARKER)
+IMG_TAG = re.compile(r"<img\b[^>]*>")
+IMG_SRC = re.compile(r'\ssrc="(?P<src>[^"]*)"')
+IMG_ALT = re.compile(r'\salt="[^"]*"')
 IMAGES = (".svg", ".png", ".jpg", ".jpeg", ".gif", ".webp")
 REQUIRED_EXTENSIONS = ("attr_list", "admonition")
 
@@ -79,7 +96,9 @@ def _build(config) -> _Build:
 
 def on_config(config):
     """Warn when a Markdown extension the rendered markers rely on is not enabled."""
-    names = [e if isinstance(e, str) else next(iter(e)) for e in config["markdown_extensions"]]
+    # Names, or {name: options}; plugins may add Extension instances (mkdocstrings does).
+    names = [e if isinstance(e, str) else next(iter(e), "") if isinstance(e, dict) else ""
+             for e in config["markdown_extensions"]]
     for needed in REQUIRED_EXTENSIONS:
         if not any(n.split(".")[-1] == needed for n in names):
             log.warning("snippets hook: add the Markdown extension %r to mkdocs.yml", needed)
@@ -93,29 +112,33 @@ def on_pre_build(config):
 
 
 def on_page_markdown(markdown, page, config, files):
-    """Replace the output and value markers of one page's Markdown."""
+    """Replace the markers of one page's Markdown."""
     return render(markdown, page.file.src_uri, _build(config))
+
+
+def on_page_content(html_text, page, config, files):
+    """Give the output images of a notebook page the alt text its notebook records."""
+    if not page.file.src_uri.endswith(".ipynb") or not page.file.abs_src_path:
+        return html_text
+    notebook = json.loads(Path(page.file.abs_src_path).read_text(encoding="utf-8"))
+    return with_notebook_alt_text(html_text, notebook)
 
 
 def render(markdown: str, src_uri: str, build: _Build) -> str:
     """`markdown` with its markers rendered; `src_uri` is the page's path inside docs_dir."""
-    lines, fence = [], None
-    for line in markdown.split("\n"):
-        opening = FENCE.match(line)
-        if fence is not None:
-            if _closes(fence, line):
-                fence = None
-            lines.append(line)
-        elif opening:
-            fence = opening.group("fence")
+    lines = []
+    for line, in_code in markdown_lines(markdown):
+        if in_code:
             lines.append(line)
         elif TABLE_MARKER.match(line):
             lines += outputs_table(build).split("\n")
+        elif GPU_ENVIRONMENT_MARKER.match(line):
+            lines += gpu_environment(build).split("\n")
         elif marker := OUTPUT_MARKER.match(line):
             block = _output(marker.group("target"), marker.group("alt"), src_uri, build)
             lines += [marker.group("indent") + b if b else "" for b in block.split("\n")]
         else:
-            lines.append(CODE_SPAN_OR_VALUE.sub(lambda m: _inline(m, src_uri, build), line))
+            lines.append(INLINE.sub(lambda m: _inline(m, src_uri, build), line))
     return "\n".join(lines)
 
 
@@ -127,8 +150,7 @@ def outputs_table(build: _Build) -> str:
         if meta is None:
             where = date = commit = "–"
         else:
-            where = (f"{meta.get('device')}, CUDA {meta.get('cuda')}" if meta.get("gpu")
-                     else f"CPU ({meta.get('device')})")
+            where = _where(meta) + (f", CUDA {meta.get('cuda')}" if meta.get("gpu") else "")
             where += f", torch {meta.get('torch')}, triton {meta.get('triton')}"
             date, commit = short_date(meta), (meta.get("commit") or "none")[:7]
         label = {"fresh": "fresh", "stale": f"stale: {state.reason}", "missing": "missing",
@@ -137,10 +159,45 @@ def outputs_table(build: _Build) -> str:
     return "\n".join(rows) + "\n"
 
 
-def _closes(fence: str, line: str) -> bool:
-    """Whether `line` closes a code block opened by `fence` (same character, at least as long)."""
-    closing = line.strip()
-    return len(closing) >= len(fence) and closing == fence[0] * len(closing)
+def _where(meta: dict) -> str:
+    """The device an output was produced on: the GPU's name, or "CPU (<model>)"."""
+    device = meta.get("device") or "an unknown device"
+    return device if meta.get("gpu") else f"CPU ({device})"
+
+
+def _utc_time(meta: dict) -> str:
+    """A meta.json's ISO date as "YYYY-MM-DD HH:MM UTC" (the raw value when it does not parse)."""
+    try:
+        moment = datetime.datetime.fromisoformat(meta["date"]).astimezone(datetime.timezone.utc)
+    except (KeyError, TypeError, ValueError):
+        return str(meta.get("date") or "unknown")
+    return moment.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def gpu_environment(build: _Build) -> str:
+    """Markdown describing the environment of the most recent output produced on a GPU."""
+    runs = [(build.status(s).meta, s) for s in build.snippets.values()
+            if build.status(s).meta and build.status(s).meta.get("gpu")]
+    if not runs:
+        return _admonition("note", "No output has been produced on a GPU yet", (
+            "Every output on this site so far comes from a CPU run, and the outputs that "
+            "only a GPU can produce, such as timings, still wait for one (see the table of "
+            "outputs below)."))
+    meta, snippet = max(runs, key=lambda run: (str(run[0].get("date") or ""), run[1].key))
+    commit = meta.get("commit")
+    commit = f"`{commit}`" if commit else "none (not a git checkout)"
+    if meta.get("dirty"):
+        commit += " with uncommitted changes"
+    unrecorded = "*not recorded*"
+    rows = [("Device", meta.get("device")), ("Driver", meta.get("driver")),
+            ("CUDA", meta.get("cuda")), ("PyTorch", meta.get("torch")),
+            ("Triton", meta.get("triton")), ("Python", meta.get("python")),
+            ("Date", _utc_time(meta)), ("Commit", commit)]
+    lines = [f"The most recent output made on a GPU is that of `{snippet.key}` "
+             f"({build.status(snippet).state}). It ran in this environment:", "",
+             "| | |", "|---|---|"]
+    lines += [f"| {name} | {value or unrecorded} |" for name, value in rows]
+    return "\n".join(lines) + "\n"
 
 
 def _admonition(kind: str, title: str, text: str) -> str:
@@ -243,9 +300,11 @@ def _lookup(data, key: str):
 
 
 def _inline(match: re.Match, src_uri: str, build: _Build) -> str:
-    """The text that replaces one inline match: code spans unchanged, value markers rendered."""
+    """The text that replaces one inline match: code spans unchanged, markers rendered."""
     if match.group("code"):
         return match.group(0)
+    if match.group("snippet"):
+        return _device(match.group("snippet"), src_uri, build)
     target, key = match.group("target").strip(), match.group("key")
     found = _resolve(target, src_uri, build)
     if isinstance(found, str):
@@ -262,3 +321,56 @@ def _inline(match: re.Match, src_uri: str, build: _Build) -> str:
         log.warning("%s: no value %s#%s (%s: %s); run `%s`", src_uri, target, key,
                     type(error).__name__, error, snippet.command)
         return f"**[missing: {target}#{key}]**"
+
+
+def _device(key: str, src_uri: str, build: _Build) -> str:
+    """The text of one `[[ device: <article>/<stem> ]]` marker."""
+    key = key.strip().strip("/")
+    snippet = build.snippets.get(key)
+    if snippet is None:
+        log.warning("%s: no snippet snippets/%s.py for the marker [[ device: %s ]]",
+                    src_uri, key, key)
+        return f"**[missing: {key}]**"
+    state = build.status(snippet)
+    if state.state == "waiting-for-gpu":
+        return "*waiting for a GPU run*"
+    if state.meta is None:
+        log.warning("%s: %s has no output yet: run `%s`", src_uri, snippet.rel, snippet.command)
+        return f"**[missing: {key}]**"
+    return _where(state.meta)
+
+
+def _image_data_uris(notebook: dict) -> dict[str, str]:
+    """{data URI as nbconvert writes it into `<img src>`: alt text} of a notebook's images."""
+    found = {}
+    for cell in notebook.get("cells", []):
+        for output in cell.get("outputs", []):
+            for mime, data in output.get("data", {}).items():
+                alt = output.get("metadata", {}).get(mime, {}).get("alt")
+                if not mime.startswith("image/") or not alt:
+                    continue
+                text = "".join(data) if isinstance(data, list) else data
+                payload = (base64.b64encode(text.encode("utf-8")).decode("ascii")
+                           if mime == "image/svg+xml" else "".join(text.split()))
+                found[f"data:{mime};base64,{payload}"] = alt
+    return found
+
+
+def with_notebook_alt_text(html_text: str, notebook: dict) -> str:
+    """`html_text` of a rendered notebook with each output image's alt set from `notebook`.
+
+    nbconvert's lab template, which mkdocs-jupyter uses, drops the alt text that the notebook
+    records in `output.metadata[<mime>]["alt"]`; images are matched here by their data URI.
+    """
+    alts = _image_data_uris(notebook)
+
+    def replace(match: re.Match) -> str:
+        tag = match.group(0)
+        src = IMG_SRC.search(tag)
+        alt = alts.get(html.unescape(src.group("src"))) if src else None
+        if alt is None:
+            return tag
+        tag = IMG_ALT.sub("", tag)
+        return tag[:4] + f' alt="{html.escape(alt, quote=True)}"' + tag[4:]
+
+    return IMG_TAG.sub(replace, html_text) if alts else html_text

@@ -72,7 +72,7 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
     run in Triton's interpreter when the environment variable ``TRITON_INTERPRET=1`` was set
     before ``kernels`` was imported (slow; this is how the kernels are tested without a GPU),
     except for bfloat16, which the interpreter's matrix product does not support; otherwise,
-    and on any other device, the plain PyTorch reference :func:`attention_ref` runs.
+    and on any other device, the plain PyTorch reference `attention_ref` runs.
 
     Returns:
         ``o`` of shape ``[B, H, Tq, D]``, or ``(o, lse)`` when ``return_lse=True``.
@@ -84,7 +84,7 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
             unsupported head dim, an empty length, tensors on different devices, or a scale
             that is not positive and finite.
 
-    Example:
+    Examples:
         >>> q = torch.randn(1, 4, 100, 64)
         >>> k, v = torch.randn(1, 2, 100, 64), torch.randn(1, 2, 100, 64)
         >>> flash_attention(q, k, v, causal=True).shape

@@ -1,10 +1,10 @@
 """Plain PyTorch references for scaled dot-product attention.
 
-Two references that compute the same function as :func:`kernels.flash_attention`:
+Two references that compute the same function as `kernels.flash_attention`:
 
-* :func:`attention_ref` materialises the full ``[Tq, Tk]`` score matrix and applies
+* `attention_ref` materialises the full ``[Tq, Tk]`` score matrix and applies
   ``torch.softmax``. It is the definition.
-* :func:`attention_blockwise` follows the Triton kernel's loop step by step: it walks
+* `attention_blockwise` follows the Triton kernel's loop step by step: it walks
   over tiles of queries and, for each tile, streams tiles of keys and values through
   an *online softmax* (running maximum ``m``, running sum ``l``, rescaled accumulator).
   It never holds more than one ``[BLOCK_M, BLOCK_N]`` tile of scores.
@@ -65,7 +65,7 @@ def attention_blockwise(q, k, v, causal: bool = False, scale: float | None = Non
                         block_m: int = 64, block_n: int = 64, return_lse: bool = False):
     """The kernel's algorithm in PyTorch: tiles of Q, streamed tiles of K/V, online softmax.
 
-    Same arguments and result as :func:`attention_ref`, plus the tile sizes. For each
+    Same arguments and result as `attention_ref`, plus the tile sizes. For each
     query tile it keeps, per row, the running maximum ``m`` of the scores seen so far,
     the running sum ``l`` of ``exp(s - m)`` and the accumulator ``acc = sum exp(s - m) v``.
     When a new key tile raises the maximum from ``m`` to ``m_new``, the old sum and

@@ -86,7 +86,7 @@ def linear_attention(q, k, v, causal: bool = True, decay=None, scale=None, initi
 
     Causal: the state ``S_t = gamma_h * S_{t-1} + k_t^T v_t`` (``S_{-1}`` = ``initial_state`` or 0)
     and the output ``o_t = scale * q_t S_t``, with ``gamma_h = exp(decay[h])``. Non-causal:
-    ``o = scale * Q (K^T V)``. Apply a feature map (e.g. :func:`elu_plus_one`) to ``q`` and ``k``
+    ``o = scale * Q (K^T V)``. Apply a feature map (e.g. `elu_plus_one`) to ``q`` and ``k``
     first for the classic kernelised attention.
 
     Args:
@@ -108,7 +108,7 @@ def linear_attention(q, k, v, causal: bool = True, decay=None, scale=None, initi
 
     Where it runs: the causal form runs the chunk-wise Triton kernels on CUDA tensors, and on CPU
     tensors in Triton's interpreter when ``TRITON_INTERPRET=1`` was set before ``kernels`` was
-    imported (except bfloat16); otherwise the PyTorch reference :func:`linear_attention_quadratic`.
+    imported (except bfloat16); otherwise the PyTorch reference `linear_attention_quadratic`.
     The non-causal form is two matrix products in PyTorch everywhere.
 
     Returns:
@@ -120,7 +120,7 @@ def linear_attention(q, k, v, causal: bool = True, decay=None, scale=None, initi
             is not ``[H]``, positive, non-finite or requires grad, an initial state of the wrong
             shape, or decay / initial_state / return_final_state with ``causal=False``.
 
-    Example:
+    Examples:
         >>> q, k, v = torch.randn(1, 2, 100, 16), torch.randn(1, 2, 100, 16), torch.randn(1, 2, 100, 32)
         >>> o, S = linear_attention(q, k, v, decay=torch.tensor([-0.1, -0.01]), return_final_state=True)
         >>> o.shape, S.shape

@@ -17,7 +17,7 @@ run on ``(q, k, do)`` and ``(do, v, q)``, that carries the gradient of the state
     out_j  = scale * sum_{i >= j} gamma^(i-j) (a_i . b_j) c_i  +  gamma^(L-1-j) b_j G
     G_prev = gamma^L G + scale * sum_i gamma^(i+1) a_i^T c_i
 
-So two kernels, :func:`_chunk_fwd_kernel` and :func:`_chunk_rev_kernel`, serve the forward
+So two kernels, `_chunk_fwd_kernel` and `_chunk_rev_kernel`, serve the forward
 and all three gradients (and the gradient of the initial state, the last ``G``). Each program
 owns one block of the last operand's columns and the full width of the first two.
 """

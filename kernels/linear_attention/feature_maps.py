@@ -2,12 +2,12 @@
 
 Linear attention with a feature map ``phi`` computes ``phi(q) . phi(k)`` in place of
 ``exp(q . k)``. The maps here act on the last dimension and compose with
-:func:`kernels.linear_attention`: ``linear_attention(phi(q), phi(k), v, ...)``.
+`kernels.linear_attention`: ``linear_attention(phi(q), phi(k), v, ...)``.
 
-* :func:`elu_plus_one` and :func:`relu`: deterministic, positive (Katharopoulos et al. 2020).
-* :func:`positive_random_features` (FAVOR+, Choromanski et al. 2021) and
-  :func:`trigonometric_random_features`: random features with
-  ``E[phi(x) . phi(y)] = exp(x . y)``, drawn with :func:`orthogonal_gaussian` or plain
+* `elu_plus_one` and `relu`: deterministic, positive (Katharopoulos et al. 2020).
+* `positive_random_features` (FAVOR+, Choromanski et al. 2021) and
+  `trigonometric_random_features`: random features with
+  ``E[phi(x) . phi(y)] = exp(x . y)``, drawn with `orthogonal_gaussian` or plain
   Gaussian projections.
 """
 from __future__ import annotations
@@ -58,8 +58,8 @@ def positive_random_features(x: torch.Tensor, projection: torch.Tensor) -> torch
     Args:
         x (torch.Tensor): ``[..., d]``; for softmax attention pass ``q * d ** -0.25`` (and the same
             for ``k``), so that ``phi(q) . phi(k)`` estimates ``exp(q . k / sqrt(d))``.
-        projection (torch.Tensor): ``[m, d]``, from :func:`orthogonal_gaussian` or
-            :func:`gaussian_projection`.
+        projection (torch.Tensor): ``[m, d]``, from `orthogonal_gaussian` or
+            `gaussian_projection`.
 
     Returns:
         ``[..., m]`` positive features; ``E[phi(x) . phi(y)] = exp(x . y)``.
@@ -72,7 +72,7 @@ def positive_random_features(x: torch.Tensor, projection: torch.Tensor) -> torch
 def trigonometric_random_features(x: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
     """Random Fourier features of the softmax kernel: ``exp(|x|^2 / 2) [sin(w x), cos(w x)] / sqrt(m)``.
 
-    Same arguments as :func:`positive_random_features`; returns ``[..., 2 m]`` features with
+    Same arguments as `positive_random_features`; returns ``[..., 2 m]`` features with
     ``E[phi(x) . phi(y)] = exp(x . y)``, but not all positive, so estimates can be negative.
     """
     m = projection.shape[0]

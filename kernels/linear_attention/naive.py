@@ -8,10 +8,10 @@ Causal linear attention keeps a matrix state per head,
 with ``gamma = exp(decay[h])`` (``decay`` a log-decay <= 0, ``None`` meaning gamma = 1). Two
 references compute it:
 
-* :func:`linear_attention_quadratic`, the masked quadratic form
+* `linear_attention_quadratic`, the masked quadratic form
   ``o = scale * ((Q K^T) * D) V + scale * gamma^(t+1) Q S_{-1}``, with ``D[t, s] = gamma^(t-s)``
   for ``s <= t`` and 0 above the diagonal;
-* :func:`linear_attention_recurrent`, the recurrence above, one token at a time.
+* `linear_attention_recurrent`, the recurrence above, one token at a time.
 
 Non-causal linear attention is ``o = scale * Q (K^T V)``. Shapes: ``q, k [B, H, T, K]``,
 ``v [B, H, T, V]``, states ``[B, H, K, V]``. Both compute in float32 (float64 stays float64)
@@ -70,7 +70,7 @@ def linear_attention_quadratic(q, k, v, causal: bool = True, decay=None, scale=N
 def linear_attention_recurrent(q, k, v, decay=None, scale=None, initial_state=None):
     """Causal linear attention as an RNN: one state update and one read-out per token.
 
-    Same arguments and result as :func:`linear_attention_quadratic` with ``causal=True``.
+    Same arguments and result as `linear_attention_quadratic` with ``causal=True``.
     """
     dtype = q.dtype
     scale = q.shape[-1] ** -0.5 if scale is None else scale

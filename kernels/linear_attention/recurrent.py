@@ -14,7 +14,7 @@ def linear_attention_step(q, k, v, state, decay=None, scale=None):
     """Advance the state by one token and read the output.
 
     ``S = gamma * state + k^T v`` and ``o = scale * q S``, the recurrence of
-    :func:`kernels.linear_attention` for a single position.
+    `kernels.linear_attention` for a single position.
 
     Args:
         q (torch.Tensor): the new query ``[B, H, K]``.
@@ -29,7 +29,7 @@ def linear_attention_step(q, k, v, state, decay=None, scale=None):
         ``(o [B, H, V], S_t [B, H, K, V])``: ``o`` in the dtype of ``q``, the state in float32
         (float64 stays float64).
 
-    Example:
+    Examples:
         >>> q, k, v = torch.randn(1, 2, 16), torch.randn(1, 2, 16), torch.randn(1, 2, 8)
         >>> o, S = linear_attention_step(q, k, v, torch.zeros(1, 2, 16, 8))
         >>> o.shape, S.shape

@@ -1,17 +1,22 @@
 """The built site: a strict MkDocs build, then every page in headless Chromium.
 
-The site is built into a temporary folder and served on 127.0.0.1 by the standard
-library's HTTP server. Debian's chromium, driven by Playwright, opens every page and
-checks that it works offline and renders completely: no console error, no failed
-request, no request to another host, every image loaded, every formula typeset by
-MathJax without an error and no raw TeX left in the text.
+The site is built into a temporary folder, with a `torch` that cannot be imported (building
+the site, the API page included, must never import it), and served on 127.0.0.1 by the
+standard library's HTTP server. Debian's chromium, driven by Playwright, opens every page and
+checks that it works offline and renders completely: no console error, no failed request, no
+request to another host, every image loaded and described by alt text, every formula typeset
+by MathJax without an error and no raw TeX left in the text. It also downloads each companion
+notebook through its page's button, finds each article by typing its title into the search
+box, and reads the API page.
 
 Without chromium the browser tests fail under CI and skip elsewhere, saying how to
 install it.
 """
 
+import ast
 import functools
 import http.server
+import json
 import os
 import re
 import shutil
@@ -24,7 +29,12 @@ from urllib.parse import urlsplit
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-MATHJAX = ROOT / "docs" / "assets" / "mathjax" / "tex-svg.js"
+DOCS = ROOT / "docs"
+MATHJAX = DOCS / "assets" / "mathjax" / "tex-svg.js"
+# Pages of the site that are not articles; every other Markdown page in docs/ is one.
+SITE_PAGES = {"index.md", "reproduce.md", "api.md"}
+# The alt text nbconvert gives an image that has none.
+NBCONVERT_NO_ALT = "No description has been provided for this image"
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -84,6 +94,27 @@ async () => {
 }
 """
 
+# Images with an empty alt text, or the one nbconvert writes when it found none.
+IMAGES_WITHOUT_ALT_JS = """
+(placeholder) => Array.from(document.images)
+  .filter((img) => !img.alt.trim() || img.alt.trim() === placeholder)
+  .map((img) => (img.currentSrc || img.src).slice(0, 80))
+"""
+
+# The first column of the table under "Parameters:" in the API entry with heading id `id`.
+API_PARAMETERS_JS = """
+(id) => {
+  const heading = document.getElementById(id);
+  const entry = heading && heading.closest(".doc-object");
+  if (!entry) return null;
+  const sections = Array.from(entry.querySelectorAll(".doc-section-title"));
+  const title = sections.find((el) => el.textContent.trim() === "Parameters:");
+  const table = title && title.parentElement.nextElementSibling;
+  if (!table) return [];
+  return Array.from(table.querySelectorAll("tbody tr td:first-child"), (td) => td.textContent.trim());
+}
+"""
+
 MATH_ERRORS_JS = """
 () => Array.from(
   document.querySelectorAll('mjx-merror, merror, [data-mml-node="merror"], [data-mjx-error]'),
@@ -122,14 +153,44 @@ def served(tmp_path_factory):
     server.server_close()
 
 
+def articles():
+    """(page, title) of every article: each Markdown page in docs/ but the site's own pages,
+    with the text of its first `# ` heading."""
+    found = []
+    for page in sorted(DOCS.rglob("*.md")):
+        rel = page.relative_to(DOCS)
+        if rel.parts[0] in ("generated", "assets") or rel.as_posix() in SITE_PAGES:
+            continue
+        headings = [line[2:].strip() for line in page.read_text(encoding="utf-8").splitlines()
+                    if line.startswith("# ")]
+        found.append((rel.as_posix(), headings[0] if headings else None))
+    return found
+
+
+def page_url(markdown_page: str) -> str:
+    """The path, relative to the site root, that MkDocs gives a Markdown page."""
+    stem = markdown_page.removesuffix(".md")
+    if stem == "index":
+        return ""
+    return stem.removesuffix("/index") + "/"
+
+
 @pytest.fixture(scope="module")
-def site_dir(served):
-    """The site built with `mkdocs build --strict` into the served folder, for its address."""
+def site_dir(served, tmp_path_factory):
+    """The site built with `mkdocs build --strict` into the served folder, for its address.
+
+    A `torch` that raises when imported comes first on the path: the build must not import it.
+    """
     site, url = served
+    poisoned = tmp_path_factory.mktemp("no-torch")
+    (poisoned / "torch").mkdir()
+    (poisoned / "torch" / "__init__.py").write_text(
+        'raise ImportError("building the site must not import torch")\n')
+    path = os.pathsep.join(p for p in (str(poisoned), os.environ.get("PYTHONPATH")) if p)
     result = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
         cwd=ROOT,
-        env={**os.environ, "SITE_URL": url},
+        env={**os.environ, "SITE_URL": url, "PYTHONPATH": path},
         capture_output=True,
         text=True,
     )
@@ -169,6 +230,13 @@ def test_no_marker_left_unrendered(site_dir, pages):
     }
     leftovers = {page: kinds for page, kinds in leftovers.items() if kinds}
     assert not leftovers, f"raw [[ output: / [[ value: markers left in the built pages: {leftovers}"
+
+
+def test_every_article_has_a_title():
+    found = articles()
+    assert found, "no article pages in docs/"
+    untitled = [page for page, title in found if not title]
+    assert not untitled, f"articles without a '# ' title: {untitled}"
 
 
 def test_notebooks_are_offered_as_downloads(site_dir, pages):
@@ -247,6 +315,7 @@ def check_rendered(page, watch, name):
     page.wait_for_function(MATH_DONE_JS, timeout=20_000)
     math_errors = page.evaluate(MATH_ERRORS_JS)
     broken_images = page.evaluate(IMAGES_SETTLED_JS)
+    undescribed = page.evaluate(IMAGES_WITHOUT_ALT_JS, NBCONVERT_NO_ALT)
     text = page.evaluate(VISIBLE_TEXT_JS, "body")
     notebook_text = page.evaluate(VISIBLE_TEXT_JS, ".jupyter-wrapper")
     title = page.title().strip()
@@ -255,6 +324,7 @@ def check_rendered(page, watch, name):
     assert not watch.problems, f"{name}: " + "; ".join(watch.problems)
     assert not math_errors, f"{name}: MathJax errors: {math_errors}"
     assert not broken_images, f"{name}: images that did not load: {broken_images}"
+    assert not undescribed, f"{name}: images without alt text: {undescribed}"
     raw = RAW_TEX.findall(text) + RAW_DOLLAR_MATH.findall(notebook_text)
     assert not raw, f"{name}: raw TeX left in the visible text: {raw[:5]}"
     assert title, f"{name}: the page has no <title>"
@@ -268,3 +338,61 @@ def test_every_page_renders_offline(context, base_url, pages):
         page.goto(base_url + name, wait_until="load")
         check_rendered(page, watch, name)
         page.close()
+
+
+def test_notebook_download_buttons_give_notebooks_with_outputs(context, base_url, site_dir, pages):
+    """The button on each notebook page downloads an nbformat 4 notebook with executed code."""
+    nbformat = pytest.importorskip("nbformat")
+    notebook_pages = [p for p in pages if "jupyter-wrapper" in (site_dir / p).read_text(encoding="utf-8")]
+    assert notebook_pages, "the site has no notebook page"
+    for name in notebook_pages:
+        page = context.new_page()
+        page.goto(base_url + name, wait_until="load")
+        with page.expect_download(timeout=20_000) as download:
+            page.click("a.notebook-download")
+        text = Path(download.value.path()).read_text(encoding="utf-8")
+        data = json.loads(text)
+        assert data.get("nbformat") == 4, f"{name}: the download is not an nbformat 4 notebook"
+        notebook = nbformat.reads(text, as_version=4)
+        nbformat.validate(notebook)
+        executed = [c for c in notebook.cells if c.cell_type == "code" and c.get("outputs")]
+        assert executed, f"{name}: the downloaded notebook has no code cell with outputs"
+        page.close()
+
+
+@pytest.mark.parametrize("article, title", articles())
+def test_search_finds_each_article_by_its_title(context, base_url, article, title):
+    """Typing an article's title into the search box lists that article first."""
+    page = context.new_page()
+    watch = PageWatch(page)
+    page.goto(base_url, wait_until="load")
+    page.click("input.md-search__input")
+    # The whole title at once, then one key press: Material searches on keyup, so this runs a
+    # single search, for the whole title (typing it key by key would race partial searches).
+    page.fill("input.md-search__input", title)
+    page.press("input.md-search__input", "End")
+    first = page.locator(".md-search-result__item > a.md-search-result__link").first
+    first.wait_for(timeout=20_000)
+    href = urlsplit(first.evaluate("(a) => a.href"))
+    assert href.path == urlsplit(base_url + page_url(article)).path, (
+        f"searching for {title!r}: the first result links to {href.path}, not to {article}")
+    assert not watch.problems, "; ".join(watch.problems)
+    page.close()
+
+
+def test_api_page_documents_flash_attention_with_its_args(context, base_url):
+    """The API page has an entry for kernels.flash_attention.flash_attention with a table of its
+    parameters, one row per argument of its signature, and its Returns and Raises sections."""
+    source = (ROOT / "kernels" / "flash_attention" / "__init__.py").read_text(encoding="utf-8")
+    function = next(node for node in ast.walk(ast.parse(source))
+                    if isinstance(node, ast.FunctionDef) and node.name == "flash_attention")
+    arguments = [a.arg for a in function.args.posonlyargs + function.args.args + function.args.kwonlyargs]
+    page = context.new_page()
+    page.goto(base_url + "api/", wait_until="load")
+    listed = page.evaluate(API_PARAMETERS_JS, "kernels.flash_attention.flash_attention")
+    assert listed is not None, "the API page has no entry kernels.flash_attention.flash_attention"
+    assert listed == arguments, f"Parameters of flash_attention on the API page: {listed}"
+    text = page.inner_text("article")
+    for needed in ("Returns:", "Raises:", "TypeError", "ValueError", "attention_ref", "attention_blockwise"):
+        assert needed in text, f"the API page does not show {needed!r}"
+    page.close()

@@ -26,6 +26,8 @@ from snippets.__main__ import main  # noqa: E402
 from snippets._provenance import (  # noqa: E402
     META_KEYS, discover, kernels_sha256, provenance_line, select, sha256_file,
 )
+from snippets import _notebook, _runner  # noqa: E402
+from snippets._provenance import figure_alt_texts  # noqa: E402
 from snippets._runner import parse_cells  # noqa: E402
 
 PLOT = '''"""A figure, a table and a JSON file."""
@@ -119,6 +121,7 @@ def test_meta_json_records_provenance(built):
     assert meta["snippet_sha256"] == sha256_file(repo / "snippets/demo/01_plot.py")
     assert meta["kernels_sha256"] == kernels_sha256(repo)
     assert meta["gpu"] is False and meta["cuda"] is None and meta["device"]
+    assert meta["driver"] is None  # recorded only when a GPU is present
     assert meta["torch"] == importlib.metadata.version("torch")
     assert meta["triton"] == importlib.metadata.version("triton")
     assert meta["python"] == platform.python_version()
@@ -338,3 +341,55 @@ def test_provenance_line():
                                     "2026-11-23 · commit abc1234 (uncommitted changes)")
     with pytest.raises(TypeError, match="meta must be a dict"):
         provenance_line(None)
+
+
+def fake_nvidia_smi(folder: Path, script: str) -> str:
+    """A folder holding an executable `nvidia-smi` that runs `script` (sh); returns the folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tool = folder / "nvidia-smi"
+    tool.write_text("#!/bin/sh\n" + script)
+    tool.chmod(0o755)
+    return str(folder)
+
+
+def test_nvidia_driver_reads_nvidia_smi_and_tolerates_its_absence(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", fake_nvidia_smi(tmp_path / "two", (
+        '[ "$1 $2" = "--query-gpu=driver_version --format=csv,noheader" ] || exit 3\n'
+        "printf '570.86.15\\n570.86.15\\n'\n")))
+    assert _runner.nvidia_driver() == "570.86.15"
+    monkeypatch.setenv("PATH", fake_nvidia_smi(tmp_path / "failing", "echo oops; exit 9\n"))
+    assert _runner.nvidia_driver() is None
+    monkeypatch.setenv("PATH", fake_nvidia_smi(tmp_path / "silent", "exit 0\n"))
+    assert _runner.nvidia_driver() is None
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert _runner.nvidia_driver() is None
+
+
+def test_figure_alt_texts_come_from_page_markers_outside_code(tmp_path):
+    docs = tmp_path / "docs"
+    (docs / "guide").mkdir(parents=True)
+    (docs / "generated/demo").mkdir(parents=True)
+    (docs / "a.md").write_text(
+        "[[ output: demo/01_plot/line.svg | Line from the first page ]]\n"
+        "```markdown\n[[ output: demo/01_plot/line.png | An example in code ]]\n```\n"
+        "[[ output: demo/01_plot/table.md ]]\n")
+    (docs / "guide/b.md").write_text(
+        "  [[ output: demo/01_plot/line.svg | Shown again ]]\n"
+        "[[ output: demo/02_text/notes.txt | Notes ]]\n")
+    (docs / "generated/demo/table.md").write_text("[[ output: demo/01_plot/line.png | No ]]\n")
+    assert figure_alt_texts(docs) == {"demo/01_plot/line.svg": "Line from the first page",
+                                      "demo/02_text/notes.txt": "Notes"}
+    assert figure_alt_texts(tmp_path / "absent") == {}
+
+
+def test_notebook_images_carry_the_alt_text_of_the_page_markers(copy):
+    (copy / "docs/demo.md").write_text(
+        "# Demo\n\n[[ output: demo/01_plot/line.svg | A rising line, y against x ]]\n")
+    nb = _notebook.notebook(copy, out_of(copy), "demo", kernels_sha256(copy))
+    images = {mime: output["metadata"][mime]["alt"] for cell in nb["cells"]
+              for output in cell.get("outputs", []) for mime in output.get("data", {})
+              if mime.startswith("image/")}
+    assert images == {"image/svg+xml": "A rising line, y against x",
+                      "image/png": "Figure line.png from snippets/demo/01_plot.py"}
+    nbformat = pytest.importorskip("nbformat")
+    nbformat.validate(nbformat.from_dict(nb))

@@ -227,3 +227,84 @@ def test_outputs_table_lists_every_snippet_with_its_state(repo, caplog):
     assert rows[2].endswith("| waits for a GPU run |") and rows[3].endswith("| missing |")
     assert "```\n[[ outputs-table ]]\n```" in out  # left alone inside code
     assert warnings(caplog) == []
+
+
+def test_device_marker_names_where_each_output_was_made(repo, caplog):
+    markdown = ("| [[ device: demo/01_fresh ]] | [[device:demo/02_cpu]] | "
+                "[[ device: demo/03_gpu ]] | `[[ device: demo/01_fresh ]]` |")
+    assert render(repo, markdown) == ("| NVIDIA H100 80GB HBM3 | CPU (AMD EPYC 7763) | "
+                                      "*waiting for a GPU run* | `[[ device: demo/01_fresh ]]` |")
+    assert warnings(caplog) == []
+
+
+@pytest.mark.parametrize("key, message", [("demo/04_never", "04_never.py has no output yet"),
+                                          ("demo/09_typo", "no snippet snippets/demo/09_typo.py")])
+def test_device_marker_without_output_warns(repo, caplog, key, message):
+    assert render(repo, f"on [[ device: {key} ]]") == f"on **[missing: {key}]**"
+    assert len(warnings(caplog)) == 1 and message in warnings(caplog)[0]
+
+
+def test_gpu_environment_shows_the_most_recent_gpu_output(repo, caplog):
+    (repo / "snippets/demo/05_later.py").write_text("print(5)\n")
+    write_output(repo, "05_later", {"log.txt": "later\n"},
+                 {**META, "device": "NVIDIA H200", "driver": "570.86.15", "cuda": "12.9",
+                  "date": "2026-11-21T09:30:00+00:00", "dirty": True})
+    out = render(repo, "# Reproduce\n\n[[ gpu-environment ]]\n")
+    assert "The most recent output made on a GPU is that of `demo/05_later` (fresh)" in out
+    for row in ["| Device | NVIDIA H200 |", "| Driver | 570.86.15 |", "| CUDA | 12.9 |",
+                "| PyTorch | 2.11.0 |", "| Triton | 3.6.0 |", "| Python | 3.12.3 |",
+                "| Date | 2026-11-21 09:30 UTC |",
+                "| Commit | `abc1234def` with uncommitted changes |"]:
+        assert f"\n{row}\n" in out, row
+    shutil.rmtree(repo / "docs/generated/demo/05_later")
+    out = render(repo, "[[ gpu-environment ]]")
+    assert "that of `demo/01_fresh` (fresh)" in out and "| Driver | *not recorded* |" in out
+    assert warnings(caplog) == []
+
+
+def test_gpu_environment_without_gpu_output_says_so(repo, caplog):
+    shutil.rmtree(repo / "docs/generated/demo/01_fresh")
+    out = render(repo, "Text\n\n[[ gpu-environment ]]\n\n```\n[[ gpu-environment ]]\n```\n")
+    assert '!!! note "No output has been produced on a GPU yet"\n    Every output' in out
+    assert "```\n[[ gpu-environment ]]\n```" in out and "| Device |" not in out
+    assert warnings(caplog) == []
+
+
+def test_on_config_accepts_extension_instances(caplog):
+    hook.on_config({"markdown_extensions": ["attr_list", {"admonition": {}}, object()]})
+    assert warnings(caplog) == []
+
+
+# An image output as nbconvert's lab template writes it, with the alt text nbconvert adds.
+NBCONVERT_IMG = ('<div class="jp-RenderedSVG"><img src="data:image/svg+xml;base64,{svg}" '
+                 'alt="No description has been provided for this image"/></div>'
+                 '<div class="jp-RenderedImage"><img class="\n" src="data:image/png;base64,{png}"'
+                 ' alt="No description has been provided for this image"/></div>'
+                 '<img alt="logo" src="logo.png"/>')
+
+
+def test_notebook_pages_get_the_alt_text_the_notebook_records():
+    import base64
+
+    svg, png = SVG, "iVBORw0KGgo="
+    notebook = {"cells": [
+        {"cell_type": "markdown", "source": "# T"},
+        {"cell_type": "code", "outputs": [
+            {"output_type": "stream", "name": "stdout", "text": "x\n"},
+            {"output_type": "display_data", "data": {"image/svg+xml": svg.splitlines(True),
+                                                     "text/plain": "<fig.svg>"},
+             "metadata": {"image/svg+xml": {"alt": 'Peak "memory" & <time>'}}},
+            {"output_type": "display_data", "data": {"image/png": png, "text/plain": "<f.png>"},
+             "metadata": {"image/png": {"alt": "A PNG figure"}}}]}]}
+    html = NBCONVERT_IMG.format(svg=base64.b64encode(svg.encode()).decode(), png=png)
+    out = hook.with_notebook_alt_text(html, notebook)
+    assert '<img alt="Peak &quot;memory&quot; &amp; &lt;time&gt;" src="data:image/svg+xml' in out
+    assert '<img alt="A PNG figure" class="\n" src="data:image/png;base64,iVBORw0KGgo="/>' in out
+    assert '<img alt="logo" src="logo.png"/>' in out and "No description" not in out
+
+
+def test_only_notebook_pages_are_rewritten(repo, tmp_path):
+    page = types.SimpleNamespace(file=types.SimpleNamespace(src_uri="page.md",
+                                                            abs_src_path=str(tmp_path / "x")))
+    html = '<img src="a.png" alt="No description has been provided for this image"/>'
+    assert hook.on_page_content(html, page=page, config={}, files=None) == html
