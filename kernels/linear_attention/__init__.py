@@ -20,8 +20,12 @@ __all__ = [
 ]
 
 
-def check_decay(decay, H: int, device) -> None:
-    """``decay`` must be a finite floating tensor ``[H]`` of log-decays <= 0 on ``device``."""
+def check_decay(decay, H: int, device, check_values: bool = True) -> None:
+    """``decay`` must be a finite floating tensor ``[H]`` of log-decays <= 0 on ``device``.
+
+    Checking the values reads them back from the device, which waits for the GPU; the decoding
+    step skips that part (``check_values=False``) so that a token costs no synchronisation.
+    """
     check_tensor("decay", decay, 1, "[H]")
     if not decay.is_floating_point():
         raise TypeError(f"decay must be a floating-point tensor of log-decays, got {decay.dtype}")
@@ -31,7 +35,7 @@ def check_decay(decay, H: int, device) -> None:
         raise ValueError(f"decay must be on the device of q ({device}), got {decay.device}")
     if decay.requires_grad:
         raise ValueError("decay must not require grad: gradients with respect to the decay are not implemented")
-    if not torch.isfinite(decay).all() or (decay > 0).any():
+    if check_values and (not torch.isfinite(decay).all() or (decay > 0).any()):
         raise ValueError(f"decay must hold finite log-decays <= 0 (gamma = exp(decay) in (0, 1]), "
                          f"got {decay.tolist()}")
 

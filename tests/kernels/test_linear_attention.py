@@ -187,5 +187,5 @@ def test_step_rejects_a_state_of_the_wrong_shape():
     q, k, v = torch.randn(1, 2, 16), torch.randn(1, 2, 16), torch.randn(1, 2, 8)
     with pytest.raises(ValueError, match=r"state must have shape \[B, H, K, V\] = \(1, 2, 16, 8\)"):
         linear_attention_step(q, k, v, torch.zeros(1, 2, 8, 16))
-    with pytest.raises(ValueError, match="decay must hold finite log-decays"):
-        linear_attention_step(q, k, v, torch.zeros(1, 2, 16, 8), decay=torch.tensor([0.5, 0.0]))
+    with pytest.raises(ValueError, match=r"decay must have one log-decay per head, shape \[2\]"):
+        linear_attention_step(q, k, v, torch.zeros(1, 2, 16, 8), decay=torch.tensor([-0.5]))
