@@ -26,6 +26,7 @@ from pathlib import Path
 
 SNIPPET_NAME = re.compile(r"^\d+_\w+\.py$")
 REQUIRES_CUDA = re.compile(r"^#\s*requires:\s*cuda\s*$", re.IGNORECASE)
+IMPORTS_KERNELS = re.compile(r"^\s*(?:from|import)\s+kernels\b", re.MULTILINE)
 REQUIRES_CUDA_LINES = 30
 META_FILE = "meta.json"
 CELLS_FILE = "cells.json"
@@ -74,6 +75,11 @@ class Snippet:
                 if REQUIRES_CUDA.match(line.strip()):
                     return True
         return False
+
+    @property
+    def imports_kernels(self) -> bool:
+        """True when the script imports the `kernels` package, so that its outputs depend on it."""
+        return bool(IMPORTS_KERNELS.search(self.path.read_text(encoding="utf-8")))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,7 +189,7 @@ def status(snippet: Snippet, generated: Path, kernels_sha: str) -> Status:
     changed = []
     if meta.get("snippet_sha256") != sha256_file(snippet.path):
         changed.append(snippet.rel)
-    if meta.get("kernels_sha256") != kernels_sha:
+    if meta.get("kernels_sha256") != kernels_sha and snippet.imports_kernels:
         changed.append("kernels/")
     if not changed:
         return Status("fresh", "", meta, needs_gpu)

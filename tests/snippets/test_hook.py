@@ -39,7 +39,7 @@ def repo(tmp_path):
     without output and one snippet without output."""
     (tmp_path / "kernels").mkdir()
     (tmp_path / "kernels/ops.py").write_text("X = 1\n")
-    sources = {"01_fresh": "print(1)\n", "02_cpu": "print(2)\n",
+    sources = {"01_fresh": "import kernels\nprint(1)\n", "02_cpu": "print(2)\n",
                "03_gpu": "# requires: cuda\nprint(3)\n", "04_never": "print(4)\n"}
     for stem, source in sources.items():
         path = tmp_path / "snippets/demo" / f"{stem}.py"
