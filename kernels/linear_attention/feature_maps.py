@@ -38,10 +38,14 @@ def orthogonal_gaussian(m: int, d: int, generator=None, dtype=torch.float32, dev
 
     Each block is the Q factor of a Gaussian matrix (uniform on the orthogonal group), and each
     row is rescaled to the norm of an independent Gaussian vector, so that every row is still
-    marginally ``N(0, I_d)`` (Choromanski et al. 2021, section 2.4).
+    marginally ``N(0, I_d)`` (Choromanski et al. 2021, section 2.4). The numbers are drawn on the
+    CPU in float64 (``generator`` must be a CPU generator) and then moved to ``device``.
     """
     if m < 1 or d < 1:
         raise ValueError(f"m and d must be positive, got m={m}, d={d}")
+    if generator is not None and generator.device.type != "cpu":
+        raise ValueError(f"generator must be a CPU torch.Generator (the draws are made on the CPU), "
+                         f"got one on {generator.device}")
     blocks = []
     for start in range(0, m, d):
         g = torch.randn(d, d, generator=generator, dtype=torch.float64)
