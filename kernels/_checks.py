@@ -68,3 +68,23 @@ def check_scale(name: str, value) -> None:
         raise TypeError(f"{name} must be a positive finite number or None, got {type(value).__name__} {value!r}")
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be a positive finite number or None, got {value!r}")
+
+
+def check_decay(decay, H: int, device, check_values: bool = True) -> None:
+    """``decay`` must be a finite floating tensor ``[H]`` of log-decays <= 0 on ``device``.
+
+    Checking the values reads them back from the device, which waits for the GPU; the decoding
+    step skips that part (``check_values=False``) so that a token costs no synchronisation.
+    """
+    check_tensor("decay", decay, 1, "[H]")
+    if not decay.is_floating_point():
+        raise TypeError(f"decay must be a floating-point tensor of log-decays, got {decay.dtype}")
+    if decay.shape[0] != H:
+        raise ValueError(f"decay must have one log-decay per head, shape [{H}], got {tuple(decay.shape)}")
+    if decay.device != device:
+        raise ValueError(f"decay must be on the device of q ({device}), got {decay.device}")
+    if decay.requires_grad:
+        raise ValueError("decay must not require grad: gradients with respect to the decay are not implemented")
+    if check_values and (not torch.isfinite(decay).all() or (decay > 0).any()):
+        raise ValueError(f"decay must hold finite log-decays <= 0 (gamma = exp(decay) in (0, 1]), "
+                         f"got {decay.tolist()}")

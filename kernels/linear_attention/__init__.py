@@ -4,11 +4,12 @@ from __future__ import annotations
 import torch
 
 from .._backend import HAS_TRITON, uses_triton
-from .._checks import (check_bool, check_dim, check_float_dtypes, check_same_device, check_scale,
-                       check_tensor)
+from .._checks import (check_bool, check_decay, check_dim, check_float_dtypes, check_same_device,
+                       check_scale, check_tensor)
 from .feature_maps import (elu_plus_one, gaussian_projection, orthogonal_gaussian, positive_random_features,
                            relu, trigonometric_random_features)
 from .naive import linear_attention_quadratic, linear_attention_recurrent
+from .recurrent import linear_attention_step
 
 if HAS_TRITON:
     from .chunk import ChunkLinearAttention
@@ -18,29 +19,6 @@ __all__ = [
     "elu_plus_one", "relu", "positive_random_features", "trigonometric_random_features",
     "orthogonal_gaussian", "gaussian_projection",
 ]
-
-
-def check_decay(decay, H: int, device, check_values: bool = True) -> None:
-    """``decay`` must be a finite floating tensor ``[H]`` of log-decays <= 0 on ``device``.
-
-    Checking the values reads them back from the device, which waits for the GPU; the decoding
-    step skips that part (``check_values=False``) so that a token costs no synchronisation.
-    """
-    check_tensor("decay", decay, 1, "[H]")
-    if not decay.is_floating_point():
-        raise TypeError(f"decay must be a floating-point tensor of log-decays, got {decay.dtype}")
-    if decay.shape[0] != H:
-        raise ValueError(f"decay must have one log-decay per head, shape [{H}], got {tuple(decay.shape)}")
-    if decay.device != device:
-        raise ValueError(f"decay must be on the device of q ({device}), got {decay.device}")
-    if decay.requires_grad:
-        raise ValueError("decay must not require grad: gradients with respect to the decay are not implemented")
-    if check_values and (not torch.isfinite(decay).all() or (decay > 0).any()):
-        raise ValueError(f"decay must hold finite log-decays <= 0 (gamma = exp(decay) in (0, 1]), "
-                         f"got {decay.tolist()}")
-
-
-from .recurrent import linear_attention_step  # noqa: E402  (uses check_decay)
 
 
 def _check_inputs(q, k, v, causal, decay, scale, initial_state, return_final_state, normalize):

@@ -31,6 +31,18 @@ from .._backend import INTERPRET
 
 
 @triton.jit
+def _load_chunk(A, B, C, bh, rows, offs_ab, offs_c, m_t, m_ab, m_c,
+                stride_ab, stride_at, stride_bb, stride_bt, stride_cb, stride_ct):
+    """The chunk's rows of A, B ``[CHUNK, BLOCK_AB]`` and C ``[CHUNK, BLOCK_C]``, zero past T and the dims."""
+    m_rows_ab = m_t[:, None] & m_ab[None, :]
+    b_a = tl.load(A + bh * stride_ab + rows[:, None] * stride_at + offs_ab[None, :], mask=m_rows_ab, other=0.0)
+    b_b = tl.load(B + bh * stride_bb + rows[:, None] * stride_bt + offs_ab[None, :], mask=m_rows_ab, other=0.0)
+    b_c = tl.load(C + bh * stride_cb + rows[:, None] * stride_ct + offs_c[None, :],
+                  mask=m_t[:, None] & m_c[None, :], other=0.0)
+    return b_a, b_b, b_c
+
+
+@triton.jit
 def _chunk_fwd_kernel(A, B, C, S0, OUT, SN, G,
                       stride_ab, stride_at, stride_bb, stride_bt, stride_cb, stride_ct,
                       stride_ob, stride_ot, T, DAB, DC, H, scale,
@@ -57,12 +69,8 @@ def _chunk_fwd_kernel(A, B, C, S0, OUT, SN, G,
     for start in range(0, T, CHUNK):
         rows = start + offs_t
         m_t = rows < T
-        b_a = tl.load(A + bh * stride_ab + rows[:, None] * stride_at + offs_ab[None, :],
-                      mask=m_t[:, None] & m_ab[None, :], other=0.0)  # [CHUNK, BLOCK_AB]
-        b_b = tl.load(B + bh * stride_bb + rows[:, None] * stride_bt + offs_ab[None, :],
-                      mask=m_t[:, None] & m_ab[None, :], other=0.0)
-        b_c = tl.load(C + bh * stride_cb + rows[:, None] * stride_ct + offs_c[None, :],
-                      mask=m_t[:, None] & m_c[None, :], other=0.0)  # [CHUNK, BLOCK_C]
+        b_a, b_b, b_c = _load_chunk(A, B, C, bh, rows, offs_ab, offs_c, m_t, m_ab, m_c,
+                                    stride_ab, stride_at, stride_bb, stride_bt, stride_cb, stride_ct)
         scores = tl.dot(b_a, tl.trans(b_b), input_precision=PRECISION) * intra  # [CHUNK, CHUNK]
         out = tl.dot(scores.to(b_c.dtype), b_c, input_precision=PRECISION)
         out += tl.dot((b_a * to_query[:, None]).to(b_c.dtype), state.to(b_c.dtype), input_precision=PRECISION)
@@ -106,12 +114,8 @@ def _chunk_rev_kernel(A, B, C, G0, OUT, GN, G,
         start = (n_chunks - 1 - idx) * CHUNK
         rows = start + offs_t
         m_t = rows < T
-        b_a = tl.load(A + bh * stride_ab + rows[:, None] * stride_at + offs_ab[None, :],
-                      mask=m_t[:, None] & m_ab[None, :], other=0.0)
-        b_b = tl.load(B + bh * stride_bb + rows[:, None] * stride_bt + offs_ab[None, :],
-                      mask=m_t[:, None] & m_ab[None, :], other=0.0)
-        b_c = tl.load(C + bh * stride_cb + rows[:, None] * stride_ct + offs_c[None, :],
-                      mask=m_t[:, None] & m_c[None, :], other=0.0)
+        b_a, b_b, b_c = _load_chunk(A, B, C, bh, rows, offs_ab, offs_c, m_t, m_ab, m_c,
+                                    stride_ab, stride_at, stride_bb, stride_bt, stride_cb, stride_ct)
         length = tl.minimum(T - start, CHUNK)
         to_end = tl.where(m_t, tl.exp(g * (length - 1 - offs_t).to(tl.float32)), 0.0)
         scores = tl.dot(b_b, tl.trans(b_a), input_precision=PRECISION) * intra  # [CHUNK (j), CHUNK (i)]

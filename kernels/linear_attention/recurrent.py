@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import check_dim, check_float_dtypes, check_same_device, check_scale, check_tensor
+from .._checks import check_decay, check_dim, check_float_dtypes, check_same_device, check_scale, check_tensor
 
 
 def linear_attention_step(q, k, v, state, decay=None, scale=None):
@@ -58,7 +58,6 @@ def linear_attention_step(q, k, v, state, decay=None, scale=None):
     acc = torch.float64 if state.dtype == torch.float64 else torch.float32
     S = state.to(acc)
     if decay is not None:
-        from . import check_decay  # shared with linear_attention
         check_decay(decay, H, q.device, check_values=False)
         S = torch.exp(decay.to(acc))[None, :, None, None] * S
     S = S + k.to(acc)[..., :, None] * v.to(acc)[..., None, :]  # k^T v: [B, H, K, V]
