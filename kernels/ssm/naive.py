@@ -1,0 +1,134 @@
+"""Plain PyTorch references for the selective scan (Mamba) and for SSD (Mamba-2).
+
+The selective scan runs, for every batch element ``b`` and channel ``d``, a linear recurrence on
+a state ``x_t`` of ``n`` numbers:
+
+    Δ_t = softplus(delta_t + delta_bias)        (each part only when asked for)
+    x_t = exp(Δ_t A) * x_{t-1} + Δ_t B_t u_t    (x_{-1} = 0, elementwise over the n states)
+    y_t = C_t · x_t + D u_t
+    out_t = y_t * silu(z_t)                     (when z is given)
+
+``A [d, n]`` is real (negative for a stable system). ``B`` and ``C`` are either time-invariant
+``[d, n]`` or input-dependent ``[b, n, L]`` / ``[b, g, n, L]`` (``g`` groups of ``d / g``
+channels share one). `selective_scan_ref` is the sequential loop: one token at a time,
+in float32 (float64 stays float64), the semantics of ``mamba_ssm``'s ``selective_scan_ref``.
+
+SSD (Mamba-2) is the special case where ``A`` is one scalar per head: with ``x [b, L, h, p]``,
+``dt [b, L, h]``, ``A [h]``, ``B, C [b, L, g, n]``, every channel ``(h, p)`` decays by
+``exp(dt_t A_h)``. `ssd_ref` computes it in its dual, attention-like form:
+``y = (M ∘ (C B^T)) (dt x)`` with the mask ``M[t, s] = exp(Σ_{s < r <= t} dt_r A_h)`` for
+``s <= t`` and 0 above the diagonal.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _acc(x):
+    """The accumulation dtype: float64 stays float64, everything else computes in float32."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _per_channel(M, d, L=None):
+    """``B`` or ``C`` as ``[b, d, n, L]`` (input-dependent) or ``[d, n]`` (time-invariant)."""
+    if M.dim() == 2:
+        return M
+    if M.dim() == 3:  # [b, n, L]: one group
+        M = M[:, None]
+    b, g, n, L = M.shape
+    return M[:, :, None].expand(b, g, d // g, n, L).reshape(b, d, n, L)  # [b, d, n, L]
+
+
+def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                       return_last_state=False):
+    """The selective scan, one token at a time.
+
+    Args:
+        u (torch.Tensor): inputs ``[b, d, L]``.
+        delta (torch.Tensor): step sizes ``[b, d, L]`` (before ``delta_bias`` and softplus).
+        A (torch.Tensor): real state matrix (its diagonal per channel) ``[d, n]``.
+        B (torch.Tensor): ``[d, n]``, ``[b, n, L]`` or ``[b, g, n, L]``.
+        C (torch.Tensor): ``[d, n]``, ``[b, n, L]`` or ``[b, g, n, L]``.
+        D (torch.Tensor, optional): skip connection ``[d]``.
+        z (torch.Tensor, optional): gate ``[b, d, L]``; the output is multiplied by ``silu(z)``.
+        delta_bias (torch.Tensor, optional): ``[d]``, added to ``delta``.
+        delta_softplus (bool): apply softplus to ``delta`` (after the bias).
+        return_last_state (bool): also return ``x_{L-1}`` ``[b, d, n]``.
+
+    Returns:
+        ``out [b, d, L]`` in the dtype of ``u``, or ``(out, last_state [b, d, n])`` with the
+        state in float32 (float64 for float64 inputs).
+    """
+    acc, dtype_in = _acc(u), u.dtype
+    b, d, L = u.shape
+    u, delta, A = u.to(acc), delta.to(acc), A.to(acc)
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(acc)[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    B, C = _per_channel(B.to(acc), d), _per_channel(C.to(acc), d)
+    x = u.new_zeros(b, d, A.shape[1])  # [b, d, n]
+    ys = []
+    for t in range(L):
+        dA = torch.exp(delta[:, :, t, None] * A)  # [b, d, n]
+        Bt = B if B.dim() == 2 else B[..., t]  # [d, n] or [b, d, n]
+        Ct = C if C.dim() == 2 else C[..., t]
+        x = dA * x + (delta[:, :, t] * u[:, :, t])[..., None] * Bt
+        ys.append((x * Ct).sum(-1))  # [b, d]
+    y = torch.stack(ys, dim=-1)  # [b, d, L]
+    if D is not None:
+        y = y + D.to(acc)[:, None] * u
+    if z is not None:
+        y = y * F.silu(z.to(acc))
+    out = y.to(dtype_in)
+    return (out, x) if return_last_state else out
+
+
+def ssd_ref(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, return_final_state=False):
+    """SSD (Mamba-2's scalar-decay state space model) in its quadratic, attention-like form.
+
+    Args:
+        x (torch.Tensor): inputs ``[b, L, h, p]`` (``h`` heads of ``p`` channels).
+        dt (torch.Tensor): step sizes ``[b, L, h]`` (before ``dt_bias`` and softplus).
+        A (torch.Tensor): one real decay rate per head ``[h]``.
+        B (torch.Tensor): ``[b, L, g, n]`` (``g`` groups of ``h / g`` heads share one).
+        C (torch.Tensor): ``[b, L, g, n]``.
+        D (torch.Tensor, optional): skip connection ``[h]`` or ``[h, p]``.
+        z (torch.Tensor, optional): gate ``[b, L, h, p]``; the output is multiplied by ``silu(z)``.
+        dt_bias (torch.Tensor, optional): ``[h]``, added to ``dt``.
+        dt_softplus (bool): apply softplus to ``dt`` (after the bias).
+        return_final_state (bool): also return the state after the last token ``[b, h, p, n]``.
+
+    Returns:
+        ``y [b, L, h, p]`` in the dtype of ``x``, or ``(y, final_state [b, h, p, n])`` in float32
+        (float64 for float64 inputs).
+    """
+    acc = _acc(x)
+    b, L, h, p = x.shape
+    g = B.shape[2]
+    xf, dt, A = x.to(acc), dt.to(acc), A.to(acc)
+    if dt_bias is not None:
+        dt = dt + dt_bias.to(acc)
+    if dt_softplus:
+        dt = F.softplus(dt)
+    Bh = B.to(acc).repeat_interleave(h // g, dim=2)  # [b, L, h, n]
+    Ch = C.to(acc).repeat_interleave(h // g, dim=2)
+    a = (dt * A).transpose(1, 2)  # log-decays [b, h, L]
+    cum = a.cumsum(-1)  # [b, h, L]
+    seg = cum[..., :, None] - cum[..., None, :]  # Σ_{s < r <= t} a_r: [b, h, L(t), L(s)]
+    causal = torch.ones(L, L, dtype=torch.bool, device=x.device).tril()
+    M = torch.exp(seg.masked_fill(~causal, float("-inf")))  # the decay mask [b, h, L, L]
+    scores = torch.einsum("bthn,bshn->bhts", Ch, Bh) * M  # (M ∘ C B^T): [b, h, L, L]
+    v = xf * dt[..., None]  # dt x: [b, L, h, p]
+    y = torch.einsum("bhts,bshp->bthp", scores, v)  # [b, L, h, p]
+    if D is not None:
+        y = y + (D.to(acc)[:, None] if D.dim() == 1 else D.to(acc)) * xf
+    if z is not None:
+        y = y * F.silu(z.to(acc))
+    y = y.to(x.dtype)
+    if not return_final_state:
+        return y
+    last = torch.exp(cum[..., -1:] - cum)  # decay from each token to the end: [b, h, L]
+    final = torch.einsum("bhs,bshp,bshn->bhpn", last, v, Bh)  # [b, h, p, n]
+    return y, final

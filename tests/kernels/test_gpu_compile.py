@@ -1,0 +1,93 @@
+"""Every Triton kernel compiles for a Hopper GPU (sm_90), with the tile sizes the launchers choose there.
+
+Triton's interpreter runs the kernels on the CPU but skips the compiler, which rejects programs
+the interpreter accepts (a helper returning tensors of different types from two branches, for
+one). Triton compiles ahead of time without a GPU: this file builds each kernel down to a cubin
+for the configurations a GPU run uses, so a compile error shows here and not on the first GPU.
+The compilation runs in a fresh process (``python tests/kernels/test_gpu_compile.py FAMILY``)
+because the test session imported the kernels for the interpreter.
+"""
+import os
+import subprocess
+import sys
+from importlib import import_module
+
+import pytest
+import torch
+
+FAMILIES = ["flash_attention", "linear_attention", "selective_scan"]
+TRITON_TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_kernels_compile_for_hopper(family):
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, __file__, family], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"{family}: compiled" in done.stdout, done.stdout
+
+
+def compile_for_hopper(kernel, constexprs, io, sizes, dtype, num_warps, num_stages=3):
+    """Compile ``kernel`` to a cubin: ``sizes`` and strides are int32, ``scale`` float32, the rest
+    pointers, of ``dtype`` for those named in ``io`` and of float32 for the others."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    signature = {}
+    for name in kernel.arg_names:
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif name.startswith("stride") or name in sizes:
+            signature[name] = "i32"
+        elif name in ("scale", "sm_scale"):
+            signature[name] = "fp32"
+        else:
+            signature[name] = "*" + (TRITON_TYPES[dtype] if name in io else "fp32")
+    compiled = triton.compile(ASTSource(kernel, signature, constexprs), target=GPUTarget("cuda", 90, 32),
+                              options={"num_warps": num_warps, "num_stages": num_stages})
+    assert compiled.asm["cubin"], f"{kernel.__name__}: no cubin"
+
+
+def flash_attention():
+    fa = import_module("kernels.flash_attention.triton")  # by path: kernels.flash_attention is the function
+    io = {"Q", "K", "V", "O", "DO", "DQ", "DK", "DV"}
+    sizes = {"H", "HKV", "GROUP", "Tq", "Tk", "D"}
+    for D, dtype in ((64, torch.bfloat16), (128, torch.bfloat16), (128, torch.float32), (256, torch.bfloat16)):
+        for kernel, backward in ((fa._fwd_kernel, False), (fa._bwd_dkdv_kernel, True), (fa._bwd_dq_kernel, True)):
+            BLOCK_M, BLOCK_N, num_warps, num_stages = fa._config(D, dtype, backward=backward)
+            constexprs = dict(IS_CAUSAL=True, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=D,
+                              PRECISION=fa._precision(dtype))
+            compile_for_hopper(kernel, constexprs, io, sizes, dtype, num_warps, num_stages)
+
+
+def linear_attention():
+    import triton
+    la = import_module("kernels.linear_attention.chunk")
+    for DAB, DC in ((64, 64), (128, 129), (256, 256)):
+        BLOCK_AB = max(16, triton.next_power_of_2(DAB))
+        BLOCK_C = min(64, max(16, triton.next_power_of_2(DC)))
+        for kernel, flags in ((la._chunk_fwd_kernel, ("HAS_S0", "STORE_SN")),
+                              (la._chunk_rev_kernel, ("HAS_G0", "STORE_GN"))):
+            constexprs = {flags[0]: True, flags[1]: True, "CHUNK": 64, "BLOCK_AB": BLOCK_AB, "BLOCK_C": BLOCK_C,
+                          "PRECISION": "tf32"}
+            compile_for_hopper(kernel, constexprs, {"A", "B", "C", "OUT"}, {"T", "DAB", "DC", "H"}, torch.bfloat16, 4 if BLOCK_AB <= 64 else 8)
+
+
+def selective_scan():
+    ss = import_module("kernels.ssm.selective_scan")
+    for n in (16, 256):
+        for variable in (True, False):
+            BLOCK_D, BLOCK_N, CHUNK, num_warps = ss._config(2048, n, (1, 1))
+            io = {"u", "delta", "z", "out", "dout", "du", "ddelta", "dz"} | ({"B", "C"} if variable else set())
+            constexprs = dict(BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, CHUNK=CHUNK, B_VARIABLE=variable,
+                              C_VARIABLE=variable, HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True)
+            for kernel in (ss._selective_scan_fwd_kernel, ss._selective_scan_bwd_kernel):
+                compile_for_hopper(kernel, constexprs, io, {"d", "n", "L", "g_B", "g_C"}, torch.bfloat16, num_warps)
+
+
+if __name__ == "__main__":
+    family = sys.argv[1]
+    globals()[family]()
+    print(f"{family}: compiled")
