@@ -78,7 +78,7 @@ def _selective_scan_fwd_kernel(
     d, n, L, g_B, g_C,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
     B_VARIABLE: tl.constexpr, C_VARIABLE: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
-    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, STORE_STATES: tl.constexpr,
 ):
     i_d, i_b = tl.program_id(0), tl.program_id(1)
     o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -96,8 +96,9 @@ def _selective_scan_fwd_kernel(
     n_chunks = tl.cdiv(L, CHUNK)
     b_x = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)  # the state entering the chunk
     for i_c in range(n_chunks):
-        p_states = chunk_states + ((i_b * d + o_d[:, None]) * n_chunks + i_c) * n + o_n[None, :]
-        tl.store(p_states, b_x, mask=m_dn)
+        if STORE_STATES:  # for the backward only
+            p_states = chunk_states + ((i_b * d + o_d[:, None]) * n_chunks + i_c) * n + o_n[None, :]
+            tl.store(p_states, b_x, mask=m_dn)
         o_t = i_c * CHUNK + o_c
         m_t = m_d[:, None] & (o_t[None, :] < L)
         b_dt, _ = _load_delta(delta + row, delta_bias + o_d, o_t, m_d, L, HAS_BIAS, SOFTPLUS)
@@ -246,21 +247,26 @@ def _flags(B, C, D, z, delta_bias, delta_softplus):
                 HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus)
 
 
-def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
-    """``(out [b, d, L], last_state [b, d, n], chunk_states [b, d, n_chunks, n])`` of contiguous inputs."""
+def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, store_states):
+    """``(out [b, d, L], last_state [b, d, n], chunk_states)`` of contiguous inputs.
+
+    ``chunk_states [b, d, n_chunks, n]`` (float32), the state entering each chunk, is written only
+    when ``store_states`` (a backward will follow); otherwise it is ``None``.
+    """
     b, d, L = u.shape
     n = A.shape[1]
     g_B, g_C = (M.shape[1] if M.dim() == 4 else 1 for M in (B, C))
     BLOCK_D, BLOCK_N, CHUNK, num_warps = _config(d, n, (g_B, g_C))
     out = torch.empty_like(u)
-    chunk_states = torch.empty(b, d, triton.cdiv(L, CHUNK), n, device=u.device, dtype=torch.float32)
+    chunk_states = (torch.empty(b, d, triton.cdiv(L, CHUNK), n, device=u.device, dtype=torch.float32)
+                    if store_states else None)
     last_state = torch.empty(b, d, n, device=u.device, dtype=torch.float32)
     dummy = A  # stands in for the optional tensors that are absent (never read)
     _selective_scan_fwd_kernel[(triton.cdiv(d, BLOCK_D), b)](
         u, delta, A, B, C, dummy if D is None else D, dummy if z is None else z,
-        dummy if delta_bias is None else delta_bias, out, chunk_states, last_state,
-        d, n, L, g_B, g_C, BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, CHUNK=CHUNK,
-        **_flags(B, C, D, z, delta_bias, delta_softplus), num_warps=num_warps)
+        dummy if delta_bias is None else delta_bias, out, dummy if chunk_states is None else chunk_states,
+        last_state, d, n, L, g_B, g_C, BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, CHUNK=CHUNK,
+        **_flags(B, C, D, z, delta_bias, delta_softplus), STORE_STATES=store_states, num_warps=num_warps)
     return out, last_state, chunk_states
 
 
@@ -300,7 +306,8 @@ class SelectiveScanFunction(torch.autograd.Function):
         shape_B, shape_C = B.shape, C.shape
         u, delta, A, D, z, delta_bias = (None if x is None else x.contiguous() for x in (u, delta, A, D, z, delta_bias))
         B, C = _as_groups(B), _as_groups(C)
-        out, last_state, chunk_states = selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        out, last_state, chunk_states = selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                                           store_states=any(ctx.needs_input_grad))
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, chunk_states)
         ctx.delta_softplus, ctx.shape_B, ctx.shape_C = delta_softplus, shape_B, shape_C
         return out, last_state

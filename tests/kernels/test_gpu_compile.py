@@ -83,8 +83,10 @@ def selective_scan():
             io = {"u", "delta", "z", "out", "dout", "du", "ddelta", "dz"} | ({"B", "C"} if variable else set())
             constexprs = dict(BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, CHUNK=CHUNK, B_VARIABLE=variable,
                               C_VARIABLE=variable, HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True)
-            for kernel in (ss._selective_scan_fwd_kernel, ss._selective_scan_bwd_kernel):
-                compile_for_hopper(kernel, constexprs, io, {"d", "n", "L", "g_B", "g_C"}, torch.bfloat16, num_warps)
+            sizes = {"d", "n", "L", "g_B", "g_C"}
+            compile_for_hopper(ss._selective_scan_fwd_kernel, {**constexprs, "STORE_STATES": True}, io, sizes,
+                               torch.bfloat16, num_warps)
+            compile_for_hopper(ss._selective_scan_bwd_kernel, constexprs, io, sizes, torch.bfloat16, num_warps)
 
 
 if __name__ == "__main__":
