@@ -1,7 +1,13 @@
 """Fast LLM kernels: each op a Triton kernel beside a plain PyTorch reference."""
 from .flash_attention import flash_attention
 from .linear_attention import linear_attention, linear_attention_step
+from .speculative import speculative_generate, verify_draft
 from .ssm import selective_scan, selective_scan_step, ssd
 
-__all__ = ["flash_attention", "linear_attention", "linear_attention_step", "selective_scan", "selective_scan_step", "ssd"]
+__all__ = [
+    "flash_attention",
+    "linear_attention", "linear_attention_step",
+    "selective_scan", "selective_scan_step", "ssd",
+    "verify_draft", "speculative_generate",
+]
 __version__ = "0.1.0"

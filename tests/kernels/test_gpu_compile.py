@@ -15,7 +15,7 @@ from importlib import import_module
 import pytest
 import torch
 
-FAMILIES = ["flash_attention", "linear_attention", "selective_scan"]
+FAMILIES = ["flash_attention", "linear_attention", "selective_scan", "tree_attention"]
 TRITON_TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 
 
@@ -43,6 +43,8 @@ def compile_for_hopper(kernel, constexprs, io, sizes, dtype, num_warps, num_stag
             signature[name] = "i32"
         elif name in ("scale", "sm_scale"):
             signature[name] = "fp32"
+        elif name == "MASK":
+            signature[name] = "*u8"
         else:
             signature[name] = "*" + (TRITON_TYPES[dtype] if name in io else "fp32")
     compiled = triton.compile(ASTSource(kernel, signature, constexprs), target=GPUTarget("cuda", 90, 32),
@@ -87,6 +89,16 @@ def selective_scan():
             compile_for_hopper(ss._selective_scan_fwd_kernel, {**constexprs, "STORE_STATES": True}, io, sizes,
                                torch.bfloat16, num_warps)
             compile_for_hopper(ss._selective_scan_bwd_kernel, constexprs, io, sizes, torch.bfloat16, num_warps)
+
+
+def tree_attention():
+    tt = import_module("kernels.speculative.tree_triton")
+    sizes = {"H", "GROUP", "Tq", "Tk", "D"}
+    for D, BLOCK_M in ((64, 16), (128, 64)):  # the launcher's tiles for a small and a large tree
+        BLOCK_N, num_warps, num_stages = (64, 4, 3)
+        constexprs = dict(BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=D, PRECISION="tf32")
+        compile_for_hopper(tt._tree_fwd_kernel, constexprs, {"Q", "K", "V", "O"}, sizes, torch.bfloat16,
+                           num_warps, num_stages)
 
 
 if __name__ == "__main__":
