@@ -57,6 +57,7 @@ GPU_ENVIRONMENT_MARKER = re.compile(r"^[ \t]*\[\[\s*gpu-environment\s*\]\]\s*$")
 VALUE_MARKER = r"\[\[\s*value:\s*(?P<target>[^\]#]+?)\s*#\s*(?P<key>[^\]\s]+)\s*\]\]"
 DEVICE_MARKER = r"\[\[\s*device:\s*(?P<snippet>[^\]\s]+)\s*\]\]"
 INLINE = re.compile(r"(?P<code>(?P<ticks>`+).*?(?P=ticks))|" + VALUE_MARKER + "|" + DEVICE_MARKER)
+OUTPUT_START = re.compile(r"^[ \t]*\[\[\s*output\s*:")
 IMG_TAG = re.compile(r"<img\b[^>]*>")
 IMG_SRC = re.compile(r'\ssrc="(?P<src>[^"]*)"')
 IMG_ALT = re.compile(r'\salt="[^"]*"')
@@ -137,6 +138,9 @@ def render(markdown: str, src_uri: str, build: _Build) -> str:
         elif marker := OUTPUT_MARKER.match(line):
             block = _output(marker.group("target"), marker.group("alt"), src_uri, build)
             lines += [marker.group("indent") + b if b else "" for b in block.split("\n")]
+        elif OUTPUT_START.match(line):  # e.g. a "]" in the alt text ends the marker early
+            log.warning("%s: a malformed output marker (alt text may not contain ']'): %s", src_uri, line.strip())
+            lines.append(line)
         else:
             lines.append(INLINE.sub(lambda m: _inline(m, src_uri, build), line))
     return "\n".join(lines)

@@ -159,6 +159,12 @@ def test_figure_without_alt_text_warns(repo, caplog):
     assert "needs alt text" in warnings(caplog)[0]
 
 
+def test_malformed_output_marker_warns(repo, caplog):
+    """A "]" in the alt text ends the marker early: the line is not rendered, and the build hears of it."""
+    render(repo, "[[ output: demo/01_fresh/fig.svg | the matrix W[t, s] ]]")
+    assert "malformed output marker" in warnings(caplog)[0]
+
+
 def test_values_are_formatted(repo, caplog):
     markdown = ("x [[ value: demo/01_fresh/results.json#speedup ]], "
                 "[[value:demo/01_fresh/results.json#big]], "
