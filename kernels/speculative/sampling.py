@@ -105,7 +105,8 @@ def residual_probs(target_row: torch.Tensor, draft_row: torch.Tensor) -> torch.T
     """``norm(max(0, target - draft))``: where a token goes after the draft's token was rejected.
 
     Args:
-        target_row, draft_row (torch.Tensor): distributions of shape ``[V]``.
+        target_row (torch.Tensor): the target's distribution ``[V]``.
+        draft_row (torch.Tensor): the draft's distribution ``[V]``.
 
     Returns:
         A distribution of shape ``[V]``. When the difference has no positive mass (the two rows
@@ -205,8 +206,8 @@ def verify_draft(draft_tokens: torch.Tensor, draft_probs: torch.Tensor, target_p
             are not floating-point, ``generator`` is not a ``torch.Generator``.
         ValueError: wrong shapes (``target_probs`` without ``k+1`` rows, vocabulary sizes that
             differ), tokens outside ``[0, V)``, rows that are not distributions, a draft token
-            with zero draft probability, tensors on different devices.
-        Checking the values reads them back from the device.
+            with zero draft probability, tensors on different devices. (Checking the values
+            reads them back from the device.)
 
     Examples:
         >>> greedy = torch.eye(4)  # row i: all mass on token i

@@ -6,12 +6,18 @@ import torch.nn.functional as F
 
 from .._backend import HAS_TRITON, uses_triton
 from .._checks import check_bool, check_float_dtypes, check_same_device, check_tensor
+from .hippo import (discretize, fft_conv, hippo_legs, hippo_legt, legendre_basis, legendre_project,
+                    legendre_reconstruct, legs_coefficients, ssm_kernel, ssm_scan)
 from .naive import selective_scan_ref, ssd_ref
 
 if HAS_TRITON:
     from .selective_scan import SelectiveScanFunction
 
-__all__ = ["selective_scan", "selective_scan_step", "ssd", "selective_scan_ref", "ssd_ref"]
+__all__ = [
+    "selective_scan", "selective_scan_step", "ssd", "selective_scan_ref", "ssd_ref",
+    "hippo_legs", "hippo_legt", "discretize", "ssm_scan", "ssm_kernel", "fft_conv",
+    "legs_coefficients", "legendre_basis", "legendre_reconstruct", "legendre_project",
+]
 
 MAX_STATE = 256  # largest state size n the kernels take
 
@@ -161,7 +167,10 @@ def selective_scan_step(state, u, delta, A, B, C, D=None, z=None, delta_bias=Non
         B (torch.Tensor): ``[b, n]`` or ``[b, g, n]`` (dtype of ``u``). A time-invariant ``B [d, n]``
             is passed as ``B.expand(b, d, n)`` (one group per channel).
         C (torch.Tensor): same forms as ``B``.
-        D, z, delta_bias, delta_softplus: as in `selective_scan` (``z`` of shape ``[b, d]``).
+        D (torch.Tensor, optional): skip connection ``[d]``, float32.
+        z (torch.Tensor, optional): gate ``[b, d]``, dtype of ``u``.
+        delta_bias (torch.Tensor, optional): ``[d]``, float32, added to ``delta``.
+        delta_softplus (bool): apply softplus to ``delta`` after the bias.
 
     Returns:
         ``(out [b, d] in the dtype of u, new state [b, d, n] in float32)``; ``state`` is not modified.
