@@ -209,7 +209,7 @@ def typical_tree(tree: Tree, tokens: torch.Tensor, target_probs: torch.Tensor, e
     """
     n = tree.num_nodes
     parent = tree.parent.clamp_min(0).to(tokens.device)
-    ok = typical_mask(tokens[1:, None], target_probs[parent[1:]][:, None])[:, 0]  # [N], node passes
+    ok = typical_mask(tokens[1:, None], target_probs[parent[1:]][:, None], epsilon, delta)[:, 0]  # [N]: node passes
     ok = torch.cat([torch.ones(1, dtype=torch.bool, device=tokens.device), ok])
     best = [0]
     for leaf in range(1, n):  # the root path of each node, kept if every node on it passes

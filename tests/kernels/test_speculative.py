@@ -14,7 +14,8 @@ import torch
 from kernels.speculative import (DEFAULT_TREE, PRESETS, Config, DecodeStats, MedusaHeads, MTPModule, Transformer,
                                  TrainConfig, build_tree, generate, load_corpus, load_models, logits_to_probs,
                                  medusa_generate, mtp_generate, sample, speculative_generate, train_lm,
-                                 train_medusa_heads, train_mtp, typical_accept, verify_draft, verify_tree)
+                                 train_medusa_heads, train_mtp, typical_accept, typical_tree, verify_draft,
+                                 verify_tree)
 from kernels.speculative.train import cached
 
 TINY = Config(dim=32, n_layers=2, n_heads=2, hidden=64, max_seq_len=256)
@@ -169,6 +170,17 @@ def test_typical_accept_thresholds():
     assert len(typical_accept(torch.tensor([2]), target, epsilon=1.0, delta=0.6)) == 1  # 0.214 > 0.2
     eye = torch.eye(4, dtype=torch.float64)
     assert torch.equal(typical_accept(torch.tensor([1, 2, 0]), eye[[1, 2, 3, 0]]), torch.tensor([1, 2, 3]))
+
+
+def test_typical_tree_uses_its_thresholds():
+    """The tree rule passes epsilon and delta on: a node at probability 0.2 passes or fails with them."""
+    tree = build_tree([(0,)])  # the root and one child
+    tokens = torch.tensor([0, 2])  # the child proposes token 2, which has probability 0.2 after the root
+    target = torch.tensor([[0.5, 0.3, 0.2, 0.0], [0.25, 0.25, 0.25, 0.25]], dtype=torch.float64)
+    path, _ = typical_tree(tree, tokens, target)  # threshold 0.0714: accepted
+    assert path == [0, 1]
+    path, _ = typical_tree(tree, tokens, target, epsilon=0.25, delta=1.0)  # threshold 0.25: rejected
+    assert path == [0]
 
 
 def test_logits_to_probs():
