@@ -113,7 +113,13 @@ def on_pre_build(config):
 
 
 def on_page_markdown(markdown, page, config, files):
-    """Replace the markers of one page's Markdown."""
+    """Replace the markers of one page's Markdown.
+
+    Articles also rank above their companion notebooks in the search (Material's per-page
+    ``search.boost``): a notebook repeats its article's words and would otherwise come first.
+    """
+    if page.file.src_uri.endswith(".md"):
+        page.meta.setdefault("search", {}).setdefault("boost", 2)
     return render(markdown, page.file.src_uri, _build(config))
 
 
