@@ -65,13 +65,13 @@ def write_output(root: Path, stem: str, files: dict, meta: dict) -> None:
     (folder / "meta.json").write_text(json.dumps(full))
 
 
-def render(root: Path, markdown: str, src_uri: str = "page.md") -> str:
+def render(root: Path, markdown: str, src_uri: str = "page.md", page=None) -> str:
     """Run the hook's build and page events on `markdown` as MkDocs would."""
     config = {"docs_dir": str(root / "docs"), "config_file_path": str(root / "mkdocs.yml"),
               "markdown_extensions": ["attr_list", "admonition", "pymdownx.superfences"]}
     hook.on_config(config)
     hook.on_pre_build(config)
-    page = types.SimpleNamespace(file=types.SimpleNamespace(src_uri=src_uri))
+    page = page or types.SimpleNamespace(file=types.SimpleNamespace(src_uri=src_uri), meta={})
     return hook.on_page_markdown(markdown, page=page, config=config, files=None)
 
 
@@ -307,6 +307,17 @@ def test_notebook_pages_get_the_alt_text_the_notebook_records():
     assert '<img alt="Peak &quot;memory&quot; &amp; &lt;time&gt;" src="data:image/svg+xml' in out
     assert '<img alt="A PNG figure" class="\n" src="data:image/png;base64,iVBORw0KGgo="/>' in out
     assert '<img alt="logo" src="logo.png"/>' in out and "No description" not in out
+
+
+def test_articles_rank_above_notebooks_in_search(repo):
+    """Markdown pages get Material's search boost, unless they set their own; notebooks do not."""
+    pages = {uri: types.SimpleNamespace(file=types.SimpleNamespace(src_uri=uri), meta=dict(meta))
+             for uri, meta in (("a.md", {}), ("b.md", {"search": {"boost": 5}}), ("n.ipynb", {}))}
+    for uri, page in pages.items():
+        render(repo, "text", page=page)
+    assert pages["a.md"].meta["search"]["boost"] == 2
+    assert pages["b.md"].meta["search"]["boost"] == 5
+    assert "search" not in pages["n.ipynb"].meta
 
 
 def test_only_notebook_pages_are_rewritten(repo, tmp_path):
