@@ -70,6 +70,35 @@ def check_scale(name: str, value) -> None:
         raise ValueError(f"{name} must be a positive finite number or None, got {value!r}")
 
 
+def check_attention_qkv(q, k, v) -> None:
+    """``q [B, H, Tq, D]``, ``k, v [B, Hkv, Tk, D]`` for attention: one float dtype and device,
+    head dims a multiple of 8 up to 256, ``H`` a multiple of ``Hkv`` (grouped-query attention),
+    no empty dimension."""
+    check_tensor("q", q, 4, "[B, H, Tq, D]")
+    check_tensor("k", k, 4, "[B, Hkv, Tk, D]")
+    check_tensor("v", v, 4, "[B, Hkv, Tk, D]")
+    check_float_dtypes({"q": q, "k": k, "v": v})
+    check_same_device({"q": q, "k": k, "v": v})
+    B, H, Tq, D = q.shape
+    if k.shape != v.shape:
+        raise ValueError(f"k and v must have the same shape [B, Hkv, Tk, D], got k {tuple(k.shape)} "
+                         f"and v {tuple(v.shape)}")
+    check_dim("k", k, 0, "batch size (that of q)", B)
+    check_dim("k", k, 3, "head dim (that of q)", D)
+    if D % 8 != 0 or not 8 <= D <= 256:
+        raise ValueError(f"head dim D must be a multiple of 8 between 8 and 256, got {D} (q shape {tuple(q.shape)})")
+    Hkv = k.shape[1]
+    if Hkv == 0 or H % Hkv != 0:
+        raise ValueError(f"the number of query heads H={H} must be a multiple of the number of "
+                         f"key/value heads Hkv={Hkv}")
+    if B == 0 or H == 0:
+        raise ValueError(f"q must have at least one batch element and one head, got shape {tuple(q.shape)}")
+    if Tq == 0:
+        raise ValueError(f"q must hold at least one query (Tq >= 1), got shape {tuple(q.shape)}")
+    if k.shape[2] == 0:
+        raise ValueError(f"k and v must hold at least one key (Tk >= 1), got shape {tuple(k.shape)}")
+
+
 def check_decay(decay, H: int, device, check_values: bool = True) -> None:
     """``decay`` must be a finite floating tensor ``[H]`` of log-decays <= 0 on ``device``.
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 import torch
 
 from .._backend import HAS_TRITON, uses_triton
-from .._checks import (check_bool, check_dim, check_float_dtypes, check_same_device, check_scale,
-                       check_tensor)
+from .._checks import check_attention_qkv, check_bool, check_scale
 from .naive import attention_blockwise, attention_ref
 
 if HAS_TRITON:
@@ -15,32 +14,10 @@ __all__ = ["flash_attention", "attention_ref", "attention_blockwise", "uses_trit
 
 
 def _check_inputs(q, k, v, causal, scale, return_lse):
-    check_tensor("q", q, 4, "[B, H, Tq, D]")
-    check_tensor("k", k, 4, "[B, Hkv, Tk, D]")
-    check_tensor("v", v, 4, "[B, Hkv, Tk, D]")
-    check_float_dtypes({"q": q, "k": k, "v": v})
-    check_same_device({"q": q, "k": k, "v": v})
+    check_attention_qkv(q, k, v)
     check_bool("causal", causal)
     check_bool("return_lse", return_lse)
     check_scale("scale", scale)
-    B, H, Tq, D = q.shape
-    if k.shape != v.shape:
-        raise ValueError(f"k and v must have the same shape [B, Hkv, Tk, D], got k {tuple(k.shape)} "
-                         f"and v {tuple(v.shape)}")
-    check_dim("k", k, 0, "batch size (that of q)", B)
-    check_dim("k", k, 3, "head dim (that of q)", D)
-    if D % 8 != 0 or not 8 <= D <= 256:
-        raise ValueError(f"head dim D must be a multiple of 8 between 8 and 256, got {D} (q shape {tuple(q.shape)})")
-    Hkv = k.shape[1]
-    if Hkv == 0 or H % Hkv != 0:
-        raise ValueError(f"the number of query heads H={H} must be a multiple of the number of "
-                         f"key/value heads Hkv={Hkv}")
-    if B == 0 or H == 0:
-        raise ValueError(f"q must have at least one batch element and one head, got shape {tuple(q.shape)}")
-    if Tq == 0:
-        raise ValueError(f"q must hold at least one query (Tq >= 1), got shape {tuple(q.shape)}")
-    if k.shape[2] == 0:
-        raise ValueError(f"k and v must hold at least one key (Tk >= 1), got shape {tuple(k.shape)}")
 
 
 def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,

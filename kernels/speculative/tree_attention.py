@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from .._backend import HAS_TRITON, uses_triton
-from .._checks import check_dim, check_float_dtypes, check_same_device, check_scale, check_tensor
+from .._checks import check_attention_qkv, check_same_device, check_scale, check_tensor
 from .naive import tree_attention_ref
 
 if HAS_TRITON:
@@ -20,29 +20,13 @@ __all__ = ["tree_attention", "tree_attention_ref"]
 
 
 def _check_inputs(q, k, v, tree_mask, scale):
-    check_tensor("q", q, 4, "[B, H, Tq, D]")
-    check_tensor("k", k, 4, "[B, Hkv, Tk, D]")
-    check_tensor("v", v, 4, "[B, Hkv, Tk, D]")
+    check_attention_qkv(q, k, v)
     check_tensor("tree_mask", tree_mask, 2, "[Tq, Tq]")
-    check_float_dtypes({"q": q, "k": k, "v": v})
-    check_same_device({"q": q, "k": k, "v": v, "tree_mask": tree_mask})
+    check_same_device({"q": q, "tree_mask": tree_mask})
     check_scale("scale", scale)
     if tree_mask.dtype != torch.bool:
         raise TypeError(f"tree_mask must be a bool tensor, got {tree_mask.dtype}")
-    B, H, Tq, D = q.shape
-    if k.shape != v.shape:
-        raise ValueError(f"k and v must have the same shape [B, Hkv, Tk, D], got k {tuple(k.shape)} "
-                         f"and v {tuple(v.shape)}")
-    check_dim("k", k, 0, "batch size (that of q)", B)
-    check_dim("k", k, 3, "head dim (that of q)", D)
-    if D % 8 != 0 or not 8 <= D <= 256:
-        raise ValueError(f"head dim D must be a multiple of 8 between 8 and 256, got {D}")
-    Hkv = k.shape[1]
-    if Hkv == 0 or H % Hkv != 0:
-        raise ValueError(f"the number of query heads H={H} must be a multiple of the number of "
-                         f"key/value heads Hkv={Hkv}")
-    if B == 0 or H == 0 or Tq == 0:
-        raise ValueError(f"q must hold at least one batch element, head and query, got shape {tuple(q.shape)}")
+    Tq = q.shape[2]
     if k.shape[2] < Tq:
         raise ValueError(f"k must hold the cache and then the Tq={Tq} new keys (Tk >= Tq), got Tk={k.shape[2]}")
     if tuple(tree_mask.shape) != (Tq, Tq):
