@@ -27,6 +27,19 @@ from .._backend import INTERPRET
 
 # --8<-- [start:fwd_kernel]
 @triton.jit
+def _online_softmax_step(acc, m_i, l_i, s, b_v, PRECISION: tl.constexpr):
+    """Fold one tile of scores ``s`` (base 2, -inf where hidden) and its values into the running
+    maximum ``m_i``, denominator ``l_i`` and output ``acc`` of the online softmax."""
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row that has seen no key yet
+    p = tl.math.exp2(s - m_safe[:, None])
+    alpha = tl.math.exp2(m_i - m_safe)  # rescales what was summed under the old maximum
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(b_v.dtype), b_v, input_precision=PRECISION)
+    return acc, m_new, l_i
+
+
+@triton.jit
 def _fwd_inner(acc, m_i, l_i, q, k_ptrs, v_ptrs, offs_m, offs_n, offs_d, lo, hi,
                stride_kn, stride_vn, qk_scale, Tk, D, causal_offset,
                MASK: tl.constexpr, IS_CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -43,13 +56,7 @@ def _fwd_inner(acc, m_i, l_i, q, k_ptrs, v_ptrs, offs_m, offs_n, offs_d, lo, hi,
             if IS_CAUSAL:
                 visible = visible & (cols[None, :] <= offs_m[:, None] + causal_offset)
             s = tl.where(visible, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row that has seen no key yet
-        p = tl.math.exp2(s - m_safe[:, None])
-        alpha = tl.math.exp2(m_i - m_safe)  # rescales what was summed under the old maximum
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(b_v.dtype), b_v, input_precision=PRECISION)
-        m_i = m_new
+        acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, s, b_v, PRECISION)
     return acc, m_i, l_i
 
 

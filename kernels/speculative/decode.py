@@ -72,6 +72,12 @@ def timed(stats: DecodeStats, field: str, device: torch.device):
     setattr(stats, field, getattr(stats, field) + time.perf_counter() - start)
 
 
+def check_draft_count(num_draft_tokens) -> None:
+    """``num_draft_tokens`` must be an int ``>= 1``."""
+    if isinstance(num_draft_tokens, bool) or not isinstance(num_draft_tokens, int) or num_draft_tokens < 1:
+        raise ValueError(f"num_draft_tokens must be an int >= 1, got {num_draft_tokens!r}")
+
+
 def check_decode_args(model, prompt, max_new_tokens, temperature, generator, extra: int = 0) -> None:
     """Validation shared by every decoding loop; ``extra`` = positions a step may add beyond the tokens."""
     check_tensor("prompt", prompt, 1, "[T] (batch 1)")
@@ -218,8 +224,7 @@ def speculative_generate(target, draft, prompt: torch.Tensor, max_new_tokens: in
         >>> torch.equal(tokens, generate(target, torch.tensor([104, 105]), 8, temperature=0))
         True
     """
-    if isinstance(num_draft_tokens, bool) or not isinstance(num_draft_tokens, int) or num_draft_tokens < 1:
-        raise ValueError(f"num_draft_tokens must be an int >= 1, got {num_draft_tokens!r}")
+    check_draft_count(num_draft_tokens)
     for model in (target, draft):
         check_decode_args(model, prompt, max_new_tokens, temperature, generator, extra=num_draft_tokens)
     if target.config.vocab_size != draft.config.vocab_size:

@@ -18,7 +18,7 @@ import time
 import torch
 from torch import nn
 
-from .decode import DecodeStats, check_decode_args, prefill, timed, verify_step
+from .decode import DecodeStats, check_decode_args, check_draft_count, prefill, timed, verify_step
 from .model import Block, Config, KVCache, RMSNorm
 from .sampling import logits_to_probs, sample
 
@@ -102,8 +102,7 @@ def mtp_generate(model, mtp: MTPModule, prompt: torch.Tensor, max_new_tokens: in
     Returns:
         ``(tokens [max_new_tokens], DecodeStats)``.
     """
-    if isinstance(num_draft_tokens, bool) or not isinstance(num_draft_tokens, int) or num_draft_tokens < 1:
-        raise ValueError(f"num_draft_tokens must be an int >= 1, got {num_draft_tokens!r}")
+    check_draft_count(num_draft_tokens)
     check_decode_args(model, prompt, max_new_tokens, temperature, generator, extra=num_draft_tokens)
     stats, device = DecodeStats(), prompt.device
     start_time = time.perf_counter()

@@ -13,6 +13,7 @@ import triton
 import triton.language as tl
 
 from .._backend import INTERPRET
+from ..flash_attention.triton import _online_softmax_step
 
 
 # --8<-- [start:tree_kernel]
@@ -35,13 +36,7 @@ def _tree_inner(acc, m_i, l_i, q, k_ptrs, v_ptrs, MASK, stride_mm, stride_mn, of
                              mask=m_tree, other=0)  # [BLOCK_M, BLOCK_N]
             visible = (cols[None, :] < n_cache) | (b_tree != 0)
             s = tl.where(visible, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row that has seen no key yet
-        p = tl.math.exp2(s - m_safe[:, None])
-        alpha = tl.math.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(b_v.dtype), b_v, input_precision=PRECISION)
-        m_i = m_new
+        acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, s, b_v, PRECISION)
     return acc, m_i, l_i
 
 

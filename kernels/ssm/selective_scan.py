@@ -315,7 +315,6 @@ class SelectiveScanFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout, dlast):
         u, delta, A, B, C, D, z, delta_bias, chunk_states = ctx.saved_tensors
-        dlast = torch.zeros(u.shape[0], u.shape[1], A.shape[1], device=u.device) if dlast is None else dlast
         du, ddelta, dA, dB, dC, dD, dz, dbias = selective_scan_bwd(
             dout.contiguous(), dlast.float().contiguous(), u, delta, A, B, C, D, z, delta_bias,
             ctx.delta_softplus, chunk_states)
