@@ -85,3 +85,91 @@ def linear_attention_recurrent(q, k, v, decay=None, scale=None, initial_state=No
         S = gamma * S + k[:, :, t, :, None] * v[:, :, t, None, :]  # k_t^T v_t: [B, H, K, V]
         outputs.append(scale * torch.einsum("bhk,bhkv->bhv", q[:, :, t], S))
     return torch.stack(outputs, dim=2).to(dtype), S
+
+
+def _check_mixed_chunk(q_quad, k_quad, q_lin, k_lin, v, chunk, scale):
+    """Validation for `mixed_chunk_attention` (messages name the argument, as elsewhere)."""
+    from .._checks import check_float_dtypes, check_same_device, check_scale
+
+    tensors = {"q_quad": q_quad, "k_quad": k_quad, "q_lin": q_lin, "k_lin": k_lin, "v": v}
+    for name, x in tensors.items():
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor of shape [..., T, d], got {type(x).__name__}")
+        if x.dim() < 2:
+            raise ValueError(f"{name} must have at least 2 dimensions [..., T, d], got shape {tuple(x.shape)}")
+    check_float_dtypes(tensors, allowed=(torch.float16, torch.bfloat16, torch.float32, torch.float64))
+    check_same_device(tensors)
+    for name in ("k_quad", "q_lin", "k_lin"):
+        if tensors[name].shape != q_quad.shape:
+            raise ValueError(f"{name} must have the shape of q_quad [..., T, S] = {tuple(q_quad.shape)}, "
+                             f"got {tuple(tensors[name].shape)}")
+    if v.shape[:-1] != q_quad.shape[:-1]:
+        raise ValueError(f"v must have the leading dims and length of q_quad {tuple(q_quad.shape[:-1])} "
+                         f"followed by E, got {tuple(v.shape)}")
+    if v.shape[-2] == 0:
+        raise ValueError(f"v must have at least one position, got shape {tuple(v.shape)}")
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"chunk must be a positive int, got {chunk!r}")
+    check_scale("scale", scale)
+
+
+def mixed_chunk_attention(q_quad, k_quad, q_lin, k_lin, v, chunk: int, scale=None):
+    """Causal mixed chunk attention (FLASH): squared-ReLU attention inside each chunk of ``chunk``
+    positions, linear attention on all earlier chunks.
+
+    Position ``t`` lies in chunk ``g(t) = t // C`` (``C = chunk``); its output is
+
+        o_t = sum_{g(s) = g(t), s <= t} relu(scale * q_quad_t . k_quad_s)^2 / C * v_s
+            + sum_{g(s) < g(t)} (q_lin_t . k_lin_s) / (g(t) C) * v_s
+
+    computed chunk by chunk: a masked ``[C, C]`` product per chunk, plus each chunk's
+    ``k_lin^T v`` summed over the chunks *before* it (an exclusive prefix sum), so the ``[T, T]``
+    weights are never formed. The normalisers (``C``, and ``g(t) C`` the number of earlier tokens)
+    keep both parts of order one at any length; Hua et al.'s code normalises differently (see
+    the GAU/FLASH article). With ``chunk >= T`` it is causal squared-ReLU attention over the whole
+    sequence divided by ``C``: the quadratic GAU. Computes in float32 (float64 stays float64).
+
+    Args:
+        q_quad (torch.Tensor): queries of the quadratic part ``[..., T, S]`` (e.g. ``[B, H, T, S]``,
+            or ``[B, T, S]`` for FLASH's single head).
+        k_quad (torch.Tensor): keys of the quadratic part ``[..., T, S]``.
+        q_lin (torch.Tensor): queries of the linear part ``[..., T, S]``.
+        k_lin (torch.Tensor): keys of the linear part ``[..., T, S]``.
+        v (torch.Tensor): values ``[..., T, E]``.
+        chunk (int): the chunk length ``C`` (positive); the last chunk may be shorter.
+        scale (float, optional): multiplies the quadratic part's scores before the ReLU; default
+            ``S ** -0.5``.
+
+    Returns:
+        torch.Tensor: ``[..., T, E]`` in the dtype of ``v``.
+
+    Raises:
+        TypeError: a non-tensor argument, or a dtype that is not floating point or differs between
+            the tensors.
+        ValueError: too few dims, shapes that do not match, an empty sequence, different devices,
+            a chunk that is not a positive int, or a scale that is not a positive finite number.
+
+    Example:
+        >>> q_quad, k_quad, q_lin, k_lin = (torch.randn(2, 100, 32) for _ in range(4))
+        >>> mixed_chunk_attention(q_quad, k_quad, q_lin, k_lin, torch.randn(2, 100, 64), chunk=32).shape
+        torch.Size([2, 100, 64])
+    """
+    _check_mixed_chunk(q_quad, k_quad, q_lin, k_lin, v, chunk, scale)
+    dtype, T = v.dtype, v.shape[-2]
+    scale = q_quad.shape[-1] ** -0.5 if scale is None else scale
+    block = min(chunk, T)  # one chunk shorter than C when the whole sequence fits in it
+
+    def to_chunks(x):  # [..., T, d] -> [..., N, block, d], zero-padded at the end
+        x = _upcast(x)
+        x = torch.nn.functional.pad(x, (0, 0, 0, (-T) % block))
+        return x.reshape(*x.shape[:-2], -1, block, x.shape[-1])
+
+    qq, kq, ql, kl, vc = (to_chunks(x) for x in (q_quad, k_quad, q_lin, k_lin, v))
+    scores = torch.relu(scale * qq @ kq.transpose(-1, -2)) ** 2 / chunk  # [..., N, block, block]
+    causal = torch.ones(block, block, dtype=torch.bool, device=v.device).tril()
+    o = scores.masked_fill(~causal, 0.0) @ vc  # [..., N, block, E]: inside each chunk
+    kv = kl.transpose(-1, -2) @ vc  # [..., N, S, E]: each chunk's K^T V
+    before = torch.cat([torch.zeros_like(kv[..., :1, :, :]), kv[..., :-1, :, :].cumsum(dim=-3)], dim=-3)
+    earlier = (torch.arange(kv.shape[-3], device=v.device, dtype=o.dtype) * chunk).clamp_min(1)  # g C
+    o = o + ql @ before / earlier[:, None, None]  # [..., N, block, E]: the chunks before
+    return o.reshape(*o.shape[:-3], -1, o.shape[-1])[..., :T, :].to(dtype)

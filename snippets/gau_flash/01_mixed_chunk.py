@@ -3,13 +3,15 @@
 You will see:
 * the naive definition: one ``[T, T]`` matrix of weights, squared-ReLU scores on the causal
   block diagonal and linear-attention scores on every earlier chunk (drawn as a figure);
-* the chunked form: a ``[C, C]`` product per chunk, plus each chunk's ``K^T V`` summed over the
-  chunks before it, equals the naive definition in float64 for lengths that are not multiples
-  of the chunk, and for T = 1;
+* the chunked form, ``mixed_chunk_attention`` from the package (a ``[C, C]`` product per chunk,
+  plus each chunk's ``K^T V`` summed over the chunks before it), equals the naive definition in
+  float64 for lengths that are not multiples of the chunk, and for T = 1;
 * the cross-chunk term computed by ``kernels.linear_attention``, on a sequence in which each
   chunk's queries come before its keys and values;
 * causality: changing one token leaves every earlier output unchanged, and an inclusive sum
   (the chunk's own ``K^T V`` added too early) would break that.
+
+Inputs are ``[B, T, S]`` (queries and keys) and ``[B, T, E]`` (values): FLASH has one head.
 """
 # %%
 import json
@@ -21,17 +23,14 @@ from matplotlib.colors import ListedColormap
 from matplotlib.patches import Patch
 
 from kernels import linear_attention
+from kernels.bench import max_diff
 from kernels.linear_attention import uses_triton
+from kernels.linear_attention.naive import mixed_chunk_attention
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 B, S, E, CHUNK, LENGTHS = ((2, 128, 256, 256, [1, 300, 1000, 2049]) if DEVICE == "cuda"
                             else (2, 32, 64, 32, [1, 37, 64, 100, 161]))
 torch.manual_seed(0)
-
-
-def max_diff(a, b) -> float:
-    """Largest absolute difference between two tensors, compared in float64."""
-    return (a.double() - b.double()).abs().max().item()
 
 
 # %% [markdown]
@@ -41,8 +40,11 @@ def max_diff(a, b) -> float:
 # and 0 otherwise. The two normalisers are the chunk size and the number of earlier tokens.
 
 # %%
-def mixed_chunk_naive(q_quad, k_quad, q_lin, k_lin, v, chunk):
-    """``[B, T, S] x 4, [B, T, E] -> ([B, T, E], [B, T, T])``: the output and the full weight matrix."""
+def mixed_chunk_naive(q_quad, k_quad, q_lin, k_lin, v, chunk, inclusive=False):
+    """``[B, T, S] x 4, [B, T, E] -> ([B, T, E], [B, T, T])``: the output and the full weight matrix.
+
+    ``inclusive=True`` is the mistake shown at the end: linear weights on the whole of ``t``'s own
+    chunk too, its later positions included."""
     T, S_ = q_quad.shape[-2:]
     t = torch.arange(T, device=v.device)
     g = t // chunk  # chunk of each position
@@ -50,45 +52,21 @@ def mixed_chunk_naive(q_quad, k_quad, q_lin, k_lin, v, chunk):
     earlier_chunk = g[None, :] < g[:, None]  # linear part
     quad = F.relu(S_ ** -0.5 * q_quad @ k_quad.mT) ** 2 / chunk  # [B, T, T]
     lin = (q_lin @ k_lin.mT) / (g * chunk).clamp_min(1)[:, None]  # divided by the g(t) C earlier tokens
+    if inclusive:  # the chunk's own K^T V added too: every position of the chunk, later ones included
+        earlier_chunk = g[None, :] <= g[:, None]
+        lin = (q_lin @ k_lin.mT) / ((g + 1) * chunk)[:, None]
     W = torch.where(same_chunk, quad, 0.0) + torch.where(earlier_chunk, lin, 0.0)
     return W @ v, W
 
 
 # %% [markdown]
-# The chunked form, in two functions, one per half of the attention. Both pad the sequence
-# with zeros to a whole number of chunks (zero keys and values add nothing) and view it as
-# `[B, N, C, d]`. The cross-chunk state before chunk `g` is the sum of
-# `K_h^T V_h` over `h < g`: a cumulative sum over the chunk axis, shifted by one chunk.
-
-# %%
-def to_chunks(x, chunk):
-    """``[B, T, d] -> [B, N, C, d]``, zero-padded at the end to ``N = ceil(T / C)`` chunks."""
-    pad = (-x.shape[1]) % chunk
-    return F.pad(x, (0, 0, 0, pad)).reshape(x.shape[0], -1, chunk, x.shape[-1])
-
-
-def local_quadratic(q_quad, k_quad, v, chunk):
-    """Squared-ReLU attention inside each chunk, causal: ``[B, N, C, E]``."""
-    qc, kc, vc = (to_chunks(x, chunk) for x in (q_quad, k_quad, v))
-    scores = F.relu(qc.shape[-1] ** -0.5 * qc @ kc.mT) ** 2 / chunk  # [B, N, C, C]
-    causal = torch.ones(chunk, chunk, dtype=torch.bool, device=v.device).tril()
-    return scores.masked_fill(~causal, 0.0) @ vc
-
-
-def global_linear(q_lin, k_lin, v, chunk):
-    """Linear attention on all earlier chunks: ``[B, N, C, E]``."""
-    qc, kc, vc = (to_chunks(x, chunk) for x in (q_lin, k_lin, v))
-    kv = kc.mT @ vc  # [B, N, S, E]: each chunk's K^T V
-    before = torch.cat([torch.zeros_like(kv[:, :1]), kv[:, :-1].cumsum(dim=1)], dim=1)  # sum over h < g
-    earlier_tokens = (torch.arange(kv.shape[1], device=v.device) * chunk).clamp_min(1)  # g C (chunk 0: nothing)
-    return qc @ before / earlier_tokens[:, None, None]
-
-
-def mixed_chunk_attention(q_quad, k_quad, q_lin, k_lin, v, chunk):
-    """Causal mixed chunk attention ``[B, T, S] x 4, [B, T, E] -> [B, T, E]``."""
-    o = local_quadratic(q_quad, k_quad, v, chunk) + global_linear(q_lin, k_lin, v, chunk)
-    return o.reshape(v.shape[0], -1, v.shape[-1])[:, :v.shape[1]]
-
+# The chunked form is `mixed_chunk_attention` in the package (`kernels/linear_attention/naive.py`).
+# It pads the sequence with zeros to a whole number of chunks (zero keys and values add
+# nothing), views it as `[B, N, C, d]`, computes the masked squared-ReLU scores of each chunk
+# as one batched `[C, C]` product, and for the cross-chunk part takes each chunk's `K^T V`
+# (`[B, N, S, E]`), sums them over the chunks before (a cumulative sum over the chunk axis,
+# shifted by one chunk), and multiplies each chunk's linear queries by its sum, divided by the
+# `g C` earlier tokens. The `[T, T]` weights never appear.
 
 # %% [markdown]
 # The chunked form against the definition, in float64, at lengths that are not multiples of
@@ -115,8 +93,15 @@ for T in LENGTHS:
 # Adding zeros is exact, so nothing is approximated; the price is a sequence twice as long.
 
 # %%
+def to_chunks(x, chunk):
+    """``[B, T, d] -> [B, N, C, d]``, zero-padded at the end to ``N = ceil(T / C)`` chunks."""
+    pad = (-x.shape[1]) % chunk
+    return F.pad(x, (0, 0, 0, pad)).reshape(x.shape[0], -1, chunk, x.shape[-1])
+
+
 def global_linear_with_kernel(q_lin, k_lin, v, chunk):
-    """`global_linear` computed by ``kernels.linear_attention`` (one head): ``[B, N, C, E]``."""
+    """The cross-chunk term computed by ``kernels.linear_attention`` (one head): ``[B, T, E]``."""
+    T = v.shape[1]
     qc, kc, vc = (to_chunks(x, chunk) for x in (q_lin, k_lin, v))
     readers = (qc, torch.zeros_like(kc), torch.zeros_like(vc))  # the chunk's queries first
     writers = (torch.zeros_like(qc), kc, vc)  # then its keys and values
@@ -125,29 +110,33 @@ def global_linear_with_kernel(q_lin, k_lin, v, chunk):
     o = linear_attention(q, k, vv, causal=True, scale=1.0)  # [B, 1, 2 N C, E]
     o = o.reshape(qc.shape[0], qc.shape[1], 2 * chunk, -1)[:, :, :chunk]  # the queries' outputs
     earlier_tokens = (torch.arange(qc.shape[1], device=v.device) * chunk).clamp_min(1)
-    return o / earlier_tokens[:, None, None]
+    o = o / earlier_tokens[:, None, None]
+    return o.reshape(o.shape[0], -1, o.shape[-1])[:, :T]  # [B, T, E]
+
+
+def linear_part_naive(q_quad, k_quad, q_lin, k_lin, v, chunk):
+    """The cross-chunk term from the definition: the weights on earlier chunks only."""
+    g = torch.arange(v.shape[1], device=v.device) // chunk
+    _, W = mixed_chunk_naive(q_quad, k_quad, q_lin, k_lin, v, chunk)
+    return torch.where(g[None, :] < g[:, None], W, 0.0) @ v
 
 
 path = "chunk-wise Triton kernel" if uses_triton(torch.zeros(1, device=DEVICE)) else "PyTorch reference"
 T = LENGTHS[-1]
 q_quad, k_quad, q_lin, k_lin, v = random_inputs(T)
 by_kernel = global_linear_with_kernel(q_lin.float(), k_lin.float(), v.float(), CHUNK)
-kernel_diff = max_diff(by_kernel, global_linear(q_lin, k_lin, v, CHUNK))
-print(f"cross-chunk term, T = {T}: linear_attention ({path}, float32) vs cumsum (float64):\n"
-      f"  max |diff| {kernel_diff:.1e}, largest |value| {global_linear(q_lin, k_lin, v, CHUNK).abs().max():.1f}")
+linear_part = linear_part_naive(q_quad, k_quad, q_lin, k_lin, v, CHUNK)
+kernel_diff = max_diff(by_kernel, linear_part)
+print(f"cross-chunk term, T = {T}: linear_attention ({path}, float32) vs the definition (float64):\n"
+      f"  max |diff| {kernel_diff:.1e}, largest |value| {linear_part.abs().max():.1f}")
 
 # %% [markdown]
 # Causality. Change the inputs at one position `p` and compare the outputs before `p`. The
 # chunked form must leave them exactly unchanged. For contrast, an *inclusive* cumulative sum
-# (each chunk's own `K^T V` included) lets every token see the rest of its chunk.
+# (each chunk's own `K^T V` included) lets every token see the rest of its chunk: that is the
+# definition with `inclusive=True`.
 
 # %%
-def global_linear_inclusive(q_lin, k_lin, v, chunk):
-    """The wrong variant: the cumulative sum includes the current chunk."""
-    qc, kc, vc = (to_chunks(x, chunk) for x in (q_lin, k_lin, v))
-    return qc @ (kc.mT @ vc).cumsum(dim=1) / ((torch.arange(qc.shape[1], device=v.device) + 1) * chunk)[:, None, None]
-
-
 p = CHUNK + CHUNK // 2  # a position in the middle of the second chunk
 changed = [x.clone() for x in (q_quad, k_quad, q_lin, k_lin, v)]
 for x in changed:
@@ -155,13 +144,8 @@ for x in changed:
 original = (q_quad, k_quad, q_lin, k_lin, v)
 exclusive_leak = max_diff(mixed_chunk_attention(*changed, CHUNK)[:, :p], mixed_chunk_attention(*original, CHUNK)[:, :p])
 
-
-def inclusive(q_quad, k_quad, q_lin, k_lin, v):
-    o = local_quadratic(q_quad, k_quad, v, CHUNK) + global_linear_inclusive(q_lin, k_lin, v, CHUNK)
-    return o.reshape(B, -1, E)[:, :T]
-
-
-inclusive_leak = max_diff(inclusive(*changed)[:, :p], inclusive(*original)[:, :p])
+inclusive_leak = max_diff(mixed_chunk_naive(*changed, CHUNK, inclusive=True)[0][:, :p],
+                          mixed_chunk_naive(*original, CHUNK, inclusive=True)[0][:, :p])
 print(f"change at position {p}: the outputs before it move by {exclusive_leak:.1e}; "
       f"with an inclusive sum by {inclusive_leak:.1e}")
 

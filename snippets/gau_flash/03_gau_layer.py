@@ -6,10 +6,12 @@ You will see:
   attention, the gate ``U * (A V)`` and the output projection;
 * its parameter count against a transformer block's attention and feed-forward layers;
 * forward and backward at a length that is not a multiple of the chunk: finite outputs and
-  gradients, the same gradients (float64) whether the attention is chunked or naive, and no
-  gradient from an output to any later input;
-* a toy regression that needs tokens to exchange information, fitted by the GAU and by the
-  same layer without attention (the gated linear unit alone).
+  gradients, and no gradient from an output to any later input;
+* a toy regression that needs tokens to exchange information, fitted by four versions of the
+  same layer: FLASH's mixed chunk attention, the quadratic GAU (one chunk covering the whole
+  sequence: exact squared-ReLU attention over every earlier token) with two normalisations,
+  and no attention at all (the gated linear unit alone): what chunking costs, or gains, in
+  quality on this task.
 """
 # %%
 import json
@@ -19,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kernels.linear_attention.naive import mixed_chunk_attention
+
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 D, T, CHUNK, STEPS = (512, 1000, 256, 300) if DEVICE == "cuda" else (64, 200, 64, 200)
 if DEVICE == "cpu":
@@ -27,37 +31,21 @@ torch.manual_seed(0)
 
 
 # %% [markdown]
-# Mixed chunk attention, as in the first snippet (chunked and naive), so that this file runs on
-# its own.
+# The attention: `mixed_chunk_attention` from the package (the first snippet checks it against
+# its definition), the quadratic GAU as the same function with one chunk as long as the
+# sequence, and the identity, which turns the GAU into a gated feed-forward layer.
 
 # %%
-def to_chunks(x, chunk):
-    pad = (-x.shape[1]) % chunk
-    return F.pad(x, (0, 0, 0, pad)).reshape(x.shape[0], -1, chunk, x.shape[-1])  # [B, N, C, d]
+def quadratic_attention(q_quad, k_quad, q_lin, k_lin, v, chunk):
+    """The quadratic GAU: one chunk covers the sequence, ``A = relu^2(scale Q K^T) / T``, causal."""
+    return mixed_chunk_attention(q_quad, k_quad, q_lin, k_lin, v, v.shape[1])
 
 
-def mixed_chunk_attention(q_quad, k_quad, q_lin, k_lin, v, chunk):
-    """Causal: squared ReLU inside each chunk, linear attention on the chunks before it."""
-    qq, kq, ql, kl, vc = (to_chunks(x, chunk) for x in (q_quad, k_quad, q_lin, k_lin, v))
-    scores = F.relu(qq.shape[-1] ** -0.5 * qq @ kq.mT) ** 2 / chunk  # [B, N, C, C]
-    causal = torch.ones(chunk, chunk, dtype=torch.bool, device=v.device).tril()
-    o = scores.masked_fill(~causal, 0.0) @ vc
-    kv = kl.mT @ vc  # [B, N, S, E]
-    before = torch.cat([torch.zeros_like(kv[:, :1]), kv[:, :-1].cumsum(dim=1)], dim=1)
-    earlier_tokens = (torch.arange(kv.shape[1], device=v.device) * chunk).clamp_min(1)
-    o = o + ql @ before / earlier_tokens[:, None, None]
-    return o.reshape(v.shape[0], -1, v.shape[-1])[:, :v.shape[1]]
-
-
-def mixed_chunk_naive(q_quad, k_quad, q_lin, k_lin, v, chunk):
-    """The same function through the full ``[T, T]`` weight matrix."""
-    t = torch.arange(v.shape[1], device=v.device)
-    g = t // chunk
-    quad = F.relu(q_quad.shape[-1] ** -0.5 * q_quad @ k_quad.mT) ** 2 / chunk
-    lin = (q_lin @ k_lin.mT) / (g * chunk).clamp_min(1)[:, None]
-    W = (torch.where((g[:, None] == g[None, :]) & (t[None, :] <= t[:, None]), quad, 0.0)
-         + torch.where(g[None, :] < g[:, None], lin, 0.0))
-    return W @ v
+def quadratic_attention_per_position(q_quad, k_quad, q_lin, k_lin, v, chunk):
+    """The same, with row ``t`` divided by its ``t + 1`` keys instead of by ``T``."""
+    T = v.shape[1]
+    keys_seen = torch.arange(1, T + 1, device=v.device, dtype=v.dtype)[:, None]  # [T, 1]
+    return quadratic_attention(q_quad, k_quad, q_lin, k_lin, v, chunk) * T / keys_seen
 
 
 def no_attention(q_quad, k_quad, q_lin, k_lin, v, chunk):
@@ -121,26 +109,12 @@ print(f"forward {tuple(x.shape)} -> {tuple(y.shape)}; outputs and gradients fini
 print(f"{nonzero} of {len(grads)} parameter tensors receive a nonzero gradient")
 
 # %% [markdown]
-# Chunked against naive attention inside the layer, in float64: outputs and every parameter's
-# gradient. Then causality through the whole layer: the gradient of the output at position
-# `t0` with respect to every input after `t0` must be exactly zero.
+# Causality through the whole layer: the gradient of the output at position `t0` with respect
+# to every input after `t0` must be exactly zero.
 
 # %%
 layer64 = layer.double()
 x64 = torch.randn(2, T, D, dtype=torch.float64, device=DEVICE)
-results = {}
-for name, attention in (("chunked", mixed_chunk_attention), ("naive", mixed_chunk_naive)):
-    layer64.zero_grad()
-    layer64.attention = attention
-    out = layer64(x64)
-    out.square().mean().backward()
-    results[name] = (out.detach(), [p.grad.clone() for p in layer64.parameters()])
-layer64.attention = mixed_chunk_attention
-output_diff = (results["chunked"][0] - results["naive"][0]).abs().max().item()
-grad_diff = max((a - b).abs().max().item() for a, b in zip(results["chunked"][1], results["naive"][1]))
-print(f"float64, chunked vs naive attention in the layer, max |diff|: outputs {output_diff:.1e}, "
-      f"gradients {grad_diff:.1e}")
-
 t0 = CHUNK + 5
 x64.requires_grad_(True)
 layer64(x64)[:, t0].sum().backward()
@@ -154,8 +128,14 @@ print(f"nonzero on {int((past > 0).sum())} of the {t0 + 1} inputs up to {t0} "
 # A toy task that needs token mixing. Each sequence has a hidden vector `mu` of its own; every
 # token is `mu` plus noise twice as large, and the target at every position is `mu`. One token
 # alone says little about `mu`; the average of the tokens so far says a lot. A feed-forward
-# layer sees one token at a time, attention sees the context. Both models are the same GAU, one
-# with `A = I`; the loss is relative to the variance of the target.
+# layer sees one token at a time, attention sees the context. All four models are the same
+# GAU, trained from the same initial weights on the same batches: with mixed chunk attention,
+# with quadratic attention over the whole sequence (divided by `T` as in the formula, and,
+# since this task rewards a proper average, divided by the `t + 1` keys each row sees), and
+# with `A = I`. The loss is relative to
+# the variance of the target; the final loss is the mean of the last 10 steps, also split into
+# the first chunk's positions and the rest (where mixed chunk attention relies on its linear
+# part).
 
 # %%
 def batch(n=8, noise=2.0):
@@ -163,21 +143,30 @@ def batch(n=8, noise=2.0):
     return mu + noise * torch.randn(n, T, D, device=DEVICE), mu.expand(n, T, D)
 
 
-curves = {}
-for name, attention in (("GAU, mixed chunk attention", mixed_chunk_attention),
-                        ("same layer, A = I (GLU)", no_attention)):
-    torch.manual_seed(2)
+MODELS = {"GAU, mixed chunk attention": mixed_chunk_attention,
+          "GAU, quadratic attention": quadratic_attention,
+          "GAU, quadratic attention, 1/(t+1)": quadratic_attention_per_position,
+          "same layer, A = I (GLU)": no_attention}
+curves, by_part = {}, {}
+for name, attention in MODELS.items():
+    torch.manual_seed(2)  # the same initial weights and the same batches for every model
     model = GAU(D, s=S, chunk=CHUNK, attention=attention).to(DEVICE)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    curves[name] = []
+    curves[name], parts = [], []
     for step in range(STEPS):
         x, target = batch()
-        loss = F.mse_loss(model(x) - x, target)  # the layer's update (output minus residual) is the prediction
+        error = (model(x) - x - target).square().mean(dim=(0, 2))  # [T]: the layer's update is the prediction
+        loss = error.mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         curves[name].append(loss.item())
-    print(f"{name}: loss {curves[name][0]:.3f} at the first step, {sum(curves[name][-10:]) / 10:.3f} over the last 10")
+        if step >= STEPS - 10:
+            parts.append((error[:CHUNK].mean().item(), error[CHUNK:].mean().item()))
+    by_part[name] = {"first chunk": sum(p[0] for p in parts) / 10, "later positions": sum(p[1] for p in parts) / 10}
+    print(f"{name}: loss {curves[name][0]:.3f} at the first step, {sum(curves[name][-10:]) / 10:.3f} over the "
+          f"last 10 (first {CHUNK} positions {by_part[name]['first chunk']:.3f}, "
+          f"later ones {by_part[name]['later positions']:.3f})")
 
 fig, ax = plt.subplots(figsize=(7, 4.2))
 for name, losses in curves.items():
@@ -193,8 +182,16 @@ fig.savefig("toy_fit.svg")
 with open("results.json", "w") as f:
     json.dump({"device": DEVICE, "d": D, "e": layer.e, "s": S, "T": T, "chunk": CHUNK, "parameters": n_params,
                "finite": finite, "nonzero_grads": nonzero, "param_tensors": len(grads),
-               "layer_output_max_abs_diff": output_diff, "layer_grad_max_abs_diff": grad_diff,
-               "future_grad_max_abs": future, "t0": t0,
+               "future_grad_max_abs": future, "t0": t0, "steps": STEPS,
                "final_loss": {name: sum(c[-10:]) / 10 for name, c in curves.items()},
+               "final_loss_by_part": by_part,
                "gau_final_loss": sum(curves["GAU, mixed chunk attention"][-10:]) / 10,
+               "quadratic_final_loss": sum(curves["GAU, quadratic attention"][-10:]) / 10,
+               "gau_final_loss_later": by_part["GAU, mixed chunk attention"]["later positions"],
+               "quadratic_final_loss_later": by_part["GAU, quadratic attention"]["later positions"],
+               "gau_final_loss_first_chunk": by_part["GAU, mixed chunk attention"]["first chunk"],
+               "quadratic_final_loss_first_chunk": by_part["GAU, quadratic attention"]["first chunk"],
+               "quadratic_pp_final_loss": sum(curves["GAU, quadratic attention, 1/(t+1)"][-10:]) / 10,
+               "quadratic_pp_final_loss_later": by_part["GAU, quadratic attention, 1/(t+1)"]["later positions"],
+               "quadratic_pp_final_loss_first_chunk": by_part["GAU, quadratic attention, 1/(t+1)"]["first chunk"],
                "glu_final_loss": sum(curves["same layer, A = I (GLU)"][-10:]) / 10}, f, indent=2)

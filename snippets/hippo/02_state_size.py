@@ -2,14 +2,16 @@
 
 You will see, for a smooth signal and a rough one (a random walk):
 * the error of the whole history recalled by LegS after the last sample, for N from 2 to 128,
-  next to the best any memory of N Legendre coefficients can do (the exact projection);
-* the error of LegT's sliding window, recalled over its last window;
-* that for the smooth signal the error falls faster than any power of N until the sampling of
-  the signal sets a floor, while for the rough one it falls like a power of N: how much a
-  polynomial memory needs depends on how smooth the history is.
+  with the bilinear rule and with zero-order hold, next to the exact projection of the held
+  (piecewise-constant) signal, which zero-order hold reproduces;
+* the error of LegT's sliding window, recalled over its last window, with both rules;
+* that for the smooth signal the error falls faster than any power of N until the bilinear
+  rule sets a floor (zero-order hold goes on falling), while for the rough one it falls like a
+  power of N: how much a polynomial memory needs depends on how smooth the history is.
 """
 # %%
 import json
+import math
 
 import matplotlib.pyplot as plt
 import torch
@@ -46,36 +48,46 @@ def rms(x) -> float:
 
 
 # %% [markdown]
-# For every state size: LegS online over the whole signal (bilinear rule) and recalled over
-# `[0, 1]`; the exact projection of the whole signal, the best N coefficients can do; and LegT
-# (bilinear, step `1 / L`) recalled over its last window `[1 - theta, 1]`, next to the exact
-# projection of that window.
+# For every state size: LegS online over the whole signal, with the bilinear rule and with
+# zero-order hold, recalled over `[0, 1]`; the exact projection of the whole signal; and LegT
+# (step `1 / L`, both rules) recalled over its last window `[1 - theta, 1]`, next to the exact
+# projection of that window. The projection is the least-squares best for the signal *held*
+# constant over each sample; the error below is measured at the samples themselves, where a
+# memory can come out slightly ahead of it.
 
 # %%
 s_all = (torch.arange(L, dtype=F64, device=DEVICE) + 0.5) / L
 window = int(THETA * L)
 s_window = (torch.arange(window, dtype=F64, device=DEVICE) + 0.5) / window
-errors = {name: {key: [] for key in ("legs", "best_all", "legt", "best_window")} for name in signals}
+KEYS = ("legs", "legs_zoh", "best_all", "legt", "legt_zoh", "best_window")
+errors = {name: {key: [] for key in KEYS} for name in signals}
 for N in STATE_SIZES:
-    Ab, Bb = discretize(*hippo_legt(N, theta=THETA, device=DEVICE), 1 / L, method="bilinear")
+    legt = {method: discretize(*hippo_legt(N, theta=THETA, device=DEVICE), 1 / L, method=method)
+            for method in ("bilinear", "zoh")}
     for name, f in signals.items():
         e = errors[name]
         e["legs"].append(rms(legendre_reconstruct(legs_coefficients(f, N)[-1], s_all) - f))
+        e["legs_zoh"].append(rms(legendre_reconstruct(legs_coefficients(f, N, method="zoh")[-1], s_all) - f))
         e["best_all"].append(rms(legendre_reconstruct(legendre_project(f, N), s_all) - f))
-        _, states = ssm_scan(Ab, Bb, torch.zeros(N, dtype=F64, device=DEVICE), f, return_states=True)
         last = f[-window:]
-        e["legt"].append(rms(legendre_reconstruct(states[-1], s_window) - last))
+        for key, (Ab, Bb) in (("legt", legt["bilinear"]), ("legt_zoh", legt["zoh"])):
+            _, states = ssm_scan(Ab, Bb, torch.zeros(N, dtype=F64, device=DEVICE), f, return_states=True)
+            e[key].append(rms(legendre_reconstruct(states[-1], s_window) - last))
         e["best_window"].append(rms(legendre_reconstruct(legendre_project(last, N), s_window) - last))
-    print(f"N = {N:3d}: " + " | ".join(f"{name}: LegS {errors[name]['legs'][-1]:.1e} (best {errors[name]['best_all'][-1]:.1e}),"
-                                      f" LegT {errors[name]['legt'][-1]:.1e} (best {errors[name]['best_window'][-1]:.1e})"
-                                      for name in signals), flush=True)
+    print(f"N = {N:3d}: " + " | ".join(
+        f"{name}: LegS {errors[name]['legs'][-1]:.1e} / ZOH {errors[name]['legs_zoh'][-1]:.1e} "
+        f"(projection {errors[name]['best_all'][-1]:.1e}), LegT {errors[name]['legt'][-1]:.1e} / "
+        f"ZOH {errors[name]['legt_zoh'][-1]:.1e} (projection {errors[name]['best_window'][-1]:.1e})"
+        for name in signals), flush=True)
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
 for ax, (name, e) in zip(axes, errors.items()):
-    ax.plot(STATE_SIZES, e["legs"], "o-", color="C0", label="LegS online, whole history")
+    ax.plot(STATE_SIZES, e["legs"], "o-", color="C0", label="LegS online, bilinear, whole history")
+    ax.plot(STATE_SIZES, e["legs_zoh"], "x:", color="C2", ms=7, label="LegS online, zero-order hold")
     ax.plot(STATE_SIZES, e["best_all"], "--", color="C0", alpha=0.6, label="exact projection, whole history")
-    ax.plot(STATE_SIZES, e["legt"], "s-", color="C1", label=f"LegT online, last window ({THETA})")
+    ax.plot(STATE_SIZES, e["legt"], "s-", color="C1", label=f"LegT online, bilinear, last window ({THETA})")
+    ax.plot(STATE_SIZES, e["legt_zoh"], "+:", color="C3", ms=7, label="LegT online, zero-order hold")
     ax.plot(STATE_SIZES, e["best_window"], "--", color="C1", alpha=0.6, label="exact projection, last window")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
@@ -99,6 +111,13 @@ with open("results.json", "w") as f_out:
                "smooth_legs_error_N32": smooth_e["legs"][at], "smooth_best_error_N32": smooth_e["best_all"][at],
                "smooth_legs_error_N128": smooth_e["legs"][-1], "smooth_best_error_N128": smooth_e["best_all"][-1],
                "smooth_legt_error_N128": smooth_e["legt"][-1],
+               "smooth_legs_zoh_error_N128": smooth_e["legs_zoh"][-1],
+               "smooth_legt_zoh_error_N128": smooth_e["legt_zoh"][-1],
+               "smooth_legt_error_N32": smooth_e["legt"][at], "smooth_best_window_error_N32": smooth_e["best_window"][at],
+               "smooth_best_window_error_N128": smooth_e["best_window"][-1],
+               # orders of magnitude of the steep fall: LegS from N = 16, LegT from N = 4, to N = 128 (bilinear)
+               "smooth_legs_decades_N16_to_N128": round(math.log10(smooth_e["legs"][3] / smooth_e["legs"][-1]), 1),
+               "smooth_legt_decades_N4_to_N128": round(math.log10(smooth_e["legt"][1] / smooth_e["legt"][-1]), 1),
                "rough_legs_error_N32": rough_e["legs"][at], "rough_legs_error_N128": rough_e["legs"][-1],
                "rough_best_slope": round(slope.item(), 2),
                "errors": errors}, f_out, indent=2)
