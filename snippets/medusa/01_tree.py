@@ -85,7 +85,7 @@ ax_m.imshow(tree.mask.int(), cmap="Blues", vmin=0, vmax=1.4)
 ax_m.set_xticks(range(tree.num_nodes))
 ax_m.set_yticks(range(tree.num_nodes))
 ax_m.set(xlabel="key: node j", ylabel="query: node i",
-         title="Tree mask: i sees j (dark); all nodes see the cache")
+         title="Tree mask: i sees j (filled); all nodes see the cache")
 ax_m.set_xticks([x - 0.5 for x in range(1, tree.num_nodes)], minor=True)
 ax_m.set_yticks([x - 0.5 for x in range(1, tree.num_nodes)], minor=True)
 ax_m.grid(which="minor", color="white", lw=1)

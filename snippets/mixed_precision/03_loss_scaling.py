@@ -202,10 +202,14 @@ def share_per_bin(values: torch.Tensor) -> list:
 
 fig, axes = plt.subplots(2, 1, figsize=(9, 5.6), sharex=True)
 for ax, (key, g) in zip(axes, populations.items()):
-    ax.axvspan(bins[0], -24, color="#d55e00", alpha=0.12, lw=0)
-    ax.axvspan(-24, -14, color="#e69f00", alpha=0.18, lw=0)
+    # The bands differ in pattern, not only in tint, so that they stay apart in grey or inverted.
+    ax.axvspan(bins[0], -24, facecolor="0.93", edgecolor="0.55", hatch="//", lw=0)
+    ax.axvspan(-24, -14, color="#e69f00", alpha=0.3, lw=0)
     ax.axvspan(-14, math.log2(65504), color="#009e73", alpha=0.12, lw=0)
-    ax.axvspan(math.log2(65504), bins[-1], color="#cc79a7", alpha=0.15, lw=0)
+    ax.axvspan(math.log2(65504), bins[-1], facecolor="#cc79a7", alpha=0.35, edgecolor="0.4",
+               hatch="xx", lw=0)
+    for edge in (-24, -14, math.log2(65504)):
+        ax.axvline(edge, color="0.35", lw=0.8, ls="--")
     ax.stairs(share_per_bin(g), bins, color="black", lw=1.5, label="as computed in FP32")
     ax.stairs(share_per_bin(g * S), bins, color=COLOURS["fp16_scaled"], lw=1.5,
               label=f"multiplied by the loss scale S = 2^{math.log2(S):.0f}")

@@ -5,9 +5,16 @@ the site, the API page included, must never import it), and served on 127.0.0.1 
 standard library's HTTP server. Debian's chromium, driven by Playwright, opens every page and
 checks that it works offline and renders completely: no console error, no failed request, no
 request to another host, every image loaded and described by alt text, every formula typeset
-by MathJax without an error and no raw TeX left in the text. It also downloads each companion
-notebook through its page's button, finds each article by typing its title into the search
-box, and reads the API page.
+by MathJax without an error and no raw TeX left in the text. It does so as two readers: one on
+a phone (390 px wide, dark palette, chosen with the palette toggle) and one on a desktop
+(1280 px, light palette); for both, every display formula shows at its full size, scrolling
+inside its own box when it is wider than the screen, no page is wider than the screen, no
+number in a table breaks across lines, and in the dark palette the figures are inverted. It
+also downloads each companion notebook through its page's button, finds each article by
+typing its title into the search box, and reads the API page. Without a browser it checks
+that each article has one name (navigation, page title, home page), that the snippets on the
+pages are open, that each article shows its reading time and that the headline table of the
+home page reads honestly.
 
 Without chromium the browser tests fail under CI and skip elsewhere, saying how to
 install it.
@@ -15,6 +22,7 @@ install it.
 
 import ast
 import functools
+import html.parser
 import http.server
 import json
 import os
@@ -121,6 +129,77 @@ MATH_ERRORS_JS = """
   (el) => el.getAttribute("data-mjx-error") || el.textContent
 )
 """
+
+
+# What a reader on a screen of the current width would see go wrong: a display formula that
+# is hidden, shrunk below its typeset size or spills out of its box onto the page; a page that
+# scrolls sideways as a whole; a number in a table broken across two lines. Formulas inside a
+# closed <details> are not shown to anyone and are skipped.
+LAYOUT_JS = r"""
+() => {
+  const width = document.documentElement.clientWidth;
+  // A formula is named by its TeX source (MathJax keeps it), else by its text.
+  const label = (el) => {
+    const items = window.MathJax && MathJax.startup.document.getMathItemsWithin(el);
+    const text = items && items.length ? items[0].math : el.textContent || "";
+    return text.replace(/\s+/g, " ").trim().slice(0, 60);
+  };
+  const formulas = { count: 0, hidden: [], shrunk: [], outside: [] };
+  for (const container of document.querySelectorAll('mjx-container[display="true"]')) {
+    if (container.closest("details:not([open])")) continue;
+    formulas.count += 1;
+    const svg = container.querySelector("svg");
+    const box = svg ? svg.getBoundingClientRect() : null;
+    if (!box || box.width < 4 || box.height < 4) {
+      formulas.hidden.push(label(container));
+      continue;
+    }
+    if (box.width < 0.98 * svg.width.baseVal.value) {
+      formulas.shrunk.push(`${label(container)} (${Math.round(box.width)} of ${Math.round(svg.width.baseVal.value)} px)`);
+    }
+    const scroller = container.closest("div.arithmatex") || container;
+    const frame = scroller.getBoundingClientRect();
+    if (frame.left < -1 || frame.right > width + 1) {
+      formulas.outside.push(`${label(container)} (${Math.round(frame.left)} to ${Math.round(frame.right)} px)`);
+    }
+  }
+  const NUMBER = /[-−+]?\d[\d,]*(?:\.\d+)?(?:e[-+−]?\d+)?(?:\s*±\s*\d[\d,]*(?:\.\d+)?(?:e[-+−]?\d+)?)?/g;
+  const broken = [];
+  for (const cell of document.querySelectorAll("article table td, article table th")) {
+    const walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+      for (const match of node.nodeValue.matchAll(NUMBER)) {
+        if (match[0].length < 3) continue;
+        const range = document.createRange();
+        range.setStart(node, match.index);
+        range.setEnd(node, match.index + match[0].length);
+        const lines = new Set(Array.from(range.getClientRects(), (rect) => Math.round(rect.bottom)));
+        if (lines.size > 1) broken.push(match[0]);
+      }
+    }
+  }
+  return {
+    width,
+    pageWidth: document.documentElement.scrollWidth,
+    formulas,
+    broken,
+    scheme: document.body.getAttribute("data-md-color-scheme"),
+  };
+}
+"""
+
+# Figures (and notebook output images) that the dark palette leaves as drawn: black on white.
+NOT_INVERTED_JS = """
+() => Array.from(document.querySelectorAll(".generated-figure, .jp-OutputArea-output img"))
+  .filter((img) => !getComputedStyle(img).filter.includes("invert"))
+  .map((img) => (img.currentSrc || img.src).slice(-60))
+"""
+
+# The two readers of the browser tests: (width, height, palette chosen with the toggle).
+READERS = {
+    "phone-390px-dark": (390, 844, "slate"),
+    "desktop-1280px-light": (1280, 900, "default"),
+}
 
 
 # --------------------------------------------------------------------------- build
@@ -250,6 +329,153 @@ def test_notebooks_are_offered_as_downloads(site_dir, pages):
             assert (site_dir / page).parent.joinpath(link).is_file(), f"{page}: {link} is not in the site"
 
 
+class PageText(html.parser.HTMLParser):
+    """The parts of a built page that these tests read: its <title>, the text of every link
+    in the page's <article> (href, text), the summary of every <details> with whether it is open, and the text of
+    every table row, each as plain text with its whitespace collapsed."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.title, self.links, self.details, self.rows = "", [], [], []
+        self._open = []  # [tag, attrs, text parts] of the elements being read
+        self._in_article = 0
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        self._in_article += tag == "article"
+        if tag in ("title", "a", "summary", "tr"):
+            self._open.append([tag, dict(attrs), []])
+        if tag == "details":
+            self.details.append([dict(attrs).get("open") is not None, None])
+
+    def handle_endtag(self, tag):
+        self._in_article -= tag == "article"
+        if not self._open or self._open[-1][0] != tag:
+            return
+        _, attrs, parts = self._open.pop()
+        text = " ".join("".join(parts).split())
+        if tag == "title":
+            self.title = text
+        elif tag == "a" and self._in_article:
+            self.links.append((attrs.get("href", ""), text))
+        elif tag == "summary" and self.details and self.details[-1][1] is None:
+            self.details[-1][1] = text
+        elif tag == "tr":
+            self.rows.append(text)
+
+    def handle_data(self, data):
+        for element in self._open:
+            element[2].append(data)
+
+
+def built_page(site_dir, markdown_page: str) -> PageText:
+    """The built page of a Markdown page (or of a notebook path without its .ipynb)."""
+    return PageText((site_dir / page_url(markdown_page) / "index.html").read_text(encoding="utf-8"))
+
+
+def site_title(page: PageText) -> str:
+    """The page's own title: its <title> without the site name that Material appends."""
+    return page.title.rsplit(" - ", 1)[0]
+
+
+def test_each_article_has_one_name(site_dir):
+    """The navigation (which titles the browser tab, the footer and the search results), the
+    page's heading and every link from the home page's text to the article (without a
+    fragment) give the article the same name."""
+    home = built_page(site_dir, "index.md")
+    for article, heading in articles():
+        page = built_page(site_dir, article)
+        assert site_title(page) == heading, (
+            f"{article}: the navigation calls it {site_title(page)!r}, its heading {heading!r}")
+        href = page_url(article)
+        names = {text for link, text in home.links if link in (href, "./" + href) and text}
+        assert names, f"the home page does not link to {article}"
+        assert names == {heading}, f"the home page links to {article} as {sorted(names)}, its heading is {heading!r}"
+
+
+def test_each_notebook_has_a_title_of_its_own(site_dir):
+    """Companion notebooks are named after their article in the navigation, the browser tab,
+    the footer and the search results: no two share a title, and none is a bare "notebook"."""
+    titles = {}
+    for notebook in sorted((DOCS / "generated").glob("*/*.ipynb")):
+        rel = notebook.relative_to(DOCS).with_suffix("").as_posix()
+        titles[rel] = site_title(built_page(site_dir, rel + ".md"))
+    assert titles, "no companion notebook in docs/generated"
+    generic = {rel: title for rel, title in titles.items()
+               if title.lower().removeprefix("companion ").removesuffix("s") in ("notebook", "")}
+    assert not generic, f"notebooks without a descriptive title: {generic}"
+    shared = {title for title in titles.values() if list(titles.values()).count(title) > 1}
+    assert not shared, f"notebooks sharing a title: {sorted(shared)}"
+
+
+def test_snippets_are_shown_open(site_dir):
+    """The code that the prose talks about, the snippet boxes, starts open."""
+    closed = []
+    count = 0
+    for article, _ in articles():
+        for is_open, summary in built_page(site_dir, article).details:
+            if summary and summary.startswith("Snippet:"):
+                count += 1
+                if not is_open:
+                    closed.append(f"{article}: {summary}")
+    assert count, "no 'Snippet:' box on any article"
+    assert not closed, f"snippet boxes that start closed: {closed}"
+
+
+READING_TIME = re.compile(
+    r'<p class="reading-time" title="(?P<words>\d+) words of prose, at 200 words a minute">'
+    r'.*?<span>(?P<minutes>\d+) min read</span>', re.DOTALL)
+
+
+def test_articles_show_their_reading_time(site_dir, pages):
+    """Each article says, under its title, how long it takes to read: its prose (code aside) at
+    200 words a minute. No other page does."""
+    article_pages = {page_url(article) + "index.html" for article, _ in articles()}
+    for name in pages:
+        text = (site_dir / name).read_text(encoding="utf-8")
+        found = READING_TIME.findall(text)
+        if name not in article_pages:
+            assert not found, f"{name} is not an article but shows a reading time"
+            continue
+        assert len(found) == 1, f"{name}: {len(found)} reading times, expected one"
+        words, minutes = (int(n) for n in found[0])
+        assert minutes == max(1, round(words / 200)), f"{name}: {minutes} min for {words} words"
+        markdown = (DOCS / name.removesuffix("/index.html")).with_suffix(".md").read_text(encoding="utf-8")
+        prose = re.sub(r"^```.*?^```", "", markdown, flags=re.DOTALL | re.MULTILINE)
+        assert 0.5 * len(prose.split()) < words < 2 * len(prose.split()) + 500, (
+            f"{name}: {words} words of prose counted, the Markdown has {len(prose.split())}")
+        heading_end = text.index("</h1>")
+        assert text.index('class="reading-time"') - heading_end < 200, f"{name}: the reading time is not under the title"
+
+
+def test_headline_results_read_honestly(site_dir):
+    """The home page's headline tables: timings only from snippets that need a GPU, in their own
+    table; no row says twice that it waits for a GPU run; no device name repeated row after row."""
+    markdown = (DOCS / "index.md").read_text(encoding="utf-8")
+    section = markdown.split("## Headline results", 1)[1].split("\n## ", 1)[0]
+    tables = [block for block in re.split(r"\n(?=###)", section) if "|---" in block]
+    assert len(tables) == 2, "expected two headline tables: results that need no GPU, and speed"
+    value = re.compile(r"\[\[\s*(?:value|device):\s*([^/\]\s]+/[^/\]\s#]+)")
+
+    def needs_gpu(key):
+        return "# requires: cuda" in (ROOT / "snippets" / f"{key}.py").read_text(encoding="utf-8")
+
+    no_gpu, speed = (set(value.findall(table)) for table in tables)
+    assert speed and all(needs_gpu(key) for key in speed), (
+        f"the speed table shows results of snippets that run without a GPU: "
+        f"{sorted(k for k in speed if not needs_gpu(k))}")
+    assert no_gpu and not any(needs_gpu(key) for key in no_gpu), (
+        f"the first table shows results that need a GPU: {sorted(k for k in no_gpu if needs_gpu(k))}")
+    rows = built_page(site_dir, "index.md").rows
+    for row in rows:
+        assert row.count("waiting for a GPU run") <= 1, f"a headline row repeats 'waiting for a GPU run': {row}"
+    devices = {json.loads(meta.read_text(encoding="utf-8")).get("device")
+               for meta in (DOCS / "generated").glob("*/*/meta.json")}
+    for device in filter(None, devices):
+        repeated = [row for row in rows if device in row]
+        assert len(repeated) <= 1, f"{len(repeated)} table rows on the home page name {device!r}"
+
+
 # --------------------------------------------------------------------------- browser
 
 
@@ -331,13 +557,54 @@ def check_rendered(page, watch, name):
     assert heading, f"{name}: the page has no <h1> heading"
 
 
-def test_every_page_renders_offline(context, base_url, pages):
-    for name in pages:
+def check_layout(page, name, scheme):
+    """Asserts that the page open in `page` fits its screen: formulas, tables and palette."""
+    layout = page.evaluate(LAYOUT_JS)
+    formulas = layout["formulas"]
+    assert not formulas["hidden"], (
+        f"{name} at {layout['width']} px: display formulas with no visible size: {formulas['hidden'][:5]}")
+    assert not formulas["shrunk"], (
+        f"{name} at {layout['width']} px: display formulas shrunk below their size: {formulas['shrunk'][:5]}")
+    assert not formulas["outside"], (
+        f"{name} at {layout['width']} px: display formulas wider than the screen that do not scroll "
+        f"inside their own box: {formulas['outside'][:5]}")
+    assert layout["pageWidth"] <= layout["width"], (
+        f"{name} at {layout['width']} px: the page is {layout['pageWidth']} px wide and scrolls sideways")
+    assert not layout["broken"], (
+        f"{name} at {layout['width']} px: numbers broken across lines in a table: {layout['broken'][:5]}")
+    assert layout["scheme"] == scheme, f"{name}: the palette is {layout['scheme']!r}, not {scheme!r}"
+    if scheme == "slate":
+        plain = page.evaluate(NOT_INVERTED_JS)
+        assert not plain, f"{name}: figures left black on white in the dark palette: {plain[:5]}"
+    return formulas["count"]
+
+
+@pytest.mark.parametrize("reader", list(READERS))
+def test_every_page_renders_for_each_reader(browser, base_url, pages, reader):
+    """Every page, at a phone's width in the dark palette and at a desktop's in the light one:
+    it renders completely and offline, and it fits its screen (see check_layout)."""
+    width, height, scheme = READERS[reader]
+    context = browser.new_context(viewport={"width": width, "height": height})
+    try:
         page = context.new_page()
-        watch = PageWatch(page)
-        page.goto(base_url + name, wait_until="load")
-        check_rendered(page, watch, name)
+        page.goto(base_url, wait_until="load")
+        if scheme != "default":
+            # The reader's choice, with the toggle in the header; Material keeps it for every page.
+            page.click(f'form[data-md-component="palette"] label:visible')
+        assert page.evaluate("() => document.body.dataset.mdColorScheme") == scheme, (
+            f"the palette toggle did not switch to {scheme!r}")
         page.close()
+        formulas = 0
+        for name in pages:
+            page = context.new_page()
+            watch = PageWatch(page)
+            page.goto(base_url + name, wait_until="load")
+            check_rendered(page, watch, name)
+            formulas += check_layout(page, name, scheme)
+            page.close()
+        assert formulas, "no display formula on the whole site: the formula checks checked nothing"
+    finally:
+        context.close()
 
 
 def test_notebook_download_buttons_give_notebooks_with_outputs(context, base_url, site_dir, pages):
