@@ -20,8 +20,7 @@ import torch.nn.functional as F
 from matplotlib.colors import ListedColormap
 from matplotlib.patches import Patch
 
-from kernels import linear_attention
-from kernels.linear_attention import uses_triton
+from kernels import linear_attention, uses_triton
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 B, S, E, CHUNK, LENGTHS = ((2, 128, 256, 256, [1, 300, 1000, 2049]) if DEVICE == "cuda"

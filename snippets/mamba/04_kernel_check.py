@@ -14,8 +14,8 @@ import json
 
 import torch
 
-from kernels import selective_scan, selective_scan_step
-from kernels.ssm import selective_scan_ref, uses_triton
+from kernels import selective_scan, selective_scan_step, uses_triton
+from kernels.selective_scan import selective_scan_ref
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 b, d, n, LENGTHS = (2, 64, 16, [1, 31, 129, 1000]) if DEVICE == "cuda" else (1, 8, 8, [1, 31, 61])

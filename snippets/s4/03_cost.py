@@ -18,7 +18,7 @@ import time
 import matplotlib.pyplot as plt
 import torch
 
-from kernels.ssm.hippo import discretize, fft_conv, hippo_legs, ssm_kernel, ssm_scan
+from kernels.hippo import discretize, fft_conv, hippo_legs, ssm_kernel, ssm_scan
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 LENGTHS = [1024, 2048, 4096, 8192, 16384, 32768] if DEVICE == "cuda" else [256, 512, 1024, 2048, 4096, 8192]

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels import linear_attention, ssd
-from kernels.ssm import ssd_ref
+from kernels.ssd import ssd_ref
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 b, L, h, p, g, n = (2, 1000, 8, 64, 2, 64) if DEVICE == "cuda" else (1, 50, 2, 8, 1, 8)  # n, p multiples of 8

@@ -15,7 +15,7 @@ import json
 import torch
 import torch.nn.functional as F
 
-from kernels.ssm import ssd_ref
+from kernels.ssd import ssd_ref
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 b, L, h, p, n = (2, 2000, 4, 64, 64) if DEVICE == "cuda" else (1, 100, 2, 8, 8)

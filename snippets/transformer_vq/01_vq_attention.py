@@ -18,8 +18,7 @@ import json
 import torch
 import torch.nn.functional as F
 
-from kernels import flash_attention, linear_attention
-from kernels.linear_attention import uses_triton
+from kernels import flash_attention, linear_attention, uses_triton
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 B, H, K, V, CODES, BLOCK, LENGTHS = ((2, 4, 64, 64, 128, 64, [1, 63, 64, 1000, 2049]) if DEVICE == "cuda"

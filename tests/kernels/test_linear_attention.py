@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from _compare import assert_close
-from kernels import linear_attention, linear_attention_step
+from kernels import linear_attention, linear_attention_step, uses_triton
 from kernels.linear_attention import (elu_plus_one, gaussian_projection, linear_attention_quadratic,
                                       linear_attention_recurrent, orthogonal_gaussian,
-                                      positive_random_features, trigonometric_random_features, uses_triton)
+                                      positive_random_features, trigonometric_random_features)
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
