@@ -55,6 +55,23 @@ def check_dim(name: str, x: torch.Tensor, dim: int, what: str, expected: int) ->
         raise ValueError(f"{name} must have {what} {expected}, got {x.shape[dim]} (shape {tuple(x.shape)})")
 
 
+def check_shape(name: str, x: torch.Tensor, expected, layout: str) -> None:
+    """``x`` (laid out as ``layout``, e.g. ``"[b, d, L]"``) must have exactly the shape ``expected``."""
+    if tuple(x.shape) != tuple(expected):
+        raise ValueError(f"{name} must have shape {layout} = {tuple(expected)}, got {tuple(x.shape)}")
+
+
+def check_float32(name: str, x, layout: str) -> None:
+    """``x`` must be a real float32 tensor: a parameter kept in full precision."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape {layout}, got {type(x).__name__}")
+    if x.is_complex():
+        raise TypeError(f"{name} must be a real float32 tensor (complex state matrices are not supported), "
+                        f"got {x.dtype}")
+    if x.dtype != torch.float32:
+        raise TypeError(f"{name} must be float32 (it is a parameter, kept in full precision), got {x.dtype}")
+
+
 def check_bool(name: str, value) -> None:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be True or False, got {value!r}")

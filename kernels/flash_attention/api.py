@@ -1,4 +1,4 @@
-"""FlashAttention: exact softmax attention without materialising the score matrix."""
+"""FlashAttention's public function and its argument checks."""
 from __future__ import annotations
 
 import torch

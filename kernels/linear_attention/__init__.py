@@ -4,11 +4,10 @@
 ``triton.py``; `linear_attention_quadratic` and `linear_attention_recurrent` (``naive.py``) are
 the plain PyTorch references; ``feature_maps.py`` holds the feature maps applied to ``q`` and ``k``.
 """
-from .api import linear_attention
+from .api import linear_attention, linear_attention_step
 from .feature_maps import (elu_plus_one, gaussian_projection, orthogonal_gaussian, positive_random_features,
                            relu, trigonometric_random_features)
 from .naive import linear_attention_quadratic, linear_attention_recurrent
-from .recurrent import linear_attention_step
 
 __all__ = [
     "linear_attention", "linear_attention_step", "linear_attention_quadratic", "linear_attention_recurrent",

@@ -5,28 +5,14 @@ import torch
 import torch.nn.functional as F
 
 from .._backend import HAS_TRITON, uses_triton
-from .._checks import check_bool, check_float_dtypes, check_same_device, check_tensor
+from .._checks import (check_bool, check_float32, check_float_dtypes, check_same_device, check_shape,
+                       check_tensor)
 from .naive import selective_scan_ref
 
 if HAS_TRITON:
     from .triton import SelectiveScanFunction
 
 MAX_STATE = 256  # largest state size n the kernels take
-
-
-def _check_shape(name, x, expected, layout):
-    if tuple(x.shape) != tuple(expected):
-        raise ValueError(f"{name} must have shape {layout} = {tuple(expected)}, got {tuple(x.shape)}")
-
-
-def _check_float32(name, x, layout):
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape {layout}, got {type(x).__name__}")
-    if x.is_complex():
-        raise TypeError(f"{name} must be a real float32 tensor (complex state matrices are not supported), "
-                        f"got {x.dtype}")
-    if x.dtype != torch.float32:
-        raise TypeError(f"{name} must be float32 (it is a parameter, kept in full precision), got {x.dtype}")
 
 
 def _check_BC(name, M, b, d, n, L, dtype, token):
@@ -48,9 +34,9 @@ def _check_BC(name, M, b, d, n, L, dtype, token):
     if g < 1 or d % g != 0:
         raise ValueError(f"{name} has g = {g} groups, which must divide the number of channels d = {d} "
                          f"(shape {tuple(M.shape)})")
-    _check_shape(name, M, shape, layout)
+    check_shape(name, M, shape, layout)
     if M.dim() == 2 and not token:
-        _check_float32(name, M, layout)
+        check_float32(name, M, layout)
     elif M.dtype != dtype:
         raise TypeError(f"{name} {layout} is input-dependent and must have the dtype of u ({dtype}), got {M.dtype}")
 
@@ -67,9 +53,9 @@ def _check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, toke
     n = A.shape[1]
     if min(u.shape) < 1:
         raise ValueError(f"u must have at least one batch element, channel and position, got shape {tuple(u.shape)}")
-    _check_shape("delta", delta, u.shape, layout)
-    _check_float32("A", A, "[d, n]")
-    _check_shape("A", A, (d, n), "[d, n]")
+    check_shape("delta", delta, u.shape, layout)
+    check_float32("A", A, "[d, n]")
+    check_shape("A", A, (d, n), "[d, n]")
     if not 1 <= n <= MAX_STATE:
         raise ValueError(f"A must have a state size n between 1 and {MAX_STATE}, got {n}")
     _check_BC("B", B, b, d, n, L, dtype, token)
@@ -78,12 +64,12 @@ def _check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, toke
     for name, x in (("D", D), ("delta_bias", delta_bias)):
         if x is not None:
             check_tensor(name, x, 1, "[d]")
-            _check_float32(name, x, "[d]")
-            _check_shape(name, x, (d,), "[d]")
+            check_float32(name, x, "[d]")
+            check_shape(name, x, (d,), "[d]")
             tensors[name] = x
     if z is not None:
         check_tensor("z", z, u.dim(), layout)
-        _check_shape("z", z, u.shape, layout)
+        check_shape("z", z, u.shape, layout)
         if z.dtype != dtype:
             raise TypeError(f"z must have the dtype of u ({dtype}), got {z.dtype}")
         tensors["z"] = z
@@ -177,7 +163,7 @@ def selective_scan_step(state, u, delta, A, B, C, D=None, z=None, delta_bias=Non
     _check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, token=True)
     b, d = u.shape
     check_tensor("state", state, 3, "[b, d, n]")
-    _check_shape("state", state, (b, d, A.shape[1]), "[b, d, n]")
+    check_shape("state", state, (b, d, A.shape[1]), "[b, d, n]")
     if not state.is_floating_point():
         raise TypeError(f"state must be a floating-point tensor, got {state.dtype}")
     check_same_device({"u": u, "state": state})

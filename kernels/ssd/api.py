@@ -1,8 +1,9 @@
 """SSD's public function and its argument checks."""
 from __future__ import annotations
 
-from .._checks import check_bool, check_float_dtypes, check_same_device, check_tensor
-from ..selective_scan.api import MAX_STATE, _check_float32, _check_shape, selective_scan
+from .._checks import (check_bool, check_float32, check_float_dtypes, check_same_device, check_shape,
+                       check_tensor)
+from ..selective_scan.api import MAX_STATE, selective_scan
 
 
 def _check_ssd_inputs(x, dt, A, B, C, D, z, dt_bias, dt_softplus, return_final_state):
@@ -15,29 +16,29 @@ def _check_ssd_inputs(x, dt, A, B, C, D, z, dt_bias, dt_softplus, return_final_s
     b, L, h, p = x.shape
     if min(x.shape) < 1:
         raise ValueError(f"x must have at least one batch element, position, head and channel, got shape {tuple(x.shape)}")
-    _check_shape("dt", dt, (b, L, h), "[b, L, h]")
-    _check_float32("A", A, "[h]")
-    _check_shape("A", A, (h,), "[h]")
+    check_shape("dt", dt, (b, L, h), "[b, L, h]")
+    check_float32("A", A, "[h]")
+    check_shape("A", A, (h,), "[h]")
     g, n = B.shape[2], B.shape[3]
     if g < 1 or h % g != 0:
         raise ValueError(f"B has g = {g} groups, which must divide the number of heads h = {h} (shape {tuple(B.shape)})")
     if not 1 <= n <= MAX_STATE:
         raise ValueError(f"B must have a state size n between 1 and {MAX_STATE}, got {n}")
-    _check_shape("B", B, (b, L, g, n), "[b, L, g, n]")
-    _check_shape("C", C, (b, L, g, n), "[b, L, g, n] (that of B)")
+    check_shape("B", B, (b, L, g, n), "[b, L, g, n]")
+    check_shape("C", C, (b, L, g, n), "[b, L, g, n] (that of B)")
     tensors = {"x": x, "dt": dt, "A": A, "B": B, "C": C}
     if D is not None:
-        _check_float32("D", D, "[h] or [h, p]")
-        _check_shape("D", D, (h,) if D.dim() == 1 else (h, p), "[h]" if D.dim() == 1 else "[h, p]")
+        check_float32("D", D, "[h] or [h, p]")
+        check_shape("D", D, (h,) if D.dim() == 1 else (h, p), "[h]" if D.dim() == 1 else "[h, p]")
         tensors["D"] = D
     if dt_bias is not None:
         check_tensor("dt_bias", dt_bias, 1, "[h]")
-        _check_float32("dt_bias", dt_bias, "[h]")
-        _check_shape("dt_bias", dt_bias, (h,), "[h]")
+        check_float32("dt_bias", dt_bias, "[h]")
+        check_shape("dt_bias", dt_bias, (h,), "[h]")
         tensors["dt_bias"] = dt_bias
     if z is not None:
         check_tensor("z", z, 4, "[b, L, h, p]")
-        _check_shape("z", z, x.shape, "[b, L, h, p]")
+        check_shape("z", z, x.shape, "[b, L, h, p]")
         if z.dtype != dtype:
             raise TypeError(f"z must have the dtype of x ({dtype}), got {z.dtype}")
         tensors["z"] = z

@@ -1,6 +1,6 @@
 """The plain PyTorch reference of SSD (Mamba-2).
 
-SSD (Mamba-2) is the special case where ``A`` is one scalar per head: with ``x [b, L, h, p]``,
+SSD (Mamba-2) is the special case of the selective scan where ``A`` is one scalar per head: with ``x [b, L, h, p]``,
 ``dt [b, L, h]``, ``A [h]``, ``B, C [b, L, g, n]``, every channel ``(h, p)`` decays by
 ``exp(dt_t A_h)``. `ssd_ref` computes it in its dual, attention-like form:
 ``y = (M ∘ (C B^T)) (dt x)`` with the mask ``M[t, s] = exp(Σ_{s < r <= t} dt_r A_h)`` for
