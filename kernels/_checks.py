@@ -13,6 +13,7 @@ import numbers
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+HEAD_DIMS = range(8, 257, 8)  # head dims the attention kernels take: multiples of 8 up to 256
 
 
 def _dtype_names(dtypes) -> str:
@@ -102,7 +103,7 @@ def check_attention_qkv(q, k, v) -> None:
                          f"and v {tuple(v.shape)}")
     check_dim("k", k, 0, "batch size (that of q)", B)
     check_dim("k", k, 3, "head dim (that of q)", D)
-    if D % 8 != 0 or not 8 <= D <= 256:
+    if D not in HEAD_DIMS:
         raise ValueError(f"head dim D must be a multiple of 8 between 8 and 256, got {D} (q shape {tuple(q.shape)})")
     Hkv = k.shape[1]
     if Hkv == 0 or H % Hkv != 0:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from .._backend import HAS_TRITON, uses_triton
-from .._checks import (check_bool, check_decay, check_dim, check_float_dtypes, check_same_device,
+from .._checks import (HEAD_DIMS, check_bool, check_decay, check_dim, check_float_dtypes, check_same_device,
                        check_scale, check_tensor)
 from .naive import linear_attention_quadratic
 
@@ -32,7 +32,7 @@ def _check_inputs(q, k, v, causal, decay, scale, initial_state, return_final_sta
     for dim, what, size in ((0, "batch size", B), (1, "number of heads", H), (2, "length", T)):
         check_dim("v", v, dim, f"{what} (that of q)", size)
     for name, size in (("K (head dim of q and k)", K), ("V (head dim of v)", v.shape[-1])):
-        if size % 8 != 0 or not 8 <= size <= 256:
+        if size not in HEAD_DIMS:
             raise ValueError(f"{name} must be a multiple of 8 between 8 and 256, got {size}")
     if B == 0 or H == 0 or T == 0:
         raise ValueError(f"q must have at least one batch element, head and position, got shape {tuple(q.shape)}")
