@@ -13,6 +13,7 @@ import numbers
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+HEAD_DIMS = range(8, 257, 8)  # head dims the attention kernels take: multiples of 8 up to 256
 
 
 def _dtype_names(dtypes) -> str:
@@ -55,6 +56,23 @@ def check_dim(name: str, x: torch.Tensor, dim: int, what: str, expected: int) ->
         raise ValueError(f"{name} must have {what} {expected}, got {x.shape[dim]} (shape {tuple(x.shape)})")
 
 
+def check_shape(name: str, x: torch.Tensor, expected, layout: str) -> None:
+    """``x`` (laid out as ``layout``, e.g. ``"[b, d, L]"``) must have exactly the shape ``expected``."""
+    if tuple(x.shape) != tuple(expected):
+        raise ValueError(f"{name} must have shape {layout} = {tuple(expected)}, got {tuple(x.shape)}")
+
+
+def check_float32(name: str, x, layout: str) -> None:
+    """``x`` must be a real float32 tensor: a parameter kept in full precision."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape {layout}, got {type(x).__name__}")
+    if x.is_complex():
+        raise TypeError(f"{name} must be a real float32 tensor (complex state matrices are not supported), "
+                        f"got {x.dtype}")
+    if x.dtype != torch.float32:
+        raise TypeError(f"{name} must be float32 (it is a parameter, kept in full precision), got {x.dtype}")
+
+
 def check_bool(name: str, value) -> None:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be True or False, got {value!r}")
@@ -85,7 +103,7 @@ def check_attention_qkv(q, k, v) -> None:
                          f"and v {tuple(v.shape)}")
     check_dim("k", k, 0, "batch size (that of q)", B)
     check_dim("k", k, 3, "head dim (that of q)", D)
-    if D % 8 != 0 or not 8 <= D <= 256:
+    if D not in HEAD_DIMS:
         raise ValueError(f"head dim D must be a multiple of 8 between 8 and 256, got {D} (q shape {tuple(q.shape)})")
     Hkv = k.shape[1]
     if Hkv == 0 or H % Hkv != 0:

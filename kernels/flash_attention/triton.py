@@ -48,8 +48,9 @@ def _fwd_inner(acc, m_i, l_i, q, k_ptrs, v_ptrs, offs_m, offs_n, offs_d, lo, hi,
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n  # [BLOCK_N]
         m_kv = (cols[:, None] < Tk) & (offs_d[None, :] < D)
-        b_k = tl.load(k_ptrs + start_n * stride_kn, mask=m_kv, other=0.0)  # [BLOCK_N, BLOCK_D]
-        b_v = tl.load(v_ptrs + start_n * stride_vn, mask=m_kv, other=0.0)
+        start = tl.cast(start_n, tl.int64)  # 64-bit: start_n * stride can pass 2^31
+        b_k = tl.load(k_ptrs + start * stride_kn, mask=m_kv, other=0.0)  # [BLOCK_N, BLOCK_D]
+        b_v = tl.load(v_ptrs + start * stride_vn, mask=m_kv, other=0.0)
         s = tl.dot(q, tl.trans(b_k), input_precision=PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N], base 2
         if MASK:
             visible = cols[None, :] < Tk
@@ -71,14 +72,18 @@ def _fwd_kernel(Q, K, V, O, LSE,
                 BLOCK_D: tl.constexpr, PRECISION: tl.constexpr):
     start_m = tl.program_id(0) * BLOCK_M
     off_bh = tl.program_id(1)
+    # Offsets that are products of sizes and strides are 64-bit (they can pass 2^31); offsets
+    # inside a tile stay 32-bit.
     off_b = (off_bh // H).to(tl.int64)
     off_h = (off_bh % H).to(tl.int64)
     off_hkv = off_h // GROUP  # grouped-query attention: GROUP query heads share one key head
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
+    tile_m = tl.arange(0, BLOCK_M)[:, None]  # rows of the query tile, from start_m
 
-    p_q = Q + off_b * stride_qb + off_h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd
+    p_q = (Q + off_b * stride_qb + off_h * stride_qh + start_m.to(tl.int64) * stride_qm
+           + tile_m * stride_qm + offs_d[None, :] * stride_qd)
     p_k = K + off_b * stride_kb + off_hkv * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd
     p_v = V + off_b * stride_vb + off_hkv * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
     m_q = (offs_m[:, None] < Tq) & (offs_d[None, :] < D)
@@ -107,7 +112,8 @@ def _fwd_kernel(Q, K, V, O, LSE,
     seen = l_i > 0  # False only for a row that sees no key at all
     b_o = acc / tl.where(seen, l_i, 1.0)[:, None]
     lse = tl.where(seen, (m_i + tl.math.log2(tl.where(seen, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
-    p_o = O + off_b * stride_ob + off_h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od
+    p_o = (O + off_b * stride_ob + off_h * stride_oh + start_m.to(tl.int64) * stride_om
+           + tile_m * stride_om + offs_d[None, :] * stride_od)
     tl.store(p_o, b_o.to(O.dtype.element_ty), mask=m_q)
     tl.store(LSE + off_bh.to(tl.int64) * Tq + offs_m, lse, mask=offs_m < Tq)
 # --8<-- [end:fwd_kernel]
@@ -127,15 +133,17 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV,
     """dk and dv for one tile of keys of one key head, summed over the query heads that share it."""
     start_n = tl.program_id(0) * BLOCK_N
     off_bh = tl.program_id(1)
-    off_b = (off_bh // HKV).to(tl.int64)
+    off_b = (off_bh // HKV).to(tl.int64)  # 64-bit offsets, as in the forward
     off_hkv = (off_bh % HKV).to(tl.int64)
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
+    tile_n = tl.arange(0, BLOCK_N)[:, None]
+    row_n = start_n.to(tl.int64)
     m_kv = (offs_n[:, None] < Tk) & (offs_d[None, :] < D)
-    b_k = tl.load(K + off_b * stride_kb + off_hkv * stride_kh + offs_n[:, None] * stride_kn
+    b_k = tl.load(K + off_b * stride_kb + off_hkv * stride_kh + row_n * stride_kn + tile_n * stride_kn
                   + offs_d[None, :] * stride_kd, mask=m_kv, other=0.0)  # [BLOCK_N, BLOCK_D]
-    b_v = tl.load(V + off_b * stride_vb + off_hkv * stride_vh + offs_n[:, None] * stride_vn
+    b_v = tl.load(V + off_b * stride_vb + off_hkv * stride_vh + row_n * stride_vn + tile_n * stride_vn
                   + offs_d[None, :] * stride_vd, mask=m_kv, other=0.0)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
@@ -155,8 +163,9 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV,
         for start_m in range(lo, Tq, BLOCK_M):
             rows = start_m + offs_m
             m_q = (rows[:, None] < Tq) & (offs_d[None, :] < D)
-            b_q = tl.load(p_q + rows[:, None] * stride_qm, mask=m_q, other=0.0)  # [BLOCK_M, BLOCK_D]
-            b_do = tl.load(p_do + rows[:, None] * stride_dom, mask=m_q, other=0.0)
+            row_m = tl.cast(start_m, tl.int64)
+            b_q = tl.load(p_q + row_m * stride_qm + offs_m[:, None] * stride_qm, mask=m_q, other=0.0)  # [BLOCK_M, BLOCK_D]
+            b_do = tl.load(p_do + row_m * stride_dom + offs_m[:, None] * stride_dom, mask=m_q, other=0.0)
             # rows past Tq and rows that see no key get lse = +inf, hence p = 0
             b_lse = tl.load(p_lse + rows, mask=rows < Tq, other=float("inf"))
             b_lse = tl.where(b_lse == float("-inf"), float("inf"), b_lse) * 1.4426950408889634
@@ -170,9 +179,9 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV,
             ds = p * (dp - b_delta[None, :])
             dk += tl.dot(ds.to(b_q.dtype), b_q, input_precision=PRECISION)
     dk = dk * sm_scale
-    tl.store(DK + off_b * stride_dkb + off_hkv * stride_dkh + offs_n[:, None] * stride_dkn
+    tl.store(DK + off_b * stride_dkb + off_hkv * stride_dkh + row_n * stride_dkn + tile_n * stride_dkn
              + offs_d[None, :] * stride_dkd, dk.to(DK.dtype.element_ty), mask=m_kv)
-    tl.store(DV + off_b * stride_dvb + off_hkv * stride_dvh + offs_n[:, None] * stride_dvn
+    tl.store(DV + off_b * stride_dvb + off_hkv * stride_dvh + row_n * stride_dvn + tile_n * stride_dvn
              + offs_d[None, :] * stride_dvd, dv.to(DV.dtype.element_ty), mask=m_kv)
 
 
@@ -195,10 +204,12 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
+    tile_m = tl.arange(0, BLOCK_M)[:, None]
+    row_m = start_m.to(tl.int64)  # 64-bit offsets, as in the forward
     m_q = (offs_m[:, None] < Tq) & (offs_d[None, :] < D)
-    b_q = tl.load(Q + off_b * stride_qb + off_h * stride_qh + offs_m[:, None] * stride_qm
+    b_q = tl.load(Q + off_b * stride_qb + off_h * stride_qh + row_m * stride_qm + tile_m * stride_qm
                   + offs_d[None, :] * stride_qd, mask=m_q, other=0.0)
-    b_do = tl.load(DO + off_b * stride_dob + off_h * stride_doh + offs_m[:, None] * stride_dom
+    b_do = tl.load(DO + off_b * stride_dob + off_h * stride_doh + row_m * stride_dom + tile_m * stride_dom
                    + offs_d[None, :] * stride_dod, mask=m_q, other=0.0)
     b_lse = tl.load(LSE + off_bh.to(tl.int64) * Tq + offs_m, mask=offs_m < Tq, other=float("inf"))
     b_lse = tl.where(b_lse == float("-inf"), float("inf"), b_lse) * 1.4426950408889634
@@ -216,8 +227,9 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
     for start_n in range(0, hi, BLOCK_N):
         cols = start_n + offs_n
         m_kv = (cols[:, None] < Tk) & (offs_d[None, :] < D)
-        b_k = tl.load(p_k + start_n * stride_kn, mask=m_kv, other=0.0)
-        b_v = tl.load(p_v + start_n * stride_vn, mask=m_kv, other=0.0)
+        start = tl.cast(start_n, tl.int64)
+        b_k = tl.load(p_k + start * stride_kn, mask=m_kv, other=0.0)
+        b_v = tl.load(p_v + start * stride_vn, mask=m_kv, other=0.0)
         s = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N]
         visible = cols[None, :] < Tk
         if IS_CAUSAL:
@@ -227,24 +239,41 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
         ds = p * (dp - b_delta[:, None])
         dq += tl.dot(ds.to(b_k.dtype), b_k, input_precision=PRECISION)
     dq = dq * sm_scale
-    tl.store(DQ + off_b * stride_dqb + off_h * stride_dqh + offs_m[:, None] * stride_dqm
+    tl.store(DQ + off_b * stride_dqb + off_h * stride_dqh + row_m * stride_dqm + tile_m * stride_dqm
              + offs_d[None, :] * stride_dqd, dq.to(DQ.dtype.element_ty), mask=m_q)
 
 
-def _config(D: int, dtype: torch.dtype, backward: bool):
-    """Tile sizes and launch settings: (BLOCK_M, BLOCK_N, num_warps, num_stages)."""
-    if INTERPRET:
-        return 32, 32, 1, 1  # the interpreter runs one program at a time; tiles only set the loop count
-    if dtype == torch.float32:
-        D = 2 * D  # tiles are sized by bytes of shared memory: a float32 row weighs two half rows
-    if backward:
-        return (64, 64, 4, 2) if D <= 64 else (64, 64, 8, 2) if D <= 128 else (32, 32, 4, 1)
-    return (128, 64, 4, 3) if D <= 64 else (128, 64, 8, 3) if D <= 128 else (64, 32, 4, 2)
+def _config(D: int, dtype: torch.dtype, backward: bool, interpret: bool = INTERPRET) -> dict:
+    """Launch settings of the forward kernel (``backward=False``) or of both backward kernels.
 
+    The one place the tiles are chosen: the launchers pass the result to the kernels as keyword
+    arguments, and the ahead-of-time compile test compiles every configuration it can return.
 
-def _precision(dtype: torch.dtype) -> str:
+    Args:
+        D (int): head dim (8 to 256).
+        dtype (torch.dtype): dtype of ``q``, ``k`` and ``v``.
+        backward (bool): settings of the backward kernels rather than of the forward one.
+        interpret (bool): settings for Triton's interpreter (default: whether it is on).
+
+    Returns:
+        dict: ``BLOCK_M``, ``BLOCK_N``, ``BLOCK_D`` (``D`` padded to a power of two), ``PRECISION``,
+        ``num_warps`` and ``num_stages``.
+    """
+    BLOCK_D = max(16, triton.next_power_of_2(D))
     # float32 inputs get exact float32 products; TF32 would lose 3 decimal digits.
-    return "ieee" if dtype == torch.float32 else "tf32"
+    PRECISION = "ieee" if dtype == torch.float32 else "tf32"
+    if interpret:  # the interpreter runs one program at a time; tiles only set the loop count
+        BLOCK_M, BLOCK_N, num_warps, num_stages = 32, 32, 1, 1
+    else:
+        width = 2 * D if dtype == torch.float32 else D  # tiles are sized by bytes: a float32 row weighs two
+        if backward:
+            BLOCK_M, BLOCK_N, num_warps, num_stages = ((64, 64, 4, 2) if width <= 64 else (64, 64, 8, 2)
+                                                       if width <= 128 else (32, 32, 4, 1))
+        else:
+            BLOCK_M, BLOCK_N, num_warps, num_stages = ((128, 64, 4, 3) if width <= 64 else (128, 64, 8, 3)
+                                                       if width <= 128 else (64, 32, 4, 2))
+    return dict(BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, PRECISION=PRECISION,
+                num_warps=num_warps, num_stages=num_stages)
 
 
 def flash_attention_fwd(q, k, v, causal: bool, scale: float):
@@ -253,13 +282,11 @@ def flash_attention_fwd(q, k, v, causal: bool, scale: float):
     Hkv, Tk = k.shape[1], k.shape[2]
     o = torch.empty_like(q)
     lse = torch.empty((B, H, Tq), device=q.device, dtype=torch.float32)
-    BLOCK_M, BLOCK_N, num_warps, num_stages = _config(D, q.dtype, backward=False)
-    grid = (triton.cdiv(Tq, BLOCK_M), B * H)
+    config = _config(D, q.dtype, backward=False)
+    grid = (triton.cdiv(Tq, config["BLOCK_M"]), B * H)
     _fwd_kernel[grid](
         q, k, v, o, lse, *q.stride(), *k.stride(), *v.stride(), *o.stride(),
-        H=H, GROUP=H // Hkv, Tq=Tq, Tk=Tk, D=D, sm_scale=scale,
-        IS_CAUSAL=causal, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=max(16, triton.next_power_of_2(D)),
-        PRECISION=_precision(q.dtype), num_warps=num_warps, num_stages=num_stages)
+        H=H, GROUP=H // Hkv, Tq=Tq, Tk=Tk, D=D, sm_scale=scale, IS_CAUSAL=causal, **config)
     return o, lse
 
 
@@ -269,15 +296,13 @@ def flash_attention_bwd(do, q, k, v, o, lse, causal: bool, scale: float):
     Hkv, Tk = k.shape[1], k.shape[2]
     delta = (do.float() * o.float()).sum(-1)  # [B, H, Tq]: rowsum(dO * O) = rowsum(P * dP)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    BLOCK_M, BLOCK_N, num_warps, num_stages = _config(D, q.dtype, backward=True)
-    common = dict(Tq=Tq, Tk=Tk, D=D, sm_scale=scale, IS_CAUSAL=causal, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
-                  BLOCK_D=max(16, triton.next_power_of_2(D)), PRECISION=_precision(q.dtype),
-                  num_warps=num_warps, num_stages=num_stages)
-    _bwd_dkdv_kernel[(triton.cdiv(Tk, BLOCK_N), B * Hkv)](
+    config = _config(D, q.dtype, backward=True)
+    common = dict(Tq=Tq, Tk=Tk, D=D, sm_scale=scale, IS_CAUSAL=causal, **config)
+    _bwd_dkdv_kernel[(triton.cdiv(Tk, config["BLOCK_N"]), B * Hkv)](
         q, k, v, do, lse, delta, dk, dv,
         *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(),
         H=H, HKV=Hkv, GROUP=H // Hkv, **common)
-    _bwd_dq_kernel[(triton.cdiv(Tq, BLOCK_M), B * H)](
+    _bwd_dq_kernel[(triton.cdiv(Tq, config["BLOCK_M"]), B * H)](
         q, k, v, do, lse, delta, dq,
         *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(),
         H=H, GROUP=H // Hkv, **common)

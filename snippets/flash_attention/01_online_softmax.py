@@ -13,8 +13,8 @@ import math
 import matplotlib.pyplot as plt
 import torch
 
-from kernels import flash_attention
-from kernels.flash_attention import attention_blockwise, attention_ref, uses_triton
+from kernels import flash_attention, uses_triton
+from kernels.flash_attention import attention_blockwise, attention_ref
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 torch.manual_seed(0)

@@ -17,6 +17,7 @@ import torch
 
 from kernels import flash_attention
 from kernels.flash_attention import attention_blockwise
+from kernels.bench import peak_memory_bytes
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 LENGTHS = [1024, 2048, 4096, 8192, 16384] if DEVICE == "cuda" else [128, 256, 512, 1024, 2048]
@@ -37,31 +38,19 @@ tiled_attention = flash_attention if DEVICE == "cuda" else attention_blockwise
 tiled_name = "flash_attention (Triton)" if DEVICE == "cuda" else "blockwise reference (PyTorch)"
 
 
-def peak_extra_bytes(fn, *args) -> int:
-    """Peak bytes allocated during ``fn(*args)`` beyond what was allocated before the call."""
-    if DEVICE == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        fn(*args)
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - before
-    from torch.distributed._tools.mem_tracker import MemTracker  # counts live CPU tensors
-    tracker = MemTracker()
-    with tracker:
-        fn(*args)
-    return tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"]
-
-
 # %% [markdown]
-# Measure both at every length, with random inputs of shape `[1, 16, T, 64]`.
+# Memory is measured by `kernels.bench.peak_memory_bytes(fn)`, the one memory helper of this
+# book: the peak number of bytes allocated while `fn()` runs, beyond what was allocated before
+# the call. On a GPU it reads CUDA's allocator statistics; on a CPU, PyTorch's memory tracker
+# counts the tensors alive during the call. Measure both at every length, with random inputs of
+# shape `[1, 16, T, 64]`.
 
 # %%
 rows = []
 for T in LENGTHS:
     q, k, v = (torch.randn(B, H, T, D, device=DEVICE, dtype=DTYPE) for _ in range(3))
-    naive_mib = peak_extra_bytes(naive_attention, q, k, v) / 2**20
-    tiled_mib = peak_extra_bytes(tiled_attention, q, k, v) / 2**20
+    naive_mib = peak_memory_bytes(lambda: naive_attention(q, k, v)) / 2**20
+    tiled_mib = peak_memory_bytes(lambda: tiled_attention(q, k, v)) / 2**20
     rows.append((T, naive_mib, tiled_mib))
     print(f"T = {T:6d}: naive {naive_mib:10.1f} MiB   {tiled_name} {tiled_mib:8.1f} MiB   "
           f"ratio {naive_mib / tiled_mib:6.1f}x", flush=True)

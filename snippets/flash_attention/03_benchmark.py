@@ -10,8 +10,6 @@ same run. Only a GPU run says anything about speed; on a CPU the snippet runs ti
 # requires: cuda
 # %%
 import json
-import statistics
-import time
 
 import matplotlib.pyplot as plt
 import torch
@@ -19,6 +17,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from kernels import flash_attention
+from kernels.bench import time_ms
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 if DEVICE == "cuda":  # 16k tokens per batch, hidden size 2048 (H = 2048 // D), as in the FlashAttention papers
@@ -41,21 +40,15 @@ def attention_flops(B, H, T, D, causal, mode):
     return flops * (3.5 if mode == "fwd+bwd" else 1.0)
 
 
-def bench_ms(fn):
-    """Median time of ``fn()`` in milliseconds."""
-    if DEVICE == "cuda":
-        from triton.testing import do_bench
-        return do_bench(fn, warmup=25, rep=100, return_mode="median")
-    fn()
-    times = []
-    for _ in range(3):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
-
-
 # %% [markdown]
+# Every timing in this book comes from one helper, `kernels.bench.time_ms(fn)`, the time of one
+# call of `fn()` in milliseconds. On a GPU it is Triton's `do_bench`: a warm-up, then repeated
+# launches with the L2 cache flushed between them, and the median. On a CPU it is the minimum
+# over repeated calls after one warm-up call (at least 3, and until 0.2 s have been spent, at
+# most 30): other work on the machine only ever adds time, so the fastest call is the best
+# estimate of the cost of the code itself. Its companions are `peak_memory_bytes(fn)` (see the
+# memory snippet) and `max_diff(a, b)`, the largest absolute difference, computed in float64.
+#
 # The contenders. Each takes `q, k, v` of shape `[B, H, T, D]` and the causal flag.
 
 # %%
@@ -88,10 +81,10 @@ PROVIDERS["naive"] = naive_attention
 def ceilings():
     n = 8192 if DEVICE == "cuda" else 256
     a, b = torch.randn(n, n, device=DEVICE, dtype=DTYPE), torch.randn(n, n, device=DEVICE, dtype=DTYPE)
-    matmul_tflops = 2 * n**3 / bench_ms(lambda: a @ b) * 1e-9
+    matmul_tflops = 2 * n**3 / time_ms(lambda: a @ b) * 1e-9
     x = torch.empty(2**28 if DEVICE == "cuda" else 2**20, device=DEVICE, dtype=torch.uint8)
     y = torch.empty_like(x)
-    copy_gbs = 2 * x.numel() / bench_ms(lambda: y.copy_(x)) * 1e-6  # bytes read + written
+    copy_gbs = 2 * x.numel() / time_ms(lambda: y.copy_(x)) * 1e-6  # bytes read + written
     return matmul_tflops, copy_gbs
 
 
@@ -106,14 +99,14 @@ print(f"dense {str(DTYPE).replace('torch.', '')} matmul: {matmul_tflops:.0f} TFL
 # %%
 def measure(fn, q, k, v, causal, mode):
     if mode == "fwd":
-        return bench_ms(lambda: fn(q, k, v, causal))
+        return time_ms(lambda: fn(q, k, v, causal))
     do = torch.randn_like(q)
 
     def fwd_bwd():
         for x in (q, k, v):
             x.grad = None
         fn(q, k, v, causal).backward(do)
-    return bench_ms(fwd_bwd)
+    return time_ms(fwd_bwd)
 
 
 results, skipped = [], set()

@@ -22,9 +22,8 @@ import torch.nn.functional as F
 from matplotlib.colors import ListedColormap
 from matplotlib.patches import Patch
 
-from kernels import linear_attention
+from kernels import linear_attention, uses_triton
 from kernels.bench import max_diff
-from kernels.linear_attention import uses_triton
 from kernels.linear_attention.naive import mixed_chunk_attention
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

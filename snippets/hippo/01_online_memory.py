@@ -15,7 +15,7 @@ import json
 import matplotlib.pyplot as plt
 import torch
 
-from kernels.ssm.hippo import (discretize, hippo_legs, hippo_legt, legendre_project, legendre_reconstruct,
+from kernels.hippo import (discretize, hippo_legs, hippo_legt, legendre_project, legendre_reconstruct,
                                legs_coefficients, ssm_scan)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

@@ -16,7 +16,7 @@ import math
 import matplotlib.pyplot as plt
 import torch
 
-from kernels.ssm.hippo import (discretize, hippo_legt, legendre_project, legendre_reconstruct, legs_coefficients,
+from kernels.hippo import (discretize, hippo_legt, legendre_project, legendre_reconstruct, legs_coefficients,
                                ssm_scan)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

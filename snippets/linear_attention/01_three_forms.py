@@ -16,18 +16,13 @@ import json
 
 import torch
 
-from kernels import linear_attention, linear_attention_step
-from kernels.linear_attention import (elu_plus_one, linear_attention_quadratic, linear_attention_recurrent,
-                                      uses_triton)
+from kernels import linear_attention, linear_attention_step, uses_triton
+from kernels.linear_attention import elu_plus_one, linear_attention_quadratic, linear_attention_recurrent
+from kernels.bench import max_diff
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 B, H, T, K, V = (2, 8, 1000, 64, 128) if DEVICE == "cuda" else (2, 3, 100, 32, 48)
 torch.manual_seed(0)
-
-
-def max_diff(a, b) -> float:
-    """Largest absolute difference between two tensors, compared in float64."""
-    return (a.double() - b.double()).abs().max().item()
 
 
 # %% [markdown]

@@ -14,7 +14,6 @@ uses one thread. The Triton kernels are timed against each other on a GPU by the
 """
 # %%
 import json
-import time
 
 import matplotlib.pyplot as plt
 import torch
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 
 from kernels import linear_attention_step
 from kernels.linear_attention import linear_attention_quadratic, linear_attention_recurrent
+from kernels.bench import max_diff, peak_memory_bytes, time_ms
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 LENGTHS = [1024, 2048, 4096, 8192, 16384, 32768] if DEVICE == "cuda" else [128, 256, 512, 1024, 2048, 4096, 8192]
@@ -71,45 +71,16 @@ PREFILL = {
 SLOW_FORMS = ("linear, quadratic form", "linear, recurrence")
 
 q, k, v = (torch.randn(B, H, 100, D, device=DEVICE) for _ in range(3))
-check = (chunk_linear_attention(q, k, v, DECAY) - linear_attention_quadratic(q, k, v, decay=DECAY)[0]).abs().max()
+check = max_diff(chunk_linear_attention(q, k, v, DECAY), linear_attention_quadratic(q, k, v, decay=DECAY)[0])
 print(f"chunk-wise form vs quadratic form at T = 100, max |difference|: {check:.1e}")
 
 
 # %% [markdown]
-# Time and peak memory of one call. On a CPU the time is the minimum of at least five runs (other
-# work on the machine only ever adds time) and the memory is what PyTorch's memory tracker counts
-# for the tensors alive during the call; on a GPU, Triton's `do_bench` and CUDA's allocator.
+# Time and peak memory of one call are measured by `time_ms` and `peak_memory_bytes` from
+# `kernels.bench`, the helpers of the FlashAttention article (one rule for every timing in the
+# book). Where two cost curves cross, read off the shortest length from which one stays below.
 
 # %%
-def time_ms(fn) -> float:
-    if DEVICE == "cuda":
-        from triton.testing import do_bench
-        return do_bench(fn, warmup=25, rep=100, return_mode="median")
-    fn()  # warm-up
-    runs = []
-    while len(runs) < 5 or (sum(runs) < 0.1 and len(runs) < 30):  # more runs for short calls
-        start = time.perf_counter()
-        fn()
-        runs.append(time.perf_counter() - start)
-    return 1e3 * min(runs)
-
-
-def peak_extra_mib(fn) -> float:
-    """Peak memory allocated during ``fn()`` beyond what was allocated before the call, in MiB."""
-    if DEVICE == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        fn()
-        torch.cuda.synchronize()
-        return (torch.cuda.max_memory_allocated() - before) / 2**20
-    from torch.distributed._tools.mem_tracker import MemTracker  # counts live CPU tensors
-    tracker = MemTracker()
-    with tracker:
-        fn()
-    return tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"] / 2**20
-
-
 def crossover(faster):
     """The shortest measured length from which ``faster(T)`` holds at every longer one, or None."""
     return next((T for T in LENGTHS if all(faster(t) for t in LENGTHS if t >= T)), None)
@@ -132,7 +103,7 @@ for T in LENGTHS:
     for name, fn in PREFILL.items():
         if name in SLOW_FORMS and T > SLOW_FORMS_MAX_T:
             continue
-        prefill[name][T] = {"ms": time_ms(lambda: fn(q, k, v)), "mib": peak_extra_mib(lambda: fn(q, k, v))}
+        prefill[name][T] = {"ms": time_ms(lambda: fn(q, k, v)), "mib": peak_memory_bytes(lambda: fn(q, k, v)) / 2**20}
         line.append(f"{name} {prefill[name][T]['ms']:8.2f} ms {prefill[name][T]['mib']:7.1f} MiB")
     print(f"T = {T:5d}: " + " | ".join(line), flush=True)
 

@@ -9,13 +9,12 @@ Only a GPU run says anything about speed; on a CPU the snippet runs tiny sizes.
 # requires: cuda
 # %%
 import json
-import statistics
-import time
 
 import matplotlib.pyplot as plt
 import torch
 
 from kernels import flash_attention, linear_attention
+from kernels.bench import peak_memory_bytes, time_ms
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 if DEVICE == "cuda":  # 16k tokens per batch, hidden size 2048 (H = 2048 // K)
@@ -40,32 +39,6 @@ LAYERS = {
     "flash_attention (softmax)": lambda q, k, v, decay: flash_attention(q, k, v, causal=True),
     "linear_attention (chunk-wise)": lambda q, k, v, decay: linear_attention(q, k, v, decay=decay),
 }
-
-
-def time_ms(fn) -> float:
-    """Median time of ``fn()`` in milliseconds."""
-    if DEVICE == "cuda":
-        from triton.testing import do_bench
-        return do_bench(fn, warmup=25, rep=100, return_mode="median")
-    fn()
-    runs = []
-    for _ in range(3):
-        start = time.perf_counter()
-        fn()
-        runs.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(runs)
-
-
-def peak_extra_mib(fn) -> float:
-    """Peak memory allocated during ``fn()`` beyond what was allocated before, in MiB (GPU only)."""
-    if DEVICE != "cuda":
-        return float("nan")
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    before = torch.cuda.memory_allocated()
-    fn()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - before) / 2**20
 
 
 # %% [markdown]
@@ -96,7 +69,7 @@ for K in HEAD_DIMS:
             point = {"mode": mode, "K": K, "T": T, "B": B, "H": H, "ms": {}, "mib": {}}
             for name, layer in LAYERS.items():
                 fn = runner(layer, q, k, v, decay, mode)
-                point["ms"][name], point["mib"][name] = time_ms(fn), peak_extra_mib(fn)
+                point["ms"][name], point["mib"][name] = time_ms(fn), peak_memory_bytes(fn) / 2**20
             points.append(point)
             print(f"{mode:7s} K={K:3d} T={T:5d} B={B:3d}  " + "  ".join(
                 f"{n}: {point['ms'][n]:7.3f} ms {point['mib'][n]:7.1f} MiB" for n in LAYERS), flush=True)

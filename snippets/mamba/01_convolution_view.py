@@ -15,15 +15,11 @@ import matplotlib.pyplot as plt
 import torch
 
 from kernels import selective_scan
+from kernels.bench import max_diff
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 L, N = (256, 16) if DEVICE == "cuda" else (48, 8)  # sequence length, state size (one channel)
 torch.manual_seed(0)
-
-
-def max_diff(a, b) -> float:
-    """Largest absolute difference between two tensors, compared in float64."""
-    return (a.double() - b.double()).abs().max().item()
 
 
 # %% [markdown]

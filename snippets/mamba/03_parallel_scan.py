@@ -15,6 +15,8 @@ import math
 
 import torch
 
+from kernels.bench import max_diff
+
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 L, CHANNELS, CHUNK = (4096, 1024, 32) if DEVICE == "cuda" else (1000, 16, 16)  # L need not be a power of 2
 torch.manual_seed(0)
@@ -23,11 +25,6 @@ torch.manual_seed(0)
 def combine(a1, b1, a2, b2):
     """The scan operator: the affine map ``x -> a2 (a1 x + b1) + b2`` as a pair."""
     return a1 * a2, a2 * b1 + b2
-
-
-def max_diff(a, b) -> float:
-    """Largest absolute difference between two tensors, compared in float64."""
-    return (a.double() - b.double()).abs().max().item()
 
 
 # %% [markdown]

@@ -14,17 +14,13 @@ import json
 
 import torch
 
-from kernels import selective_scan, selective_scan_step
-from kernels.ssm import selective_scan_ref, uses_triton
+from kernels import selective_scan, selective_scan_step, uses_triton
+from kernels.selective_scan import selective_scan_ref
+from kernels.bench import max_diff
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 b, d, n, LENGTHS = (2, 64, 16, [1, 31, 129, 1000]) if DEVICE == "cuda" else (1, 8, 8, [1, 31, 61])
 torch.manual_seed(0)
-
-
-def max_diff(a, b) -> float:
-    """Largest absolute difference between two tensors, compared in float64."""
-    return (a.double() - b.double()).abs().max().item()
 
 
 def make_inputs(L, groups=2, time_invariant=False):

@@ -21,7 +21,7 @@ import torch
 
 from kernels import selective_scan
 from kernels.bench import time_ms
-from kernels.ssm import selective_scan_ref
+from kernels.selective_scan import selective_scan_ref
 
 try:
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn

@@ -15,7 +15,8 @@ import json
 import matplotlib.pyplot as plt
 import torch
 
-from kernels.flash_attention import attention_ref, uses_triton  # uses_triton: the same test for every kernel
+from kernels import uses_triton  # the same test for every kernel
+from kernels.flash_attention import attention_ref
 from kernels.speculative import DEFAULT_TREE, build_tree, load_models, tree_attention, tree_attention_ref
 from kernels.speculative.medusa import tree_candidates
 

@@ -17,7 +17,7 @@ import math
 import matplotlib.pyplot as plt
 import torch
 
-from kernels.ssm.hippo import discretize, hippo_legs, ssm_kernel
+from kernels.hippo import discretize, hippo_legs, ssm_kernel
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 N, HORIZON = (64, 4.0) if DEVICE == "cuda" else (16, 4.0)  # state size, length of the kernels in time units

@@ -16,9 +16,8 @@ import math
 import matplotlib.pyplot as plt
 import torch
 
-from kernels import selective_scan
-from kernels.ssm import uses_triton
-from kernels.ssm.hippo import discretize, fft_conv, hippo_legs, ssm_kernel, ssm_scan
+from kernels import selective_scan, uses_triton
+from kernels.hippo import discretize, fft_conv, hippo_legs, ssm_kernel, ssm_scan
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BATCH, H, N, L = (4, 64, 64, 4096) if DEVICE == "cuda" else (2, 8, 64, 1000)

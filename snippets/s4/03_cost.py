@@ -13,12 +13,12 @@ one thread.
 # %%
 import json
 import math
-import time
 
 import matplotlib.pyplot as plt
 import torch
 
-from kernels.ssm.hippo import discretize, fft_conv, hippo_legs, ssm_kernel, ssm_scan
+from kernels.hippo import discretize, fft_conv, hippo_legs, ssm_kernel, ssm_scan
+from kernels.bench import time_ms
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 LENGTHS = [1024, 2048, 4096, 8192, 16384, 32768] if DEVICE == "cuda" else [256, 512, 1024, 2048, 4096, 8192]
@@ -34,20 +34,6 @@ A, B = hippo_legs(N, device=DEVICE)
 steps = torch.logspace(-3, -1, H, dtype=torch.float64, device=DEVICE)
 Ab, Bb = (x.float() for x in discretize(A, B, steps, "bilinear"))  # [H, N, N], [H, N]
 C = (torch.randn(H, N, generator=generator) / math.sqrt(N)).to(DEVICE)
-
-
-def time_ms(fn) -> float:
-    """Minimum over repeated runs on a CPU (other work only ever adds time); do_bench on a GPU."""
-    if DEVICE == "cuda":
-        from triton.testing import do_bench
-        return do_bench(fn, warmup=5, rep=50, return_mode="median")
-    fn()  # warm-up
-    runs = []
-    while len(runs) < 3 or (sum(runs) < 0.2 and len(runs) < 20):
-        start = time.perf_counter()
-        fn()
-        runs.append(time.perf_counter() - start)
-    return 1e3 * min(runs)
 
 
 # %% [markdown]

@@ -15,16 +15,12 @@ import torch
 import torch.nn.functional as F
 
 from kernels import linear_attention, ssd
-from kernels.ssm import ssd_ref
+from kernels.ssd import ssd_ref
+from kernels.bench import max_diff
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 b, L, h, p, g, n = (2, 1000, 8, 64, 2, 64) if DEVICE == "cuda" else (1, 50, 2, 8, 1, 8)  # n, p multiples of 8
 torch.manual_seed(0)
-
-
-def max_diff(a, b) -> float:
-    """Largest absolute difference between two tensors, compared in float64."""
-    return (a.double() - b.double()).abs().max().item()
 
 
 # %% [markdown]

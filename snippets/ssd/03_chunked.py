@@ -15,16 +15,12 @@ import json
 import torch
 import torch.nn.functional as F
 
-from kernels.ssm import ssd_ref
+from kernels.ssd import ssd_ref
+from kernels.bench import max_diff
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 b, L, h, p, n = (2, 2000, 4, 64, 64) if DEVICE == "cuda" else (1, 100, 2, 8, 8)
 torch.manual_seed(0)
-
-
-def max_diff(a, b) -> float:
-    """Largest absolute difference between two tensors, compared in float64."""
-    return (a.double() - b.double()).abs().max().item()
 
 
 # %% [markdown]

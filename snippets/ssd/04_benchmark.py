@@ -13,14 +13,13 @@ CPU the snippet runs tiny sizes.
 # requires: cuda
 # %%
 import json
-import statistics
-import time
 
 import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 
 from kernels import linear_attention, ssd
+from kernels.bench import time_ms
 
 try:
     from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
@@ -34,20 +33,6 @@ else:
     b, h, p, STATES, LENGTHS, DTYPE = 1, 2, 8, [8], [32, 64], torch.float32
 WHERE = torch.cuda.get_device_name() if DEVICE == "cuda" else "CPU (timings say nothing about GPUs)"
 print(f"device: {WHERE}; mamba_ssm mamba_chunk_scan_combined: {'found' if mamba_chunk_scan_combined else 'not installed'}")
-
-
-def bench_ms(fn) -> float:
-    """Median time of ``fn()`` in milliseconds."""
-    if DEVICE == "cuda":
-        from triton.testing import do_bench
-        return do_bench(fn, warmup=25, rep=100, return_mode="median")
-    fn()
-    runs = []
-    for _ in range(3):
-        start = time.perf_counter()
-        fn()
-        runs.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(runs)
 
 
 # %% [markdown]
@@ -111,8 +96,8 @@ for n in STATES:
         for mode in MODES:
             point = {"mode": mode, "n": n, "L": L, "ms": {}}
             for name, fn in LAYERS.items():
-                point["ms"][name] = bench_ms(runner(fn, inputs, mode))
-            point["ms"][LINEAR] = bench_ms(runner(
+                point["ms"][name] = time_ms(runner(fn, inputs, mode))
+            point["ms"][LINEAR] = time_ms(runner(
                 lambda q, k, v: linear_attention(q, k, v, decay=decay, scale=1.0), [q, k, v], mode))
             point["ratio"] = {name: ms / point["ms"]["ssd (ours)"] for name, ms in point["ms"].items()
                               if name != "ssd (ours)"}

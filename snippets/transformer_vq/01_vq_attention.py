@@ -18,19 +18,14 @@ import json
 import torch
 import torch.nn.functional as F
 
-from kernels import flash_attention, linear_attention
-from kernels.linear_attention import uses_triton
+from kernels import flash_attention, linear_attention, uses_triton
+from kernels.bench import max_diff
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 B, H, K, V, CODES, BLOCK, LENGTHS = ((2, 4, 64, 64, 128, 64, [1, 63, 64, 1000, 2049]) if DEVICE == "cuda"
                                      else (2, 2, 32, 32, 64, 16, [1, 15, 16, 50, 101]))
 SCALE = K ** -0.5
 torch.manual_seed(0)
-
-
-def max_diff(a, b) -> float:
-    """Largest absolute difference between two tensors, compared in float64."""
-    return (a.double() - b.double()).abs().max().item()
 
 
 # %% [markdown]

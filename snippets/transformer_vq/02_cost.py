@@ -18,6 +18,8 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 
+from kernels.bench import time_ms
+
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 LENGTHS = [1024, 2048, 4096, 8192, 16384, 32768, 65536] if DEVICE == "cuda" else [256, 512, 1024, 2048, 4096, 8192]
 B, H, K, V, BLOCK, CODEBOOKS = 1, 4, 64, 64, 64, [64, 256]
@@ -62,20 +64,6 @@ def quantise(k, codebook):
     distance = -2 * k @ codebook.mT + codebook.square().sum(-1)[:, None, :]  # |k|^2 does not change the argmin
     z = distance.argmin(dim=-1)
     return z, codebook[torch.arange(codebook.shape[0], device=k.device)[None, :, None], z]
-
-
-def time_ms(fn) -> float:
-    """Minimum over repeated runs (other work on the machine only ever adds time)."""
-    if DEVICE == "cuda":
-        from triton.testing import do_bench
-        return do_bench(fn, warmup=25, rep=100, return_mode="median")
-    fn()  # warm-up
-    runs = []
-    while len(runs) < 5 or (sum(runs) < 0.3 and len(runs) < 20):
-        start = time.perf_counter()
-        fn()
-        runs.append(time.perf_counter() - start)
-    return 1e3 * min(runs)
 
 
 # %% [markdown]

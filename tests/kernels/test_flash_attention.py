@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from _compare import assert_close
-from kernels import flash_attention
-from kernels.flash_attention import attention_blockwise, attention_ref, uses_triton
+from kernels import flash_attention, uses_triton
+from kernels.flash_attention import attention_blockwise, attention_ref
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"

@@ -66,7 +66,7 @@ def flash_attention():
 
 def linear_attention():
     import triton
-    la = import_module("kernels.linear_attention.chunk")
+    la = import_module("kernels.linear_attention.triton")
     for DAB, DC in ((64, 64), (128, 129), (256, 256)):
         BLOCK_AB = max(16, triton.next_power_of_2(DAB))
         BLOCK_C = min(64, max(16, triton.next_power_of_2(DC)))
@@ -78,7 +78,7 @@ def linear_attention():
 
 
 def selective_scan():
-    ss = import_module("kernels.ssm.selective_scan")
+    ss = import_module("kernels.selective_scan.triton")
     for n in (16, 256):
         for variable in (True, False):
             BLOCK_D, BLOCK_N, CHUNK, num_warps = ss._config(2048, n, (1, 1))

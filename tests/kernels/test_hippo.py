@@ -1,4 +1,4 @@
-"""kernels.ssm.hippo: the HiPPO matrices, discretisation, and the S4 kernel (convolution) view.
+"""kernels.hippo: the HiPPO matrices, discretisation, and the S4 kernel (convolution) view.
 
 The matrices are checked entry by entry against their closed forms and against small cases
 worked out by hand; the LegS ODE against the exact projection it is derived from; the
@@ -13,7 +13,7 @@ import torch
 
 from _compare import assert_close
 from kernels import selective_scan
-from kernels.ssm.hippo import (discretize, fft_conv, hippo_legs, hippo_legt, legendre_basis, legendre_project,
+from kernels.hippo import (discretize, fft_conv, hippo_legs, hippo_legt, legendre_basis, legendre_project,
                                legendre_reconstruct, legs_coefficients, ssm_kernel, ssm_scan)
 
 F64 = torch.float64

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from _compare import assert_close
-from kernels import linear_attention, linear_attention_step
+from kernels import linear_attention, linear_attention_step, uses_triton
 from kernels.linear_attention import (elu_plus_one, gaussian_projection, linear_attention_quadratic,
                                       linear_attention_recurrent, orthogonal_gaussian,
-                                      positive_random_features, trigonometric_random_features, uses_triton)
+                                      positive_random_features, trigonometric_random_features)
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -123,6 +123,32 @@ def test_normalize_divides_by_the_decayed_key_sum():
     expected = (A @ v.cpu()) / A.sum(-1, keepdim=True)
     got = linear_attention(q.float(), k.float(), v.float(), decay=decay, normalize=True)
     assert_close("normalized", expected, got.cpu(), 1e-5, 1e-4)
+
+
+def test_operands_wider_than_a_program_are_split_with_their_state(monkeypatch):
+    """With a lowered limit, K = 24 splits into parts of 16 and 8 columns in the forward and the
+    gradient of v, with an initial state, a final state and their gradients flowing through."""
+    la_triton = pytest.importorskip("kernels.linear_attention.triton")
+    monkeypatch.setattr(la_triton, "MAX_BLOCK_AB", 16)
+    run_and_compare((1, 2, 21, 24, 16, 0.3, True), torch.float32, atol=5e-5, rtol=1e-4)
+
+
+def test_normalize_gradients_when_v_plus_ones_is_wider_than_a_program(monkeypatch):
+    """normalize=True appends a column of ones to v, so the gradients of q and k run the kernels
+    on operands of width V + 1, one more than a program holds when V is the largest head dim.
+    The launcher splits such operands; a lowered limit makes the split happen at a small V."""
+    la_triton = pytest.importorskip("kernels.linear_attention.triton")
+    q, k, v, decay, _, do, _ = make_inputs((1, 2, 21, 16, 16, 0.3, False), torch.float32)
+    assert uses_triton(q), "the test would compare the reference with itself"
+    monkeypatch.setattr(la_triton, "MAX_BLOCK_AB", 16)  # V + 1 = 17 columns: two parts, 16 and 1
+    q, k, v = (elu_plus_one(x).detach().requires_grad_() for x in (q, k, v))
+    (linear_attention(q, k, v, decay=decay, normalize=True) * do).sum().backward()
+    ref = [x.detach().double().requires_grad_() for x in (q, k, v)]
+    ones = torch.ones(*v.shape[:-1], 1, dtype=torch.float64, device=v.device)
+    out, _ = linear_attention_quadratic(ref[0], ref[1], torch.cat([ref[2], ones], -1), decay=decay.double())
+    ((out[..., :-1] / (out[..., -1:] + 1e-6)) * do.double()).sum().backward()
+    for name, x, x64 in zip(("dq", "dk", "dv"), (q, k, v), ref):
+        assert_close(name, x64.grad, x.grad, 1e-4, 1e-4)
 
 
 @pytest.mark.parametrize("features", [positive_random_features, trigonometric_random_features])

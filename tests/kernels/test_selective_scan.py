@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from _compare import assert_close
-from kernels import linear_attention, selective_scan, selective_scan_step, ssd
-from kernels.ssm import selective_scan_ref, ssd_ref, uses_triton
+from kernels import linear_attention, selective_scan, selective_scan_step, ssd, uses_triton
+from kernels.selective_scan import selective_scan_ref
+from kernels.ssd import ssd_ref
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from _compare import assert_close
-from kernels.flash_attention import attention_ref, uses_triton
+from kernels import uses_triton
+from kernels.flash_attention import attention_ref
 from kernels.speculative import build_tree, tree_attention, tree_attention_ref
 
 CUDA = torch.cuda.is_available()

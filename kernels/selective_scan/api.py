@@ -1,40 +1,18 @@
-"""State space models: Mamba's selective scan, Mamba-2's SSD, and the HiPPO / S4 building blocks."""
+"""The selective scan's public functions and their argument checks."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
 from .._backend import HAS_TRITON, uses_triton
-from .._checks import check_bool, check_float_dtypes, check_same_device, check_tensor
-from .hippo import (discretize, fft_conv, hippo_legs, hippo_legt, legendre_basis, legendre_project,
-                    legendre_reconstruct, legs_coefficients, ssm_kernel, ssm_scan)
-from .naive import selective_scan_ref, ssd_ref
+from .._checks import (check_bool, check_float32, check_float_dtypes, check_same_device, check_shape,
+                       check_tensor)
+from .naive import selective_scan_ref
 
 if HAS_TRITON:
-    from .selective_scan import SelectiveScanFunction
-
-__all__ = [
-    "selective_scan", "selective_scan_step", "ssd", "selective_scan_ref", "ssd_ref",
-    "hippo_legs", "hippo_legt", "discretize", "ssm_scan", "ssm_kernel", "fft_conv",
-    "legs_coefficients", "legendre_basis", "legendre_reconstruct", "legendre_project",
-]
+    from .triton import SelectiveScanFunction
 
 MAX_STATE = 256  # largest state size n the kernels take
-
-
-def _check_shape(name, x, expected, layout):
-    if tuple(x.shape) != tuple(expected):
-        raise ValueError(f"{name} must have shape {layout} = {tuple(expected)}, got {tuple(x.shape)}")
-
-
-def _check_float32(name, x, layout):
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape {layout}, got {type(x).__name__}")
-    if x.is_complex():
-        raise TypeError(f"{name} must be a real float32 tensor (complex state matrices are not supported), "
-                        f"got {x.dtype}")
-    if x.dtype != torch.float32:
-        raise TypeError(f"{name} must be float32 (it is a parameter, kept in full precision), got {x.dtype}")
 
 
 def _check_BC(name, M, b, d, n, L, dtype, token):
@@ -56,9 +34,9 @@ def _check_BC(name, M, b, d, n, L, dtype, token):
     if g < 1 or d % g != 0:
         raise ValueError(f"{name} has g = {g} groups, which must divide the number of channels d = {d} "
                          f"(shape {tuple(M.shape)})")
-    _check_shape(name, M, shape, layout)
+    check_shape(name, M, shape, layout)
     if M.dim() == 2 and not token:
-        _check_float32(name, M, layout)
+        check_float32(name, M, layout)
     elif M.dtype != dtype:
         raise TypeError(f"{name} {layout} is input-dependent and must have the dtype of u ({dtype}), got {M.dtype}")
 
@@ -75,9 +53,9 @@ def _check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, toke
     n = A.shape[1]
     if min(u.shape) < 1:
         raise ValueError(f"u must have at least one batch element, channel and position, got shape {tuple(u.shape)}")
-    _check_shape("delta", delta, u.shape, layout)
-    _check_float32("A", A, "[d, n]")
-    _check_shape("A", A, (d, n), "[d, n]")
+    check_shape("delta", delta, u.shape, layout)
+    check_float32("A", A, "[d, n]")
+    check_shape("A", A, (d, n), "[d, n]")
     if not 1 <= n <= MAX_STATE:
         raise ValueError(f"A must have a state size n between 1 and {MAX_STATE}, got {n}")
     _check_BC("B", B, b, d, n, L, dtype, token)
@@ -86,12 +64,12 @@ def _check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, toke
     for name, x in (("D", D), ("delta_bias", delta_bias)):
         if x is not None:
             check_tensor(name, x, 1, "[d]")
-            _check_float32(name, x, "[d]")
-            _check_shape(name, x, (d,), "[d]")
+            check_float32(name, x, "[d]")
+            check_shape(name, x, (d,), "[d]")
             tensors[name] = x
     if z is not None:
         check_tensor("z", z, u.dim(), layout)
-        _check_shape("z", z, u.shape, layout)
+        check_shape("z", z, u.shape, layout)
         if z.dtype != dtype:
             raise TypeError(f"z must have the dtype of u ({dtype}), got {z.dtype}")
         tensors["z"] = z
@@ -185,7 +163,7 @@ def selective_scan_step(state, u, delta, A, B, C, D=None, z=None, delta_bias=Non
     _check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, token=True)
     b, d = u.shape
     check_tensor("state", state, 3, "[b, d, n]")
-    _check_shape("state", state, (b, d, A.shape[1]), "[b, d, n]")
+    check_shape("state", state, (b, d, A.shape[1]), "[b, d, n]")
     if not state.is_floating_point():
         raise TypeError(f"state must be a floating-point tensor, got {state.dtype}")
     check_same_device({"u": u, "state": state})
@@ -205,97 +183,3 @@ def selective_scan_step(state, u, delta, A, B, C, D=None, z=None, delta_bias=Non
     if z is not None:
         y = y * F.silu(z.to(f32))
     return y.to(u.dtype), x
-
-
-def _check_ssd_inputs(x, dt, A, B, C, D, z, dt_bias, dt_softplus, return_final_state):
-    check_tensor("x", x, 4, "[b, L, h, p]")
-    check_tensor("dt", dt, 3, "[b, L, h]")
-    check_tensor("A", A, 1, "[h]")
-    check_tensor("B", B, 4, "[b, L, g, n]")
-    check_tensor("C", C, 4, "[b, L, g, n]")
-    dtype = check_float_dtypes({"x": x, "dt": dt, "B": B, "C": C})
-    b, L, h, p = x.shape
-    if min(x.shape) < 1:
-        raise ValueError(f"x must have at least one batch element, position, head and channel, got shape {tuple(x.shape)}")
-    _check_shape("dt", dt, (b, L, h), "[b, L, h]")
-    _check_float32("A", A, "[h]")
-    _check_shape("A", A, (h,), "[h]")
-    g, n = B.shape[2], B.shape[3]
-    if g < 1 or h % g != 0:
-        raise ValueError(f"B has g = {g} groups, which must divide the number of heads h = {h} (shape {tuple(B.shape)})")
-    if not 1 <= n <= MAX_STATE:
-        raise ValueError(f"B must have a state size n between 1 and {MAX_STATE}, got {n}")
-    _check_shape("B", B, (b, L, g, n), "[b, L, g, n]")
-    _check_shape("C", C, (b, L, g, n), "[b, L, g, n] (that of B)")
-    tensors = {"x": x, "dt": dt, "A": A, "B": B, "C": C}
-    if D is not None:
-        _check_float32("D", D, "[h] or [h, p]")
-        _check_shape("D", D, (h,) if D.dim() == 1 else (h, p), "[h]" if D.dim() == 1 else "[h, p]")
-        tensors["D"] = D
-    if dt_bias is not None:
-        check_tensor("dt_bias", dt_bias, 1, "[h]")
-        _check_float32("dt_bias", dt_bias, "[h]")
-        _check_shape("dt_bias", dt_bias, (h,), "[h]")
-        tensors["dt_bias"] = dt_bias
-    if z is not None:
-        check_tensor("z", z, 4, "[b, L, h, p]")
-        _check_shape("z", z, x.shape, "[b, L, h, p]")
-        if z.dtype != dtype:
-            raise TypeError(f"z must have the dtype of x ({dtype}), got {z.dtype}")
-        tensors["z"] = z
-    check_bool("dt_softplus", dt_softplus)
-    check_bool("return_final_state", return_final_state)
-    check_same_device(tensors)
-
-
-def ssd(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, return_final_state=False):
-    """Mamba-2's SSD: a state space model whose decay is one scalar per head and step.
-
-    Every channel ``(h, p)`` runs ``s_t = exp(dt_t A_h) s_{t-1} + dt_t B_t x_t`` on a state of ``n``
-    numbers and reads ``y_t = C_t · s_t + D x_t`` (times ``silu(z_t)`` when given), with
-    ``dt_t = softplus(dt_t + dt_bias)`` when asked. Written as attention, ``y = (M ∘ C B^T)(dt x)``
-    with ``M[t, s] = exp(Σ_{s < r <= t} dt_r A_h)``: see `ssd_ref`. With a constant ``dt`` it is
-    ``linear_attention(q=C, k=B, v=dt x, decay=dt A, scale=1)``.
-
-    Args:
-        x (torch.Tensor): inputs ``[b, L, h, p]`` (``h`` heads of ``p`` channels), float16,
-            bfloat16 or float32 (the layout of ``mamba_ssm``'s ``mamba_chunk_scan_combined``).
-        dt (torch.Tensor): step sizes ``[b, L, h]``, dtype of ``x``.
-        A (torch.Tensor): one real decay rate per head ``[h]``, float32 (negative for decay).
-        B (torch.Tensor): ``[b, L, g, n]``, dtype of ``x``; ``g`` groups of ``h / g`` heads share one.
-        C (torch.Tensor): ``[b, L, g, n]``, dtype of ``x``.
-        D (torch.Tensor, optional): skip connection ``[h]`` or ``[h, p]``, float32.
-        z (torch.Tensor, optional): gate ``[b, L, h, p]``, dtype of ``x``.
-        dt_bias (torch.Tensor, optional): ``[h]``, float32, added to ``dt``.
-        dt_softplus (bool): apply softplus to ``dt`` after the bias.
-        return_final_state (bool): also return the state after the last token ``[b, h, p, n]``.
-
-    Where it runs: the same Triton scan as `selective_scan` (every channel of a head shares the
-    head's decay), on the layout ``[b, h p, L]``; the inputs are copied into that layout. On CPU
-    tensors without ``TRITON_INTERPRET=1``, and for bfloat16 in the interpreter, the sequential
-    reference runs. Gradients flow to every tensor argument.
-
-    Returns:
-        ``y [b, L, h, p]`` in the dtype of ``x``, or ``(y, final_state [b, h, p, n])`` (float32).
-
-    Examples:
-        >>> b, L, h, p, n = 1, 10, 2, 4, 8
-        >>> x, dt, A = torch.randn(b, L, h, p), torch.rand(b, L, h), -torch.rand(h)
-        >>> B, C = torch.randn(b, L, 1, n), torch.randn(b, L, 1, n)
-        >>> ssd(x, dt, A, B, C).shape
-        torch.Size([1, 10, 2, 4])
-    """
-    _check_ssd_inputs(x, dt, A, B, C, D, z, dt_bias, dt_softplus, return_final_state)
-    b, L, h, p = x.shape
-    n = B.shape[-1]
-    to_channels = lambda t: t.permute(0, 2, 3, 1).reshape(b, h * p, L)  # noqa: E731 [b, L, h, p] -> [b, h p, L]
-    u = to_channels(x)
-    delta = to_channels(dt[..., None].expand(b, L, h, p))
-    A_d = A.repeat_interleave(p)[:, None].expand(h * p, n)  # [h p, n]
-    D_d = None if D is None else (D.repeat_interleave(p) if D.dim() == 1 else D.reshape(h * p))
-    bias_d = None if dt_bias is None else dt_bias.repeat_interleave(p)
-    z_d = None if z is None else to_channels(z)
-    out, last = selective_scan(u, delta, A_d, B.permute(0, 2, 3, 1), C.permute(0, 2, 3, 1), D_d, z_d, bias_d,
-                               dt_softplus, return_last_state=True)
-    y = out.reshape(b, h, p, L).permute(0, 3, 1, 2)  # [b, L, h, p]
-    return (y, last.reshape(b, h, p, n)) if return_final_state else y

@@ -80,7 +80,9 @@ def _selective_scan_fwd_kernel(
     B_VARIABLE: tl.constexpr, C_VARIABLE: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, STORE_STATES: tl.constexpr,
 ):
-    i_d, i_b = tl.program_id(0), tl.program_id(1)
+    # i_b is 64-bit, and with it every offset that multiplies sizes: b d L, b d n_chunks n and
+    # b g n L can pass 2^31.
+    i_d, i_b = tl.program_id(0), tl.program_id(1).to(tl.int64)
     o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
     o_n = tl.arange(0, BLOCK_N)
     o_c = tl.arange(0, CHUNK)
@@ -128,7 +130,7 @@ def _selective_scan_bwd_kernel(
     B_VARIABLE: tl.constexpr, C_VARIABLE: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
 ):
-    i_d, i_b = tl.program_id(0), tl.program_id(1)
+    i_d, i_b = tl.program_id(0), tl.program_id(1).to(tl.int64)  # 64-bit offsets, as in the forward
     o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
     o_n = tl.arange(0, BLOCK_N)
     o_c = tl.arange(0, CHUNK)
@@ -221,20 +223,33 @@ def _selective_scan_bwd_kernel(
         tl.store(dbias + i_b * d + o_d, b_dbias, mask=m_d)
 
 
-def _config(d, n, groups):
-    """``(BLOCK_D, BLOCK_N, CHUNK, num_warps)``; ``BLOCK_D`` divides the channels of every group.
+def _config(d: int, n: int, groups, interpret: bool = INTERPRET) -> dict:
+    """Launch settings of the forward and backward scan kernels.
 
+    The one place the tiles are chosen: the launchers pass the result to the kernels as keyword
+    arguments, and the ahead-of-time compile test compiles every configuration it can return.
     Untuned first guesses: about 4096 state elements per chunk tile on a GPU; small tiles in
     the interpreter, where the scan costs Python per element.
+
+    Args:
+        d (int): number of channels.
+        n (int): state size (1 to 256).
+        groups: the number of groups of ``B`` and of ``C`` (1 when time-invariant); ``BLOCK_D``
+            divides the channels of every group, so that a block reads one group.
+        interpret (bool): settings for Triton's interpreter (default: whether it is on).
+
+    Returns:
+        dict: ``BLOCK_D``, ``BLOCK_N`` (``n`` padded to a power of two), ``CHUNK``, ``num_warps``
+        and ``num_stages``.
     """
     BLOCK_N = triton.next_power_of_2(n)
-    CHUNK = 16 if INTERPRET else max(16, 4096 // (8 * BLOCK_N))
-    BLOCK_D = 4 if INTERPRET else max(1, min(32, 4096 // (BLOCK_N * CHUNK)))
+    CHUNK = 16 if interpret else max(16, 4096 // (8 * BLOCK_N))
+    BLOCK_D = 4 if interpret else max(1, min(32, 4096 // (BLOCK_N * CHUNK)))
     BLOCK_D = min(BLOCK_D, triton.next_power_of_2(d))
     for g in groups:  # every block must sit inside one group
         if g > 1:
             BLOCK_D = math.gcd(BLOCK_D, d // g)
-    return BLOCK_D, BLOCK_N, CHUNK, 4
+    return dict(BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, CHUNK=CHUNK, num_warps=4, num_stages=3)
 
 
 def _as_groups(M):
@@ -256,17 +271,17 @@ def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, stor
     b, d, L = u.shape
     n = A.shape[1]
     g_B, g_C = (M.shape[1] if M.dim() == 4 else 1 for M in (B, C))
-    BLOCK_D, BLOCK_N, CHUNK, num_warps = _config(d, n, (g_B, g_C))
+    config = _config(d, n, (g_B, g_C))
     out = torch.empty_like(u)
-    chunk_states = (torch.empty(b, d, triton.cdiv(L, CHUNK), n, device=u.device, dtype=torch.float32)
+    chunk_states = (torch.empty(b, d, triton.cdiv(L, config["CHUNK"]), n, device=u.device, dtype=torch.float32)
                     if store_states else None)
     last_state = torch.empty(b, d, n, device=u.device, dtype=torch.float32)
     dummy = A  # stands in for the optional tensors that are absent (never read)
-    _selective_scan_fwd_kernel[(triton.cdiv(d, BLOCK_D), b)](
+    _selective_scan_fwd_kernel[(triton.cdiv(d, config["BLOCK_D"]), b)](
         u, delta, A, B, C, dummy if D is None else D, dummy if z is None else z,
         dummy if delta_bias is None else delta_bias, out, dummy if chunk_states is None else chunk_states,
-        last_state, d, n, L, g_B, g_C, BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, CHUNK=CHUNK,
-        **_flags(B, C, D, z, delta_bias, delta_softplus), STORE_STATES=store_states, num_warps=num_warps)
+        last_state, d, n, L, g_B, g_C, **config, **_flags(B, C, D, z, delta_bias, delta_softplus),
+        STORE_STATES=store_states)
     return out, last_state, chunk_states
 
 
@@ -275,7 +290,7 @@ def selective_scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_s
     b, d, L = u.shape
     n = A.shape[1]
     g_B, g_C = (M.shape[1] if M.dim() == 4 else 1 for M in (B, C))
-    BLOCK_D, BLOCK_N, CHUNK, num_warps = _config(d, n, (g_B, g_C))
+    config = _config(d, n, (g_B, g_C))
     f32 = dict(device=u.device, dtype=torch.float32)
     du, ddelta = torch.empty_like(u), torch.empty_like(delta)
     dz = torch.empty_like(z) if z is not None else None
@@ -285,13 +300,12 @@ def selective_scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_s
     dD = torch.empty(b, d, **f32) if D is not None else None
     dbias = torch.empty(b, d, **f32) if delta_bias is not None else None
     dummy = A
-    _selective_scan_bwd_kernel[(triton.cdiv(d, BLOCK_D), b)](
+    _selective_scan_bwd_kernel[(triton.cdiv(d, config["BLOCK_D"]), b)](
         u, delta, A, B, C, dummy if D is None else D, dummy if z is None else z,
         dummy if delta_bias is None else delta_bias, chunk_states, dout, dlast,
         du, ddelta, dA, dB, dC, dummy if dD is None else dD, dummy if dz is None else dz,
         dummy if dbias is None else dbias,
-        d, n, L, g_B, g_C, BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, CHUNK=CHUNK,
-        **_flags(B, C, D, z, delta_bias, delta_softplus), num_warps=num_warps)
+        d, n, L, g_B, g_C, **config, **_flags(B, C, D, z, delta_bias, delta_softplus))
     dB = dB.to(B.dtype) if B.dim() == 4 else dB.sum(0)
     dC = dC.to(C.dtype) if C.dim() == 4 else dC.sum(0)
     return (du, ddelta, dA.sum(0), dB, dC, None if dD is None else dD.sum(0), dz,

@@ -31,13 +31,19 @@ from .._backend import INTERPRET
 
 
 @triton.jit
-def _load_chunk(A, B, C, bh, rows, offs_ab, offs_c, m_t, m_ab, m_c,
+def _load_chunk(A, B, C, bh, start, offs_t, offs_ab, offs_c, m_t, m_ab, m_c,
                 stride_ab, stride_at, stride_bb, stride_bt, stride_cb, stride_ct):
-    """The chunk's rows of A, B ``[CHUNK, BLOCK_AB]`` and C ``[CHUNK, BLOCK_C]``, zero past T and the dims."""
+    """The chunk's rows of A, B ``[CHUNK, BLOCK_AB]`` and C ``[CHUNK, BLOCK_C]``, zero past T and the dims.
+
+    ``bh`` and ``start`` (the chunk's first row) are 64-bit: their products with the strides can
+    pass 2^31; the offsets inside the chunk stay 32-bit.
+    """
     m_rows_ab = m_t[:, None] & m_ab[None, :]
-    b_a = tl.load(A + bh * stride_ab + rows[:, None] * stride_at + offs_ab[None, :], mask=m_rows_ab, other=0.0)
-    b_b = tl.load(B + bh * stride_bb + rows[:, None] * stride_bt + offs_ab[None, :], mask=m_rows_ab, other=0.0)
-    b_c = tl.load(C + bh * stride_cb + rows[:, None] * stride_ct + offs_c[None, :],
+    b_a = tl.load(A + bh * stride_ab + start * stride_at + offs_t[:, None] * stride_at + offs_ab[None, :],
+                  mask=m_rows_ab, other=0.0)
+    b_b = tl.load(B + bh * stride_bb + start * stride_bt + offs_t[:, None] * stride_bt + offs_ab[None, :],
+                  mask=m_rows_ab, other=0.0)
+    b_c = tl.load(C + bh * stride_cb + start * stride_ct + offs_t[:, None] * stride_ct + offs_c[None, :],
                   mask=m_t[:, None] & m_c[None, :], other=0.0)
     return b_a, b_b, b_c
 
@@ -69,13 +75,13 @@ def _chunk_fwd_kernel(A, B, C, S0, OUT, SN, G,
     for start in range(0, T, CHUNK):
         rows = start + offs_t
         m_t = rows < T
-        b_a, b_b, b_c = _load_chunk(A, B, C, bh, rows, offs_ab, offs_c, m_t, m_ab, m_c,
-                                    stride_ab, stride_at, stride_bb, stride_bt, stride_cb, stride_ct)
+        b_a, b_b, b_c = _load_chunk(A, B, C, bh, tl.cast(start, tl.int64), offs_t, offs_ab, offs_c, m_t, m_ab,
+                                    m_c, stride_ab, stride_at, stride_bb, stride_bt, stride_cb, stride_ct)
         scores = tl.dot(b_a, tl.trans(b_b), input_precision=PRECISION) * intra  # [CHUNK, CHUNK]
         out = tl.dot(scores.to(b_c.dtype), b_c, input_precision=PRECISION)
         out += tl.dot((b_a * to_query[:, None]).to(b_c.dtype), state.to(b_c.dtype), input_precision=PRECISION)
-        tl.store(OUT + bh * stride_ob + rows[:, None] * stride_ot + offs_c[None, :],
-                 (out * scale).to(OUT.dtype.element_ty), mask=m_t[:, None] & m_c[None, :])
+        tl.store(OUT + bh * stride_ob + tl.cast(start, tl.int64) * stride_ot + offs_t[:, None] * stride_ot
+                 + offs_c[None, :], (out * scale).to(OUT.dtype.element_ty), mask=m_t[:, None] & m_c[None, :])
         length = tl.minimum(T - start, CHUNK)
         to_end = tl.where(m_t, tl.exp(g * (length - 1 - offs_t).to(tl.float32)), 0.0)  # gamma^(L-1-j)
         state = state * tl.exp(g * length.to(tl.float32)) + tl.dot(
@@ -114,19 +120,54 @@ def _chunk_rev_kernel(A, B, C, G0, OUT, GN, G,
         start = (n_chunks - 1 - idx) * CHUNK
         rows = start + offs_t
         m_t = rows < T
-        b_a, b_b, b_c = _load_chunk(A, B, C, bh, rows, offs_ab, offs_c, m_t, m_ab, m_c,
-                                    stride_ab, stride_at, stride_bb, stride_bt, stride_cb, stride_ct)
+        b_a, b_b, b_c = _load_chunk(A, B, C, bh, tl.cast(start, tl.int64), offs_t, offs_ab, offs_c, m_t, m_ab,
+                                    m_c, stride_ab, stride_at, stride_bb, stride_bt, stride_cb, stride_ct)
         length = tl.minimum(T - start, CHUNK)
         to_end = tl.where(m_t, tl.exp(g * (length - 1 - offs_t).to(tl.float32)), 0.0)
         scores = tl.dot(b_b, tl.trans(b_a), input_precision=PRECISION) * intra  # [CHUNK (j), CHUNK (i)]
         out = tl.dot(scores.to(b_c.dtype), b_c, input_precision=PRECISION) * scale
         out += tl.dot((b_b * to_end[:, None]).to(b_c.dtype), grad.to(b_c.dtype), input_precision=PRECISION)
-        tl.store(OUT + bh * stride_ob + rows[:, None] * stride_ot + offs_c[None, :],
-                 out.to(OUT.dtype.element_ty), mask=m_t[:, None] & m_c[None, :])
+        tl.store(OUT + bh * stride_ob + tl.cast(start, tl.int64) * stride_ot + offs_t[:, None] * stride_ot
+                 + offs_c[None, :], out.to(OUT.dtype.element_ty), mask=m_t[:, None] & m_c[None, :])
         grad = grad * tl.exp(g * length.to(tl.float32)) + scale * tl.dot(
             tl.trans((b_a * to_query[:, None]).to(b_c.dtype)), b_c, input_precision=PRECISION)
     if STORE_GN:
         tl.store(GN + p_s, grad, mask=m_ab[:, None] & m_c[None, :])
+
+
+MAX_BLOCK_AB = 256  # widest A and B one program holds; wider operands are split (see `_launch`)
+
+
+def _config(DAB: int, DC: int, dtype: torch.dtype, interpret: bool = INTERPRET) -> dict:
+    """Launch settings of `_chunk_fwd_kernel` and `_chunk_rev_kernel`.
+
+    The one place the tiles are chosen: `_launch` passes the result to the kernels as keyword
+    arguments, and the ahead-of-time compile test compiles every configuration it can return.
+
+    Args:
+        DAB (int): width of the operands A and B (1 to ``MAX_BLOCK_AB``).
+        DC (int): width of the operand C.
+        dtype (torch.dtype): dtype of the operands.
+        interpret (bool): settings for Triton's interpreter (default: whether it is on).
+
+    Returns:
+        dict: ``CHUNK``, ``BLOCK_AB`` (``DAB`` padded to a power of two), ``BLOCK_C``,
+        ``PRECISION``, ``num_warps`` and ``num_stages``.
+    """
+    BLOCK_AB = max(16, triton.next_power_of_2(DAB))
+    BLOCK_C = min(64, max(16, triton.next_power_of_2(DC)))
+    # float32 operands get exact float32 products; TF32 would lose 3 decimal digits.
+    PRECISION = "ieee" if dtype == torch.float32 else "tf32"
+    if interpret:
+        return dict(CHUNK=16, BLOCK_AB=BLOCK_AB, BLOCK_C=BLOCK_C, PRECISION=PRECISION, num_warps=1, num_stages=1)
+    # Pipelining the chunk loop keeps num_stages copies of the A, B and C tiles in shared memory.
+    # Float32 tiles of width 128 fit twice, those of width 256 once and only in chunks of 32
+    # (A100: 163 KiB per block, H100: 227 KiB): tests/kernels/test_gpu_compile.py checks each.
+    CHUNK, num_stages = 64, 3
+    if dtype == torch.float32 and BLOCK_AB >= 128:
+        CHUNK, num_stages = (64, 2) if BLOCK_AB == 128 else (32, 1)
+    return dict(CHUNK=CHUNK, BLOCK_AB=BLOCK_AB, BLOCK_C=BLOCK_C, PRECISION=PRECISION,
+                num_warps=4 if BLOCK_AB <= 64 else 8, num_stages=num_stages)
 
 
 def _launch(kernel, a, b, c, state_in, log_decay, scale, want_state):
@@ -134,25 +175,32 @@ def _launch(kernel, a, b, c, state_in, log_decay, scale, want_state):
 
     Returns ``out`` shaped like ``c`` and, when ``want_state``, the float32 ``[B, H, DAB, DC]``
     state (forward) or state gradient (reverse) after the sweep.
+
+    Operands wider than ``MAX_BLOCK_AB`` (the gradients under ``normalize=True``, where ``v``
+    carries an extra column of ones) are split along ``DAB``. Both kernels are sums over the
+    columns of ``a`` and ``b`` and the matching rows of the state, so the outputs of the parts add
+    up and their states stack.
     """
     Bsz, H, T, DAB = a.shape
     DC = c.shape[-1]
+    if DAB > MAX_BLOCK_AB:
+        parts = [_launch(kernel, a[..., i:i + MAX_BLOCK_AB], b[..., i:i + MAX_BLOCK_AB], c,
+                         None if state_in is None else state_in[..., i:i + MAX_BLOCK_AB, :], log_decay, scale,
+                         want_state) for i in range(0, DAB, MAX_BLOCK_AB)]
+        out = sum(part.float() for part, _ in parts).to(c.dtype)
+        return out, (torch.cat([state for _, state in parts], dim=-2) if want_state else None)
     a, b, c = (x.reshape(Bsz * H, T, x.shape[-1]) for x in (a, b, c))  # views when possible
     a, b, c = (x if x.stride(-1) == 1 else x.contiguous() for x in (a, b, c))
     out = torch.empty(Bsz * H, T, DC, device=c.device, dtype=c.dtype)
     state_out = torch.empty(Bsz, H, DAB, DC, device=c.device, dtype=torch.float32) if want_state else out
     if state_in is not None:
         state_in = state_in.float().contiguous()
-    CHUNK = 16 if INTERPRET else 64
-    BLOCK_AB = max(16, triton.next_power_of_2(DAB))
-    BLOCK_C = min(64, max(16, triton.next_power_of_2(DC)))
-    grid = (triton.cdiv(DC, BLOCK_C), Bsz * H)
+    config = _config(DAB, DC, c.dtype)
+    grid = (triton.cdiv(DC, config["BLOCK_C"]), Bsz * H)
     kernel[grid](a, b, c, state_in if state_in is not None else out, out, state_out, log_decay,
                  a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1),
                  out.stride(0), out.stride(1), T, DAB, DC, H, scale,
-                 state_in is not None, want_state, CHUNK=CHUNK, BLOCK_AB=BLOCK_AB, BLOCK_C=BLOCK_C,
-                 PRECISION="ieee" if c.dtype == torch.float32 else "tf32",
-                 num_warps=4 if BLOCK_AB <= 64 else 8)
+                 state_in is not None, want_state, **config)
     return out.reshape(Bsz, H, T, DC), (state_out if want_state else None)
 
 

@@ -1,0 +1,180 @@
+"""Linear attention's public functions and their argument checks.
+
+`linear_attention` runs the chunk-wise Triton kernels (``triton.py``) or the reference;
+`linear_attention_step` advances a state by one token in plain PyTorch: decoding one token
+needs no kernel, the state update is an outer product and the read-out a vector-matrix
+product, ``O(K V)`` work per head.
+"""
+from __future__ import annotations
+
+import torch
+
+from .._backend import HAS_TRITON, uses_triton
+from .._checks import (HEAD_DIMS, check_bool, check_decay, check_dim, check_float_dtypes, check_same_device,
+                       check_scale, check_tensor)
+from .naive import linear_attention_quadratic
+
+if HAS_TRITON:
+    from .triton import ChunkLinearAttention
+
+def _check_inputs(q, k, v, causal, decay, scale, initial_state, return_final_state, normalize):
+    check_tensor("q", q, 4, "[B, H, T, K]")
+    check_tensor("k", k, 4, "[B, H, T, K]")
+    check_tensor("v", v, 4, "[B, H, T, V]")
+    check_float_dtypes({"q": q, "k": k, "v": v})
+    check_same_device({"q": q, "k": k, "v": v})
+    for name, flag in (("causal", causal), ("return_final_state", return_final_state), ("normalize", normalize)):
+        check_bool(name, flag)
+    check_scale("scale", scale)
+    B, H, T, K = q.shape
+    if k.shape != q.shape:
+        raise ValueError(f"k must have the shape of q [B, H, T, K] = {tuple(q.shape)}, got {tuple(k.shape)}")
+    for dim, what, size in ((0, "batch size", B), (1, "number of heads", H), (2, "length", T)):
+        check_dim("v", v, dim, f"{what} (that of q)", size)
+    for name, size in (("K (head dim of q and k)", K), ("V (head dim of v)", v.shape[-1])):
+        if size not in HEAD_DIMS:
+            raise ValueError(f"{name} must be a multiple of 8 between 8 and 256, got {size}")
+    if B == 0 or H == 0 or T == 0:
+        raise ValueError(f"q must have at least one batch element, head and position, got shape {tuple(q.shape)}")
+    if not causal:
+        for name, value in (("decay", decay), ("initial_state", initial_state)):
+            if value is not None:
+                raise ValueError(f"{name} needs causal=True: non-causal linear attention has no recurrence")
+        if return_final_state:
+            raise ValueError("return_final_state needs causal=True: non-causal linear attention has no state")
+    if decay is not None:
+        check_decay(decay, H, q.device)
+    if initial_state is not None:
+        check_tensor("initial_state", initial_state, 4, "[B, H, K, V]")
+        expected = (B, H, K, v.shape[-1])
+        if tuple(initial_state.shape) != expected:
+            raise ValueError(f"initial_state must have shape [B, H, K, V] = {expected}, "
+                             f"got {tuple(initial_state.shape)}")
+        if not initial_state.is_floating_point():
+            raise TypeError(f"initial_state must be a floating-point tensor, got {initial_state.dtype}")
+        check_same_device({"q": q, "initial_state": initial_state})
+    if normalize and (initial_state is not None or return_final_state):
+        raise ValueError("normalize=True does not carry the normaliser's state: "
+                         "initial_state and return_final_state are not supported with it")
+
+
+def linear_attention(q, k, v, causal: bool = True, decay=None, scale=None, initial_state=None,
+                     return_final_state: bool = False, normalize: bool = False):
+    """Causal (or non-causal) linear attention with an optional per-head decay.
+
+    Causal: the state ``S_t = gamma_h * S_{t-1} + k_t^T v_t`` (``S_{-1}`` = ``initial_state`` or 0)
+    and the output ``o_t = scale * q_t S_t``, with ``gamma_h = exp(decay[h])``. Non-causal:
+    ``o = scale * Q (K^T V)``. Apply a feature map (e.g. `elu_plus_one`) to ``q`` and ``k``
+    first for the classic kernelised attention.
+
+    Args:
+        q (torch.Tensor): queries ``[B, H, T, K]``.
+        k (torch.Tensor): keys ``[B, H, T, K]``.
+        v (torch.Tensor): values ``[B, H, T, V]``.
+        causal (bool): the recurrent form (default) or the non-causal one.
+        decay (torch.Tensor, optional): log-decays ``[H]``, finite and <= 0 (RetNet, simple gated
+            linear attention); ``None`` means no decay. Causal only; no gradient flows to it.
+        scale (float, optional): default ``K ** -0.5``.
+        initial_state (torch.Tensor, optional): ``S_{-1}`` of shape ``[B, H, K, V]``; gradients flow to it.
+        return_final_state (bool): also return ``S_{T-1}`` ``[B, H, K, V]`` (float32) to continue from.
+        normalize (bool): divide by ``scale * q_t . sum_s gamma^(t-s) k_s`` ("Transformers are RNNs"),
+            computed with the same kernel by appending a column of ones to ``v``. Meant for positive
+            features; a small epsilon (1e-6) keeps the division finite.
+
+    ``q``, ``k``, ``v`` share a dtype (float16, bfloat16 or float32) and a device; K and V are
+    multiples of 8 up to 256; any length ``T >= 1``.
+
+    Where it runs: the causal form runs the chunk-wise Triton kernels on CUDA tensors, and on CPU
+    tensors in Triton's interpreter when ``TRITON_INTERPRET=1`` was set before ``kernels`` was
+    imported (except bfloat16); otherwise the PyTorch reference `linear_attention_quadratic`.
+    The non-causal form is two matrix products in PyTorch everywhere.
+
+    Returns:
+        ``o [B, H, T, V]`` in the dtype of ``q``, or ``(o, S_{T-1})`` with ``return_final_state=True``.
+
+    Raises:
+        TypeError: a non-tensor, an unsupported or mixed dtype, a flag that is not a bool.
+        ValueError: wrong dims or shapes, head dims, an empty tensor, different devices, a decay that
+            is not ``[H]``, positive, non-finite or requires grad, an initial state of the wrong
+            shape, or decay / initial_state / return_final_state with ``causal=False``.
+
+    Examples:
+        >>> q, k, v = torch.randn(1, 2, 100, 16), torch.randn(1, 2, 100, 16), torch.randn(1, 2, 100, 32)
+        >>> o, S = linear_attention(q, k, v, decay=torch.tensor([-0.1, -0.01]), return_final_state=True)
+        >>> o.shape, S.shape
+        (torch.Size([1, 2, 100, 32]), torch.Size([1, 2, 16, 32]))
+    """
+    _check_inputs(q, k, v, causal, decay, scale, initial_state, return_final_state, normalize)
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    if normalize:
+        ones = torch.ones(*v.shape[:-1], 1, dtype=v.dtype, device=v.device)
+        out, _ = _run(q, k, torch.cat([v, ones], dim=-1), causal, decay, scale, None)
+        return out[..., :-1] / (out[..., -1:] + 1e-6)  # numerator over denominator: the scale cancels
+    o, final = _run(q, k, v, causal, decay, scale, initial_state)
+    return (o, final) if return_final_state else o
+
+
+def _run(q, k, v, causal, decay, scale, initial_state):
+    """``(o, final_state)`` of validated inputs, from the kernel or the reference."""
+    if not causal:
+        return linear_attention_quadratic(q, k, v, causal=False, scale=scale)
+    if uses_triton(q):
+        log_decay = (torch.zeros(q.shape[1], device=q.device) if decay is None else decay).float().contiguous()
+        return ChunkLinearAttention.apply(q, k, v, log_decay, scale, initial_state)
+    o, final = linear_attention_quadratic(q, k, v, decay=decay, scale=scale, initial_state=initial_state)
+    return o, (final if final.dtype == torch.float64 else final.float())
+
+
+def linear_attention_step(q, k, v, state, decay=None, scale=None):
+    """Advance the state by one token and read the output.
+
+    ``S = gamma * state + k^T v`` and ``o = scale * q S``, the recurrence of
+    `kernels.linear_attention` for a single position.
+
+    Args:
+        q (torch.Tensor): the new query ``[B, H, K]``.
+        k (torch.Tensor): the new key ``[B, H, K]``.
+        v (torch.Tensor): the new value ``[B, H, V]``.
+        state (torch.Tensor): ``S_{t-1}`` of shape ``[B, H, K, V]``, e.g. the final state returned by
+            ``linear_attention(..., return_final_state=True)`` for the prompt.
+        decay (torch.Tensor, optional): log-decays ``[H]`` (each <= 0), as in ``linear_attention``.
+            Only its shape, dtype and device are checked here: reading its values back would make
+            every decoding step wait for the GPU.
+        scale (float, optional): default ``K ** -0.5``.
+
+    Returns:
+        ``(o [B, H, V], S_t [B, H, K, V])``: ``o`` in the dtype of ``q``, the state in float32
+        (float64 stays float64).
+
+    Examples:
+        >>> q, k, v = torch.randn(1, 2, 16), torch.randn(1, 2, 16), torch.randn(1, 2, 8)
+        >>> o, S = linear_attention_step(q, k, v, torch.zeros(1, 2, 16, 8))
+        >>> o.shape, S.shape
+        (torch.Size([1, 2, 8]), torch.Size([1, 2, 16, 8]))
+    """
+    check_tensor("q", q, 3, "[B, H, K]")
+    check_tensor("k", k, 3, "[B, H, K]")
+    check_tensor("v", v, 3, "[B, H, V]")
+    check_tensor("state", state, 4, "[B, H, K, V]")
+    check_float_dtypes({"q": q, "k": k, "v": v})
+    check_same_device({"q": q, "k": k, "v": v, "state": state})
+    check_scale("scale", scale)
+    if k.shape != q.shape:
+        raise ValueError(f"k must have the shape of q {tuple(q.shape)}, got {tuple(k.shape)}")
+    B, H, K = q.shape
+    check_dim("v", v, 0, "batch size (that of q)", B)
+    check_dim("v", v, 1, "number of heads (that of q)", H)
+    expected = (B, H, K, v.shape[-1])
+    if tuple(state.shape) != expected:
+        raise ValueError(f"state must have shape [B, H, K, V] = {expected}, got {tuple(state.shape)}")
+    if not state.is_floating_point():
+        raise TypeError(f"state must be a floating-point tensor, got {state.dtype}")
+    scale = K ** -0.5 if scale is None else float(scale)
+    acc = torch.float64 if state.dtype == torch.float64 else torch.float32
+    S = state.to(acc)
+    if decay is not None:
+        check_decay(decay, H, q.device, check_values=False)
+        S = torch.exp(decay.to(acc))[None, :, None, None] * S
+    S = S + k.to(acc)[..., :, None] * v.to(acc)[..., None, :]  # k^T v: [B, H, K, V]
+    o = scale * torch.einsum("bhk,bhkv->bhv", q.to(acc), S)
+    return o.to(q.dtype), S
