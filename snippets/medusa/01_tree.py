@@ -23,6 +23,8 @@ from kernels.speculative import DEFAULT_TREE, build_tree, tree_attention, tree_a
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SIZE = "gpu" if DEVICE == "cuda" else "cpu"  # which preset of trained models to load
 torch.manual_seed(0)
+if DEVICE == "cpu":
+    torch.set_num_threads(1)  # tiny matrices: one thread avoids the thread pool's overhead
 
 
 # %% [markdown]

@@ -26,6 +26,8 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SIZE = "gpu" if DEVICE == "cuda" else "cpu"  # which preset of trained models to load
 PROMPTS, PROMPT_LEN, NEW_TOKENS = (32, 128, 128) if DEVICE == "cuda" else (24, 32, 48)
 torch.manual_seed(0)
+if DEVICE == "cpu":
+    torch.set_num_threads(1)  # tiny matrices: one thread avoids the thread pool's overhead
 
 models = load_models(SIZE, device=DEVICE, models=("heads",), verbose=False)  # target and heads, cached
 target, heads = models["target"], models["heads"]

@@ -25,6 +25,8 @@ SIZE = "gpu" if DEVICE == "cuda" else "cpu"  # which preset of trained models to
 PROMPTS, PROMPT_LEN, NEW_TOKENS = (16, 128, 256) if DEVICE == "cuda" else (12, 48, 64)
 KS = [1, 2, 3, 4]
 torch.manual_seed(0)
+if DEVICE == "cpu":
+    torch.set_num_threads(1)  # tiny matrices: one thread avoids the thread pool's overhead
 
 models = load_models(SIZE, device=DEVICE, models=("mtp", "draft"), verbose=False)  # trained on first use
 model, mtp, draft = models["mtp_model"], models["mtp"], models["draft"]
