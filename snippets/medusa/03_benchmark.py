@@ -23,6 +23,8 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SIZE, PROMPTS, PROMPT_LEN, NEW_TOKENS = ("gpu", 3, 64, 128) if DEVICE == "cuda" else ("cpu", 2, 32, 16)
 WHERE = torch.cuda.get_device_name() if DEVICE == "cuda" else "CPU (timings say nothing about GPUs)"
 print(f"device: {WHERE}")
+if DEVICE == "cpu":
+    torch.set_num_threads(1)  # tiny matrices: one thread avoids the thread pool's overhead
 
 models = load_models(SIZE, device=DEVICE, models=("heads",))  # target and heads, trained on first use
 target, heads = models["target"], models["heads"]

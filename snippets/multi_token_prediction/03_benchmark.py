@@ -24,6 +24,8 @@ SIZE, PROMPTS, PROMPT_LEN, NEW_TOKENS = ("gpu", 3, 64, 128) if DEVICE == "cuda" 
 KS = [1, 2, 3, 4]
 WHERE = torch.cuda.get_device_name() if DEVICE == "cuda" else "CPU (timings say nothing about GPUs)"
 print(f"device: {WHERE}")
+if DEVICE == "cpu":
+    torch.set_num_threads(1)  # tiny matrices: one thread avoids the thread pool's overhead
 
 models = load_models(SIZE, device=DEVICE, models=("mtp", "draft"))  # trains only these two on first use
 model, mtp, draft = models["mtp_model"], models["mtp"], models["draft"]
