@@ -1,29 +1,32 @@
-"""Speculative decoding: exact draft-and-verify, Medusa heads with tree attention, multi-token prediction.
+"""Speculative decoding: exact draft-and-verify, Medusa trees with tree attention, multi-token prediction.
+
+The ops, written against a small model interface and never against a concrete model:
 
 * `sampling`: `logits_to_probs`, `sample`, the accept/reject step `verify_draft` (exact) and
   Medusa's `typical_accept`.
-* `model`: a small byte-level Transformer with a KV cache that rolls back (`Transformer`, `Config`).
+* `interface`: the protocols the loops call, `LanguageModel` (logits and hidden states of new
+  tokens over a KV cache that can roll back), `Drafter` (Medusa heads) and `MultiTokenDrafter`.
 * `decode`: `generate` (plain) and `speculative_generate` (draft model), with `DecodeStats`.
-* `medusa`: `MedusaHeads`, candidate trees (`build_tree`), `medusa_generate`; `tree_attention`
-  (Triton kernel beside `tree_attention_ref`) verifies a tree in one forward.
-* `mtp`: a DeepSeek-V3-style `MTPModule` and self-speculative `mtp_generate`.
-* `train`: training on the standard library's sources, with cached checkpoints (`load_models`).
+* `medusa`: candidate trees (`build_tree`), their acceptance (`verify_tree`, `typical_tree`) and
+  `medusa_generate`; `tree_attention` (a Triton kernel beside `tree_attention_ref`) verifies a
+  tree in one forward.
+* `mtp`: self-speculative `mtp_generate`.
+
+The small models the articles run these on live apart, in `kernels.models`, which imports this
+package (never the other way round) and is not loaded by ``import kernels``.
 """
 from .decode import DecodeStats, generate, speculative_generate
-from .medusa import DEFAULT_TREE, MedusaHeads, Tree, build_tree, medusa_generate, typical_tree, verify_tree
-from .model import PRESETS, Config, KVCache, Transformer
-from .mtp import MTPModule, mtp_generate
-from .naive import tree_attention_ref
+from .interface import Cache, Drafter, LanguageModel, MultiTokenDrafter
+from .medusa import DEFAULT_TREE, Tree, build_tree, medusa_generate, tree_candidates, typical_tree, verify_tree
+from .mtp import mtp_generate
 from .sampling import logits_to_probs, residual_probs, sample, typical_accept, typical_mask, verify_draft
-from .train import TRAINING, TrainConfig, load_corpus, load_models, train_lm, train_medusa_heads, train_mtp
-from .tree_attention import tree_attention
+from .tree_attention import tree_attention, tree_attention_ref
 
 __all__ = [
     "verify_draft", "typical_accept", "typical_mask", "logits_to_probs", "sample", "residual_probs",
-    "Config", "PRESETS", "KVCache", "Transformer",
+    "LanguageModel", "Cache", "Drafter", "MultiTokenDrafter",
     "generate", "speculative_generate", "DecodeStats",
-    "MedusaHeads", "Tree", "build_tree", "DEFAULT_TREE", "verify_tree", "typical_tree", "medusa_generate",
+    "Tree", "build_tree", "DEFAULT_TREE", "tree_candidates", "verify_tree", "typical_tree", "medusa_generate",
     "tree_attention", "tree_attention_ref",
-    "MTPModule", "mtp_generate",
-    "TrainConfig", "TRAINING", "load_corpus", "train_lm", "train_medusa_heads", "train_mtp", "load_models",
+    "mtp_generate",
 ]

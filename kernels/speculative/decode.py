@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .._checks import check_tensor
+from .interface import LanguageModel
 from .sampling import _check_generator, _check_temperature, accept_reject, logits_to_probs, sample
 
 __all__ = ["generate", "speculative_generate", "DecodeStats"]
@@ -89,12 +90,13 @@ def check_decode_args(model, prompt, max_new_tokens, temperature, generator, ext
         raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
     _check_temperature(temperature)
     _check_generator(generator)
-    V, limit = model.config.vocab_size, model.config.max_seq_len
+    V, limit = model.vocab_size, model.max_seq_len
     if prompt.min() < 0 or prompt.max() >= V:
         raise ValueError(f"prompt tokens must lie in [0, {V})")
     if len(prompt) + max_new_tokens + extra > limit:
         raise ValueError(f"prompt ({len(prompt)}) + max_new_tokens ({max_new_tokens}) + lookahead ({extra}) "
-                         f"exceeds the model's max_seq_len {limit}")
+                         f"= {len(prompt) + max_new_tokens + extra} tokens exceeds the model's context, "
+                         f"max_seq_len={limit} (the length it was trained on)")
 
 
 def feed(model, cache, tokens: torch.Tensor, extra: torch.Tensor | None = None, **kwargs):
@@ -117,12 +119,12 @@ def prefill(model, cache, tokens: torch.Tensor, **kwargs):
 
 
 @torch.no_grad()
-def generate(model, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+def generate(model: LanguageModel, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
              generator: torch.Generator | None = None) -> torch.Tensor:
     """Plain autoregressive decoding with a KV cache: one forward per token.
 
     Args:
-        model (Transformer): the model.
+        model (LanguageModel): the model (see `kernels.speculative.interface`).
         prompt (torch.Tensor): integer ``[T]`` (batch 1), on the model's device.
         max_new_tokens (int): how many tokens to generate.
         temperature (float): 0 for greedy decoding. Default 1.
@@ -132,7 +134,7 @@ def generate(model, prompt: torch.Tensor, max_new_tokens: int, temperature: floa
         tokens (torch.Tensor): int64 ``[max_new_tokens]``, the generated tokens only.
 
     Examples:
-        >>> from kernels.speculative import Transformer, PRESETS
+        >>> from kernels.models import PRESETS, Transformer
         >>> model = Transformer(PRESETS["cpu-draft"])
         >>> generate(model, torch.tensor([104, 105]), 5, temperature=0).shape
         torch.Size([5])
@@ -185,7 +187,7 @@ def verify_step(target, cache, tokens, drafts, draft_probs, temperature, generat
 
 
 @torch.no_grad()
-def speculative_generate(target, draft, prompt: torch.Tensor, max_new_tokens: int, num_draft_tokens: int = 4,
+def speculative_generate(target: LanguageModel, draft: LanguageModel, prompt: torch.Tensor, max_new_tokens: int, num_draft_tokens: int = 4,
                          temperature: float = 1.0, generator: torch.Generator | None = None):
     """Speculative decoding: the draft proposes ``k`` tokens, one target forward verifies them.
 
@@ -201,8 +203,8 @@ def speculative_generate(target, draft, prompt: torch.Tensor, max_new_tokens: in
     wastes the gain; this loop does not attempt it.
 
     Args:
-        target (Transformer): the model whose distribution is sampled.
-        draft (Transformer): the cheap proposer; same vocabulary.
+        target (LanguageModel): the model whose distribution is sampled.
+        draft (LanguageModel): the cheap proposer; same vocabulary.
         prompt (torch.Tensor): integer ``[T]`` on the models' device.
         max_new_tokens (int): tokens to return (the last step's surplus is dropped).
         num_draft_tokens (int): ``k >= 1``. Default 4.
@@ -215,10 +217,10 @@ def speculative_generate(target, draft, prompt: torch.Tensor, max_new_tokens: in
 
     Raises:
         TypeError, ValueError: bad prompt, counts, temperature or generator; vocabularies that
-            differ; a sequence that would outgrow a model's ``max_seq_len``.
+            differ; a sequence that would outgrow a model's ``max_seq_len`` (its trained context).
 
     Examples:
-        >>> from kernels.speculative import Transformer, PRESETS
+        >>> from kernels.models import PRESETS, Transformer
         >>> target, draft = Transformer(PRESETS["cpu-target"]), Transformer(PRESETS["cpu-draft"])
         >>> tokens, stats = speculative_generate(target, draft, torch.tensor([104, 105]), 8, temperature=0)
         >>> torch.equal(tokens, generate(target, torch.tensor([104, 105]), 8, temperature=0))
@@ -227,9 +229,9 @@ def speculative_generate(target, draft, prompt: torch.Tensor, max_new_tokens: in
     check_draft_count(num_draft_tokens)
     for model in (target, draft):
         check_decode_args(model, prompt, max_new_tokens, temperature, generator, extra=num_draft_tokens)
-    if target.config.vocab_size != draft.config.vocab_size:
-        raise ValueError(f"target and draft must share a vocabulary, got sizes {target.config.vocab_size} "
-                         f"and {draft.config.vocab_size}")
+    if target.vocab_size != draft.vocab_size:
+        raise ValueError(f"target and draft must share a vocabulary, got sizes {target.vocab_size} "
+                         f"and {draft.vocab_size}")
     stats, device = DecodeStats(), prompt.device
     start = time.perf_counter()
     t_cache, d_cache = target.new_cache(), draft.new_cache()

@@ -1,6 +1,6 @@
 """Medusa: extra decoding heads on a frozen target, a tree of candidates, tree attention.
 
-Head ``i`` (0-based) reads the target's last hidden state at position ``t`` and predicts the
+The heads are any `Drafter` (`kernels.models.MedusaHeads` is one). Head ``i`` (0-based) reads the target's last hidden state at position ``t`` and predicts the
 token at ``t + 2 + i`` (the target's own head predicts ``t + 1``). Each step, the top-k tokens of
 every head form a tree of candidate continuations (`Tree`, given as a list of paths as in
 Medusa's ``medusa_choices``); one target forward with tree attention scores every node, and
@@ -14,49 +14,18 @@ import time
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from .decode import DecodeStats, check_decode_args, prefill, timed
+from .interface import Drafter, LanguageModel
 from .sampling import _check_threshold, logits_to_probs, sample, typical_mask
 
-__all__ = ["MedusaHeads", "Tree", "build_tree", "DEFAULT_TREE", "tree_candidates", "verify_tree",
+__all__ = ["Tree", "build_tree", "DEFAULT_TREE", "tree_candidates", "verify_tree",
            "typical_tree", "medusa_generate"]
 
 # A small tree in the style of Medusa's ``mc_sim_7b_63``: path (a, b, c) is the a-th choice of
 # head 0, then the b-th of head 1, then the c-th of head 2. 12 nodes plus the root.
 DEFAULT_TREE = [(0,), (1,), (2,), (0, 0), (0, 1), (1, 0), (0, 2), (2, 0), (0, 0, 0), (0, 0, 1), (0, 1, 0),
                 (0, 0, 0, 0)]
-
-
-class MedusaHeads(nn.Module):
-    """``num_heads`` Medusa-1 heads: a residual SiLU block each, then the target's frozen output head.
-
-    ``logits_i = lm_head(h + silu(W_i h))`` with ``h`` the target's last hidden state. ``W_i``
-    starts at zero, so every head starts as a copy of the next-token prediction.
-
-    Examples:
-        >>> from kernels.speculative import Transformer, PRESETS
-        >>> target = Transformer(PRESETS["cpu-draft"])
-        >>> heads = MedusaHeads(target.config.dim, 3)
-        >>> heads(torch.randn(1, 5, target.config.dim), target).shape  # [B, T, heads, V]
-        torch.Size([1, 5, 3, 256])
-    """
-
-    def __init__(self, dim: int, num_heads: int):
-        super().__init__()
-        self.blocks = nn.ModuleList(nn.Linear(dim, dim) for _ in range(num_heads))
-        for block in self.blocks:
-            nn.init.zeros_(block.weight)
-            nn.init.zeros_(block.bias)
-
-    @property
-    def num_heads(self) -> int:
-        return len(self.blocks)
-
-    def forward(self, hidden: torch.Tensor, target) -> torch.Tensor:
-        """``hidden [B, T, dim]`` -> logits ``[B, T, num_heads, V]``."""
-        h = torch.stack([hidden + nn.functional.silu(block(hidden)) for block in self.blocks], dim=2)
-        return target.lm_head(h)
 
 
 @dataclass(frozen=True)
@@ -224,7 +193,7 @@ def typical_tree(tree: Tree, tokens: torch.Tensor, target_probs: torch.Tensor, e
 
 
 @torch.no_grad()
-def medusa_generate(target, heads: MedusaHeads, prompt: torch.Tensor, max_new_tokens: int, tree=DEFAULT_TREE,
+def medusa_generate(target: LanguageModel, heads: Drafter, prompt: torch.Tensor, max_new_tokens: int, tree=DEFAULT_TREE,
                     temperature: float = 1.0, acceptance: str = "exact", epsilon: float = 0.09, delta: float = 0.3,
                     generator: torch.Generator | None = None):
     """Decoding with Medusa heads: one target forward per step verifies a whole candidate tree.
@@ -237,8 +206,9 @@ def medusa_generate(target, heads: MedusaHeads, prompt: torch.Tensor, max_new_to
     target's greedy decoding exactly. Batch 1.
 
     Args:
-        target (Transformer): the frozen model.
-        heads (MedusaHeads): trained on it (`train.train_medusa_heads`).
+        target (LanguageModel): the frozen model.
+        heads (Drafter): heads trained on its hidden states (e.g. `kernels.models.MedusaHeads`,
+            `kernels.models.train_medusa_heads`).
         prompt (torch.Tensor): integer ``[T]``.
         max_new_tokens (int): tokens to return.
         tree: list of paths (see `build_tree`) or a `Tree`; its depth may not exceed the heads.
@@ -265,7 +235,7 @@ def medusa_generate(target, heads: MedusaHeads, prompt: torch.Tensor, max_new_to
     cache = target.new_cache()
     tokens = prompt.long()
     out = prefill(target, cache, tokens, return_hidden=True)
-    head_logits = heads(out[1][-1:][None], target)[0, 0] if out is not None else None  # [heads, V]
+    head_logits = heads(out[1][-1:][None])[0, 0] if out is not None else None  # [heads, V]
     step_tree = tree if head_logits is not None else build_tree([])  # no hidden state yet: root only
     while len(tokens) - len(prompt) < max_new_tokens:
         start = cache.length  # = len(tokens) - 1: the pending token is the root
@@ -281,7 +251,7 @@ def medusa_generate(target, heads: MedusaHeads, prompt: torch.Tensor, max_new_to
             path, last = typical_tree(step_tree, nodes, probs, epsilon, delta, generator)
         cache.keep(start, path)
         with timed(stats, "draft_s", device):  # the heads at the last accepted node: next step's tree
-            head_logits = heads(hidden[:, path[-1]][None], target)[0, 0]  # [heads, V]
+            head_logits = heads(hidden[:, path[-1]][None])[0, 0]  # [heads, V]
         tokens = torch.cat([tokens, nodes[path[1:]], last.view(1)])
         stats.target_forwards += 1
         stats.drafted += step_tree.max_depth

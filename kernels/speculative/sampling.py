@@ -7,7 +7,8 @@
 * `typical_accept`: Medusa's typical acceptance (Cai et al. 2024), which accepts a draft token
   when the target finds it plausible enough. Not exact, but greedy at temperature 0.
 
-Notation: ``V`` is the vocabulary size, ``k`` the number of draft tokens.
+Notation: ``V`` is the vocabulary size, ``k`` the number of draft tokens; in formulas ``p`` is the
+target's distribution and ``q`` the draft's (Leviathan et al.'s letters, used on every page).
 """
 from __future__ import annotations
 

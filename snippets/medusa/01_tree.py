@@ -16,18 +16,16 @@ import matplotlib.pyplot as plt
 import torch
 
 from kernels import uses_triton  # the same test for every kernel
+from kernels.bench import max_diff  # largest absolute difference, compared in float64
 from kernels.flash_attention import attention_ref
-from kernels.speculative import DEFAULT_TREE, build_tree, load_models, tree_attention, tree_attention_ref
-from kernels.speculative.medusa import tree_candidates
+from kernels.models import load_models
+from kernels.speculative import DEFAULT_TREE, build_tree, tree_attention, tree_attention_ref, tree_candidates
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SIZE = "gpu" if DEVICE == "cuda" else "cpu"  # which preset of trained models to load
 torch.manual_seed(0)
-
-
-def max_diff(a, b) -> float:
-    """Largest absolute difference between two tensors, compared in float64."""
-    return (a.double() - b.double()).abs().max().item()
+if DEVICE == "cpu":
+    torch.set_num_threads(1)  # tiny matrices: one thread avoids the thread pool's overhead
 
 
 # %% [markdown]
@@ -114,18 +112,18 @@ print(f"tree_attention (float32) vs tree_attention_ref (float64), default tree m
 print(f"tree_attention with a lower-triangular mask vs causal attention_ref:          max |diff| {causal_diff:.1e}")
 
 # %% [markdown]
-# Now the trained models (trained and cached on the first run, a few minutes on a CPU, loaded
-# in seconds afterwards; `verbose=True` shows the training progress). The prompt
+# Now the trained target and its heads (trained and cached on the first run, under a minute on
+# a CPU, loaded in seconds afterwards; `verbose=True` shows the training progress). The prompt
 # is fed except its last byte, which becomes the root; the Medusa heads read the hidden state
 # at the last fed position and their top-3 bytes fill the tree.
 
 # %%
-models = load_models(SIZE, device=DEVICE, verbose=False)
+models = load_models(SIZE, device=DEVICE, models=("heads",), verbose=False)  # the heads come with their target
 target, heads = models["target"], models["heads"]
 prompt = torch.tensor(list(b"class Queue:\n    def __init__(self, maxsize=0):\n        self."), device=DEVICE)
 cache = target.new_cache()
 _, hidden = target(prompt[None, :-1], cache, return_hidden=True)  # the prompt except its last byte
-head_logits = heads(hidden[:, -1:], target)[0, 0]  # [heads, V]
+head_logits = heads(hidden[:, -1:])[0, 0]  # [heads, V]
 nodes = tree_candidates(tree, prompt[-1], head_logits)  # [N+1] byte of every node
 
 

@@ -4,7 +4,8 @@ You will see:
 * how often each Medusa head's top-k bytes contain the right one, on held-out text;
 * greedy Medusa decoding emits exactly the target's greedy tokens, for every tree and both rules;
 * the mean number of accepted candidates per target forward as the tree grows, for exact
-  speculative sampling along the tree and for typical acceptance (temperature 1), and greedy;
+  speculative sampling along the tree and for typical acceptance (temperature 1), and greedy,
+  with error bars (standard errors over prompts) and paired differences between trees;
 * typical acceptance is not exact: the text it emits is likelier under the target than the
   target's own samples.
 Acceptance is measured on varied prompts (windows of held-out bytes) and mostly at temperature
@@ -18,16 +19,19 @@ import json
 import matplotlib.pyplot as plt
 import torch
 
-from kernels.speculative import DEFAULT_TREE, generate, load_corpus, load_models, medusa_generate, typical_mask
-from kernels.speculative.train import TRAINING, split
+from kernels.models import TRAINING, load_corpus, load_models, split
+from kernels.speculative import DEFAULT_TREE, generate, medusa_generate, typical_mask
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SIZE = "gpu" if DEVICE == "cuda" else "cpu"  # which preset of trained models to load
-PROMPTS, PROMPT_LEN, NEW_TOKENS = (16, 128, 128) if DEVICE == "cuda" else (8, 48, 48)
+PROMPTS, PROMPT_LEN, NEW_TOKENS = (32, 128, 128) if DEVICE == "cuda" else (24, 32, 48)
 torch.manual_seed(0)
+if DEVICE == "cpu":
+    torch.set_num_threads(1)  # tiny matrices: one thread avoids the thread pool's overhead
 
-models = load_models(SIZE, device=DEVICE, verbose=False)  # trained and cached on the first run
+models = load_models(SIZE, device=DEVICE, models=("heads",), verbose=False)  # target and heads, cached
 target, heads = models["target"], models["heads"]
+CONTEXT = target.max_seq_len  # every window and generation below stays within the trained context
 _, held_out = split(load_corpus(TRAINING[SIZE].corpus_bytes)[0])  # bytes no model was trained on
 starts = torch.randint(len(held_out) - 1024, (PROMPTS,), generator=torch.Generator().manual_seed(0))
 prompts = [held_out[s:s + PROMPT_LEN].long().to(DEVICE) for s in starts.tolist()]
@@ -40,10 +44,10 @@ prompts = [held_out[s:s + PROMPT_LEN].long().to(DEVICE) for s in starts.tolist()
 
 # %%
 TOP_KS = [1, 2, 3, 5, 10]
-windows = torch.stack([held_out[s:s + 257] for s in starts.tolist()]).long().to(DEVICE)  # [P, 257]
+windows = torch.stack([held_out[s:s + CONTEXT + 1] for s in starts.tolist()]).long().to(DEVICE)  # [P, CONTEXT+1]
 with torch.no_grad():
-    logits, hidden = target(windows[:, :-1], return_hidden=True)  # [P, 256, V]
-    head_logits = heads(hidden, target)  # [P, 256, heads, V]
+    logits, hidden = target(windows[:, :-1], return_hidden=True)  # [P, CONTEXT, V]
+    head_logits = heads(hidden)  # [P, CONTEXT, heads, V]
 
 
 def top_k_accuracy(logits, answers):
@@ -95,23 +99,41 @@ print(f"greedy Medusa == greedy target: {greedy_matches} of {greedy_runs} runs "
 
 # %% [markdown]
 # Accepted candidates per step (the acceptance length; a step emits one token more) for
-# every tree and rule, over all prompts.
+# every tree and rule: the mean over prompts of each prompt's accepted candidates per target
+# forward, with its standard error over the prompts. A tree that contains another (more
+# candidates per node, appended after the others) accepts at least as much in expectation, but
+# single runs draw different random numbers; two trees are compared by the paired difference
+# over the same prompts and its standard error.
 
 # %%
 def accepted_per_step(tree, rule):
-    accepted, steps = 0, 0
+    """Accepted candidates per target forward on each prompt: float64 [PROMPTS]."""
+    per_prompt = []
     for i, prompt in enumerate(prompts):
         g = torch.Generator(device=DEVICE).manual_seed(i)
         _, stats = medusa_generate(target, heads, prompt, NEW_TOKENS, tree=tree, generator=g, **RULES[rule])
-        accepted, steps = accepted + stats.accepted, steps + stats.target_forwards
-    return accepted / steps
+        per_prompt.append(stats.accepted / stats.target_forwards)
+    return torch.tensor(per_prompt, dtype=torch.float64)
 
 
-acceptance = {rule: {name: accepted_per_step(tree, rule) for name, tree in TREES.items()} for rule in RULES}
-print(f"accepted candidates per target forward ({PROMPTS} prompts x {NEW_TOKENS} tokens):")
-print(f"  {'tree':15s} {'nodes':>5s}  " + "  ".join(f"{rule:>12s}" for rule in RULES))
+def mean_se(values):
+    return values.mean().item(), (values.std() / len(values) ** 0.5).item()
+
+
+per_prompt = {rule: {name: accepted_per_step(tree, rule) for name, tree in TREES.items()} for rule in RULES}
+acceptance = {rule: {name: mean_se(v)[0] for name, v in runs.items()} for rule, runs in per_prompt.items()}
+acceptance_se = {rule: {name: mean_se(v)[1] for name, v in runs.items()} for rule, runs in per_prompt.items()}
+print(f"accepted candidates per target forward ({PROMPTS} prompts x {NEW_TOKENS} tokens, mean +- standard error):")
+print(f"  {'tree':15s} {'nodes':>5s}  " + "  ".join(f"{rule:>16s}" for rule in RULES))
 for name, tree in TREES.items():
-    print(f"  {name:15s} {len(tree):5d}  " + "  ".join(f"{acceptance[rule][name]:12.2f}" for rule in RULES))
+    print(f"  {name:15s} {len(tree):5d}  "
+          + "  ".join(f"{acceptance[rule][name]:9.2f} +- {acceptance_se[rule][name]:.2f}" for rule in RULES))
+PAIRS = [("full 3x3x3", "full 2x2x2"), ("full 2x2x2x2", "full 2x2x2"), ("default", "chain 4")]
+paired = {rule: {f"{a} - {b}": mean_se(per_prompt[rule][a] - per_prompt[rule][b]) for a, b in PAIRS}
+          for rule in RULES}
+print("paired differences over the same prompts (mean +- standard error):")
+for rule in RULES:
+    print(f"  {rule:13s} " + "; ".join(f"{pair}: {m:+.2f} +- {se:.2f}" for pair, (m, se) in paired[rule].items()))
 
 fig, (ax_h, ax_a) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [1, 1.6]})
 for name, acc in accuracy.items():
@@ -123,9 +145,10 @@ ax_h.legend(fontsize=8)
 ax_h.grid(alpha=0.3)
 width = 0.8 / len(RULES)
 for j, rule in enumerate(RULES):
-    ax_a.bar([i + (j - 1) * width for i in range(len(TREES))], list(acceptance[rule].values()), width, label=rule)
+    ax_a.bar([i + (j - 1) * width for i in range(len(TREES))], list(acceptance[rule].values()), width, label=rule,
+             yerr=[2 * se for se in acceptance_se[rule].values()], capsize=2, error_kw={"lw": 0.8})
 ax_a.set_xticks(range(len(TREES)), [f"{name}\n({len(tree)} cand.)" for name, tree in TREES.items()], fontsize=8)
-ax_a.set(ylabel="accepted candidates per target forward", title="Acceptance length vs tree")
+ax_a.set(ylabel="accepted candidates per target forward", title="Acceptance length vs tree (± 2 standard errors)")
 ax_a.legend(fontsize=8)
 ax_a.grid(alpha=0.3, axis="y")
 fig.suptitle(f"Medusa heads on the {SIZE}-size target, held-out prompts ({DEVICE})")
@@ -179,8 +202,8 @@ for name, rule in SAMPLERS.items():
 
 # %%
 with torch.no_grad():
-    probs = torch.softmax(logits[:, 1:-1].float(), dim=-1)  # [P, 254, V]: target after the root t+1
-    first = head_logits[:, :-2, 0].argmax(-1)  # [P, 254]: head 0 at t proposes t+2
+    probs = torch.softmax(logits[:, 1:-1].float(), dim=-1)  # [P, CONTEXT-2, V]: target after the root t+1
+    first = head_logits[:, :-2, 0].argmax(-1)  # [P, CONTEXT-2]: head 0 at t proposes t+2
 exact_first = probs.gather(-1, first[..., None]).mean().item()
 EPSILONS = [0.01, 0.03, 0.09, 0.2, 0.4]
 typical_first = {eps: typical_mask(first[..., None], probs[..., None, :], eps, eps ** 0.5).float().mean().item()
@@ -196,11 +219,17 @@ with open("results.json", "w") as f:
                "head3_top1": accuracy[f"head {heads.num_heads - 1} (t+{heads.num_heads + 1})"][0],
                "target_top1": accuracy["target (t+1)"][0],
                "greedy_matches": greedy_matches, "greedy_runs": greedy_runs,
-               "acceptance": acceptance, "tree_sizes": {name: len(tree) for name, tree in TREES.items()},
+               "acceptance": acceptance, "acceptance_standard_error": acceptance_se,
+               "paired_differences": paired, "tree_sizes": {name: len(tree) for name, tree in TREES.items()},
                "exact_default": acceptance["exact, T=1"]["default"],
                "typical_default": acceptance["typical, T=1"]["default"],
                "greedy_default": acceptance["greedy, T=0"]["default"],
                "exact_chain1": acceptance["exact, T=1"]["chain 1"],
+               "exact_default_se": acceptance_se["exact, T=1"]["default"],
+               "exact_333_minus_222": paired["exact, T=1"]["full 3x3x3 - full 2x2x2"][0],
+               "exact_333_minus_222_se": paired["exact, T=1"]["full 3x3x3 - full 2x2x2"][1],
+               "typical_333_minus_222": paired["typical, T=1"]["full 3x3x3 - full 2x2x2"][0],
+               "typical_333_minus_222_se": paired["typical, T=1"]["full 3x3x3 - full 2x2x2"][1],
                "exact_best_tree": best, "exact_best": acceptance["exact, T=1"][best],
                "nll": nll, "nll_standard_error": nll_se,
                "nll_plain": nll["plain sampling"], "nll_exact": nll["Medusa, exact"],

@@ -14,15 +14,15 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 
-from kernels.speculative import load_corpus, load_models
-from kernels.speculative.train import TRAINING, split
+from kernels.models import TRAINING, load_corpus, load_models, split
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SIZE = "gpu" if DEVICE == "cuda" else "cpu"  # which preset of trained models to load
 MTP_WEIGHT = 0.3  # lambda: DeepSeek-V3's weight for the first 10T tokens of its pre-training
 torch.manual_seed(0)
 
-models = load_models(SIZE, device=DEVICE, mtp_weight=MTP_WEIGHT, verbose=False)  # trained and cached on the first run
+models = load_models(SIZE, device=DEVICE, models=("mtp", "baseline"), mtp_weight=MTP_WEIGHT,
+                     verbose=False)  # trained and cached on the first run
 model, mtp, baseline = models["mtp_model"], models["mtp"], models["baseline"]
 train = TRAINING[SIZE]
 
@@ -43,7 +43,7 @@ print(f"MTP module: {parameters(mtp):,} parameters of its own (projection 2*dim 
 
 # %%
 _, held_out = split(load_corpus(train.corpus_bytes)[0])  # the bytes no run was trained on
-WINDOWS, LENGTH = (256, 512) if DEVICE == "cuda" else (64, 256)
+WINDOWS, LENGTH = 256 if DEVICE == "cuda" else 64, model.max_seq_len  # windows as long as the training windows
 starts = torch.randint(len(held_out) - LENGTH - 1, (WINDOWS,), generator=torch.Generator().manual_seed(0))
 batch = torch.stack([held_out[s:s + LENGTH + 1] for s in starts.tolist()]).long().to(DEVICE)
 x, y = batch[:, :-1], batch[:, 1:]  # inputs t_0..t_{T-1}, targets t_1..t_T
@@ -97,7 +97,7 @@ smoothed = [v for values in curves.values() for v in running_mean(values)[len(va
 low = min(smoothed + [loss.mean().item() for loss in held.values()])
 ax.set(xlabel="training step", ylabel="cross-entropy (nats per byte)", ylim=(low - 0.3, max(smoothed) + 0.3),
        title=f"{SIZE}-size model ({parameters(model) / 1e6:.2f}M parameters), "
-             f"{train.batch_size} x {train.seq_len} bytes per step")
+             f"{train.batch_size} x {model.max_seq_len} bytes per step")
 ax.plot([], [], "o", color="gray", mec="black", label="held-out loss after training")
 ax.legend()
 ax.grid(alpha=0.3)
@@ -108,7 +108,7 @@ final = {name: running_mean(values)[-1] for name, values in curves.items()}
 print("training loss over the last 25 steps: " + ", ".join(f"{n} {v:.3f}" for n, v in final.items()))
 with open("results.json", "w") as f:
     json.dump({"device": DEVICE, "size": SIZE, "mtp_weight": MTP_WEIGHT, "steps": train.steps,
-               "batch_size": train.batch_size, "seq_len": train.seq_len,
+               "batch_size": train.batch_size, "seq_len": model.max_seq_len,
                "main_parameters": parameters(model), "mtp_parameters": parameters(mtp),
                "mtp_fraction": parameters(mtp) / parameters(model),
                "held_out_windows": WINDOWS, "held_out_length": LENGTH,

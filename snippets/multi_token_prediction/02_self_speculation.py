@@ -17,16 +17,18 @@ import json
 import matplotlib.pyplot as plt
 import torch
 
-from kernels.speculative import generate, load_corpus, load_models, mtp_generate, speculative_generate
-from kernels.speculative.train import TRAINING, split
+from kernels.models import TRAINING, load_corpus, load_models, split
+from kernels.speculative import generate, mtp_generate, speculative_generate
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SIZE = "gpu" if DEVICE == "cuda" else "cpu"  # which preset of trained models to load
 PROMPTS, PROMPT_LEN, NEW_TOKENS = (16, 128, 256) if DEVICE == "cuda" else (12, 48, 64)
 KS = [1, 2, 3, 4]
 torch.manual_seed(0)
+if DEVICE == "cpu":
+    torch.set_num_threads(1)  # tiny matrices: one thread avoids the thread pool's overhead
 
-models = load_models(SIZE, device=DEVICE, verbose=False)  # trained and cached on the first run
+models = load_models(SIZE, device=DEVICE, models=("mtp", "draft"), verbose=False)  # trained on first use
 model, mtp, draft = models["mtp_model"], models["mtp"], models["draft"]
 _, held_out = split(load_corpus(TRAINING[SIZE].corpus_bytes)[0])  # bytes no model was trained on
 starts = torch.randint(len(held_out) - PROMPT_LEN, (PROMPTS,), generator=torch.Generator().manual_seed(0))

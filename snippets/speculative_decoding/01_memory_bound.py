@@ -16,10 +16,10 @@ import json
 import matplotlib.pyplot as plt
 import torch
 
-from kernels.speculative import PRESETS, Transformer
+from kernels.models import PRESETS, Transformer
 
 BYTES_PER_NUMBER = 2  # bfloat16 weights and cache
-CONTEXT = 1024  # tokens already in the KV cache
+CONTEXT = 256  # tokens already in the KV cache (the GPU target's context is 512)
 # Datasheet rates of one H100 SXM (dense bfloat16 tensor-core FLOP/s, HBM3 bytes/s): an example device.
 PEAK_FLOPS, PEAK_BYTES = 989e12, 3.35e12
 RIDGE = PEAK_FLOPS / PEAK_BYTES  # FLOPs per byte at which a kernel stops being memory-bound
@@ -94,6 +94,9 @@ fig.tight_layout()
 fig.savefig("intensity.svg")
 
 results = {
+    "context": CONTEXT,
+    "target_layers": PRESETS["gpu-target"].n_layers,
+    "draft_layers": PRESETS["gpu-draft"].n_layers,
     "target_params_millions": round(counts["target"][0] / 1e6, 1),
     "draft_params_millions": round(counts["draft"][0] / 1e6, 1),
     "target_mb_per_token": round(bytes1 / 1e6),

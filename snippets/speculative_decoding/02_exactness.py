@@ -32,11 +32,11 @@ def random_bigram(sparsity=0.25):
     return w / w.sum(-1, keepdim=True)
 
 
-target, draft = random_bigram(), random_bigram()  # q and p of the text below
+target, draft = random_bigram(), random_bigram()  # p and q of the text below
 START = 0  # the "prompt": one token
 print(f"first-position distributions after token {START}:")
-print("  target q:", [round(x, 3) for x in target[START].tolist()])
-print("  draft  p:", [round(x, 3) for x in draft[START].tolist()])
+print("  target p:", [round(x, 3) for x in target[START].tolist()])
+print("  draft  q:", [round(x, 3) for x in draft[START].tolist()])
 
 
 # %% [markdown]
@@ -76,7 +76,7 @@ def wrong_rule(drafts, draft_probs, target_probs, generator):
 # incomplete gamma function, so no statistics package is needed.
 
 # %%
-exact = (target[START][:, None, None] * target[:, :, None] * target[None, :, :])  # [V, V, V]: q(a) q(b|a) q(c|b)
+exact = (target[START][:, None, None] * target[:, :, None] * target[None, :, :])  # [V, V, V]: p(a) p(b|a) p(c|b)
 
 
 def chi2_pvalue(counts, probs):

@@ -1,7 +1,7 @@
 """Acceptance and tokens per target forward against the number of draft tokens k.
 
-You will see, for the small target and draft trained on Python's standard library (CPU sizes;
-the first run trains and caches them):
+You will see, for the small target and draft trained on Python's standard library (CPU sizes,
+tiny models trained for seconds on 128-byte windows; the first run trains and caches them):
 * alpha, the probability that the target accepts one draft token, measured two ways: as the
   average overlap ``sum_x min(p(x), q(x))`` of the two models' distributions along generated
   text, and from the accepted lengths of speculative decoding at each k;
@@ -15,15 +15,18 @@ import json
 import matplotlib.pyplot as plt
 import torch
 
-from kernels.speculative import TRAINING, load_corpus, load_models, logits_to_probs, speculative_generate
+from kernels.models import TRAINING, load_corpus, load_models
+from kernels.speculative import logits_to_probs, speculative_generate
 
 # Counts do not depend on the machine, so every machine runs the CPU-size models on the CPU and
 # the page's numbers stay the same; the GPU-size models are measured by the benchmark snippet.
 DEVICE, SIZE = "cpu", "cpu"
-KS, PROMPTS, NEW_TOKENS, PROMPT_LEN, TEMPERATURE = list(range(1, 9)), 6, 120, 48, 1.0
+KS, PROMPTS, NEW_TOKENS, PROMPT_LEN, TEMPERATURE = list(range(1, 9)), 10, 96, 24, 1.0
 torch.set_num_threads(1)  # tiny matrices: one thread avoids the thread pool's overhead
-models = load_models(SIZE, device=DEVICE)
+models = load_models(SIZE, device=DEVICE, models=("target", "draft"))
 target, draft = models["target"], models["draft"]
+# prompt + new tokens + the k = 8 lookahead of the last step fit the context the models were trained on
+assert PROMPT_LEN + NEW_TOKENS + max(KS) <= target.max_seq_len
 
 # %% [markdown]
 # Prompts: windows of the held-out end of the corpus (the last 5 %, which training never saw),
@@ -77,11 +80,16 @@ for k in KS:
                  "alpha_mle": alpha_from_lengths(lengths, k), "accepted_over_proposed": accepted / drafted})
     print(f"k={k}: {forwards} target forwards, {rows[-1]['tokens_per_forward']:.3f} tokens per forward, "
           f"alpha {rows[-1]['alpha_mle']:.3f}, accepted/proposed {rows[-1]['accepted_over_proposed']:.3f}")
-print("a generated continuation:", repr(bytes(texts[-1][PROMPT_LEN:].tolist()).decode(errors="replace")[:120]))
+# What such tiny models write: the prompt, then the sampled continuation (temperature 1).
+with open("sample.txt", "w") as f:
+    for text in texts[-2:]:
+        f.write("prompt:       " + repr(bytes(text[:PROMPT_LEN].tolist()).decode(errors="replace")) + "\n")
+        f.write("continuation: " + repr(bytes(text[PROMPT_LEN:].tolist()).decode(errors="replace")) + "\n\n")
+print(open("sample.txt").read())
 
 # %% [markdown]
 # alpha a second way, without speculating: the probability that one draft token survives is
-# `sum_x min(p(x), q(x))`, with `p` and `q` the draft's and target's distributions at that
+# `sum_x min(p(x), q(x))`, with `p` and `q` the target's and draft's distributions at that
 # point of the text. Both models read every generated text once; the average over the
 # generated positions is Leviathan et al.'s alpha.
 
@@ -89,8 +97,8 @@ print("a generated continuation:", repr(bytes(texts[-1][PROMPT_LEN:].tolist()).d
 with torch.no_grad():
     overlaps = []
     for text in texts:
-        q = logits_to_probs(target(text[None])[0], TEMPERATURE)  # [T, V]
-        p = logits_to_probs(draft(text[None])[0], TEMPERATURE)
+        p = logits_to_probs(target(text[None])[0], TEMPERATURE)  # [T, V]
+        q = logits_to_probs(draft(text[None])[0], TEMPERATURE)
         overlaps.append(torch.minimum(p, q).sum(-1)[PROMPT_LEN - 1:-1])  # positions that predict generated tokens
     overlap = torch.cat(overlaps)
 alpha = overlap.mean().item()

@@ -92,7 +92,7 @@ def selective_scan():
 
 
 def tree_attention():
-    tt = import_module("kernels.speculative.tree_triton")
+    tt = import_module("kernels.speculative.tree_attention.triton")
     sizes = {"H", "GROUP", "Tq", "Tk", "D"}
     for D, BLOCK_M in ((64, 16), (128, 64)):  # the launcher's tiles for a small and a large tree
         BLOCK_N, num_warps, num_stages = (64, 4, 3)

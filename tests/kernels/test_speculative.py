@@ -1,5 +1,6 @@
 """Speculative decoding: exactness of the accept/reject rules, greedy equivalence of every loop,
-KV-cache rollback, and the training/caching code.
+KV-cache rollback, the model stack's context limit, its training/caching code, and the
+dependency rule (``import kernels`` leaves the model stack alone).
 
 Everything runs on the CPU with small models. Exactness tests use randomly initialised models in
 float64 (so that a forward over several tokens and token-by-token forwards agree to ~1e-15 and
@@ -7,18 +8,20 @@ no argmax tie can flip); the tests that need drafts the target accepts train tin
 few seconds (module fixture). Statistical tests use fixed seeds and state their significance.
 """
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from kernels.speculative import (DEFAULT_TREE, PRESETS, Config, DecodeStats, MedusaHeads, MTPModule, Transformer,
-                                 TrainConfig, build_tree, generate, load_corpus, load_models, logits_to_probs,
-                                 medusa_generate, mtp_generate, sample, speculative_generate, train_lm,
-                                 train_medusa_heads, train_mtp, typical_accept, typical_tree, verify_draft,
-                                 verify_tree)
-from kernels.speculative.train import cached
+from kernels.models import (PRESETS, Config, MedusaHeads, MTPModule, Transformer, TrainConfig, cached, load_corpus,
+                            load_models, train_lm, train_medusa_heads, train_mtp)
+from kernels.speculative import (DEFAULT_TREE, DecodeStats, Drafter, LanguageModel, MultiTokenDrafter, build_tree,
+                                 generate, logits_to_probs, medusa_generate, mtp_generate, sample,
+                                 speculative_generate, typical_accept, typical_tree, verify_draft, verify_tree)
 
 TINY = Config(dim=32, n_layers=2, n_heads=2, hidden=64, max_seq_len=256)
+TINY_TRAINED = Config(dim=32, n_layers=2, n_heads=2, hidden=64, max_seq_len=96)  # trains on 96-byte windows
 PROMPTS = [[104], [100, 101, 102, 32], list(b"import os\nimport sys\n")]
 
 
@@ -252,7 +255,7 @@ def test_other_bad_inputs():
         speculative_generate(model, model, torch.tensor([1]), 4, num_draft_tokens=0)
     with pytest.raises(ValueError, match=r"prompt must have 1 dimensions \[T\] \(batch 1\)"):
         speculative_generate(model, model, torch.tensor([[1, 2], [3, 4]]), 4)
-    with pytest.raises(ValueError, match="exceeds the model's max_seq_len 256"):
+    with pytest.raises(ValueError, match=r"= 301 tokens exceeds the model's context, max_seq_len=256"):
         generate(model, torch.tensor([1]), 300)
     with pytest.raises(ValueError, match=r"prompt tokens must lie in \[0, 256\)"):
         generate(model, torch.tensor([256]), 3)
@@ -264,9 +267,9 @@ def test_other_bad_inputs():
     with pytest.raises(ValueError, match="paths must not repeat"):
         build_tree([(0,), (0,)])
     with pytest.raises(ValueError, match="the tree is 4 deep but there are only 2 heads"):
-        medusa_generate(model, MedusaHeads(32, 2).double(), torch.tensor([1, 2]), 4)
+        medusa_generate(model, MedusaHeads.from_target(model, 2), torch.tensor([1, 2]), 4)
     with pytest.raises(ValueError, match="acceptance must be 'exact' or 'typical'"):
-        medusa_generate(model, MedusaHeads(32, 4).double(), torch.tensor([1, 2]), 4, acceptance="greedy")
+        medusa_generate(model, MedusaHeads.from_target(model, 4), torch.tensor([1, 2]), 4, acceptance="greedy")
 
 
 # ----------------------------------------------------------------------------- KV cache
@@ -391,11 +394,11 @@ def test_sampling_is_reproducible_with_a_generator():
 @pytest.fixture(scope="module")
 def trained():
     """Tiny models trained for a few seconds on the standard library: drafts that get accepted."""
-    train = TrainConfig(steps=150, batch_size=8, seq_len=64, lr=1e-2, corpus_bytes=200_000)
-    target, _ = train_lm(TINY, train, device="cpu", verbose=False)
-    heads, history = train_medusa_heads(target, num_heads=4, train=TrainConfig(steps=100, batch_size=8, seq_len=64,
-                                        lr=1e-2, corpus_bytes=200_000), device="cpu", verbose=False)
-    model, mtp, mtp_history = train_mtp(TINY, 0.5, train, device="cpu", verbose=False)
+    train = TrainConfig(steps=150, batch_size=6, lr=1e-2, corpus_bytes=200_000)
+    target, _ = train_lm(TINY_TRAINED, train, device="cpu", verbose=False)
+    heads, history = train_medusa_heads(target, num_heads=4, train=TrainConfig(steps=100, batch_size=6, lr=1e-2,
+                                        corpus_bytes=200_000), device="cpu", verbose=False)
+    model, mtp, mtp_history = train_mtp(TINY_TRAINED, 0.5, train, device="cpu", verbose=False)
     return {"target": target.double(), "heads": heads.double(), "heads_history": history,
             "mtp_model": model.double(), "mtp": mtp.double(), "mtp_history": mtp_history}
 
@@ -477,7 +480,7 @@ def test_checkpoints_are_cached_and_rebuilt_when_missing(tmp_path, monkeypatch, 
 
 def test_load_models_trains_once_then_loads(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("KERNELS_CACHE", str(tmp_path))
-    train = TrainConfig(steps=3, batch_size=2, seq_len=32, corpus_bytes=20_000)
+    train = TrainConfig(steps=3, batch_size=2, corpus_bytes=20_000)
     models = load_models("cpu", device="cpu", train=train, num_heads=2)
     assert "[train" in capsys.readouterr().out
     assert len(list((tmp_path / "speculative").glob("*.pt"))) == 5  # target, draft, heads, 2 MTP runs
@@ -489,3 +492,75 @@ def test_load_models_trains_once_then_loads(tmp_path, monkeypatch, capsys):
                                                       again[name].state_dict().values()))
     assert models["target"].config == PRESETS["cpu-target"] and models["draft"].config == PRESETS["cpu-draft"]
     assert isinstance(again["mtp"], MTPModule) and len(again["history"]["mtp"]["main"]) == 3
+
+
+def test_load_models_trains_only_what_is_asked(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERNELS_CACHE", str(tmp_path))
+    train = TrainConfig(steps=2, batch_size=1, corpus_bytes=20_000)
+    models = load_models("cpu", device="cpu", models=("draft",), train=train, verbose=False)
+    assert set(models) == {"draft", "history"} and set(models["history"]) == {"draft"}
+    assert len(list((tmp_path / "speculative").glob("*.pt"))) == 1
+    with pytest.raises(ValueError, match=r"models must name some of \('target'"):
+        load_models("cpu", models=("teacher",), train=train)
+
+
+# ----------------------------------------------------------------------------- the model stack
+def test_a_model_refuses_sequences_longer_than_its_trained_context():
+    model = random_model(Config(dim=32, n_layers=1, n_heads=2, hidden=64, max_seq_len=16))
+    model(torch.zeros(1, 16, dtype=torch.long))  # the full context is fine
+    with pytest.raises(ValueError, match="at most max_seq_len=16 tokens; this input reaches 17 positions"):
+        model(torch.zeros(1, 17, dtype=torch.long))
+    cache = model.new_cache()
+    model(torch.zeros(1, 10, dtype=torch.long), cache)
+    with pytest.raises(ValueError, match="at most max_seq_len=16 tokens; this input reaches 19 positions"):
+        model(torch.zeros(1, 9, dtype=torch.long), cache)
+    with pytest.raises(ValueError, match=r"prompt \(10\) \+ max_new_tokens \(3\) \+ lookahead \(4\) = 17 tokens"):
+        speculative_generate(model, model, torch.zeros(10, dtype=torch.long), 3, num_draft_tokens=4)
+    for preset in PRESETS.values():  # every context is a training window: the trainer reads it from the config
+        assert preset.max_seq_len in (128, 512)
+
+
+def test_the_models_implement_the_interfaces():
+    model = random_model()
+    assert isinstance(model, LanguageModel)
+    assert isinstance(MedusaHeads.from_target(model, 2), Drafter)
+    assert isinstance(MTPModule(model.config), MultiTokenDrafter)
+
+
+def test_medusa_heads_start_as_the_targets_next_token_head():
+    """Cai et al. (2024): W1 starts at zero and each head's own W2 as a copy of the LM head."""
+    model = random_model()
+    heads = MedusaHeads.from_target(model, 3)  # in the model's dtype (float64)
+    _, hidden = model(torch.tensor([[1, 2, 3, 4]]), return_hidden=True)
+    logits = heads(hidden)  # [1, 4, 3, V]
+    for i in range(3):
+        torch.testing.assert_close(logits[:, :, i], model.lm_head(hidden), rtol=0, atol=1e-12)
+    assert all(out.weight.data_ptr() != model.lm_head.weight.data_ptr() for out in heads.out)  # own copies
+    with pytest.raises(ValueError, match="num_heads must be an int >= 1, got 0"):
+        MedusaHeads(32, 0)
+
+
+def test_import_kernels_leaves_the_model_stack_unloaded():
+    code = ("import sys, kernels, kernels.speculative\n"
+            "loaded = sorted(m for m in sys.modules if m == 'kernels.models' or m.startswith('kernels.models.'))\n"
+            "assert not loaded, loaded\n"
+            "import kernels.models\n"
+            "assert 'kernels.models.train' in sys.modules\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_ops_never_import_the_model_stack():
+    import ast
+    from pathlib import Path
+
+    import kernels
+    root = Path(kernels.__file__).parent
+    for path in root.rglob("*.py"):
+        if "models" in path.relative_to(root).parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not any(n == "models" or n.endswith(".models") or ".models." in n or n.startswith("models")
+                           for n in names), f"{path} imports the model stack"

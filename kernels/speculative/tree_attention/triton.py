@@ -12,8 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .._backend import INTERPRET
-from ..flash_attention.triton import _online_softmax_step
+from ..._backend import INTERPRET
+from ...flash_attention.triton import _online_softmax_step
 
 
 # --8<-- [start:tree_kernel]
@@ -87,17 +87,23 @@ def _tree_fwd_kernel(Q, K, V, MASK, O,
 # --8<-- [end:tree_kernel]
 
 
+def _config(Tq: int, D: int) -> tuple[int, int, int, int]:
+    """``(BLOCK_M, BLOCK_N, num_warps, num_stages)`` of `tree_attention_fwd`."""
+    if INTERPRET:
+        return 16, 32, 1, 1
+    # the query block is small (a tree has tens of nodes); the cache is long
+    BLOCK_M = 16 if Tq <= 16 else 32 if Tq <= 32 else 64
+    BLOCK_N, num_warps, num_stages = (64, 4, 3) if D <= 128 else (32, 4, 2)
+    return BLOCK_M, BLOCK_N, num_warps, num_stages
+
+
 def tree_attention_fwd(q, k, v, tree_mask, scale: float):
     """Launch the kernel. ``tree_mask`` is read as bytes (a uint8 copy of the bool mask)."""
     B, H, Tq, D = q.shape
     Hkv, Tk = k.shape[1], k.shape[2]
     mask = tree_mask.to(torch.uint8)
     o = torch.empty_like(q)
-    if INTERPRET:
-        BLOCK_M, BLOCK_N, num_warps, num_stages = 16, 32, 1, 1
-    else:  # the query block is small (a tree has tens of nodes); the cache is long
-        BLOCK_M = 16 if Tq <= 16 else 32 if Tq <= 32 else 64
-        BLOCK_N, num_warps, num_stages = (64, 4, 3) if D <= 128 else (32, 4, 2)
+    BLOCK_M, BLOCK_N, num_warps, num_stages = _config(Tq, D)
     grid = (triton.cdiv(Tq, BLOCK_M), B * H)
     _tree_fwd_kernel[grid](
         q, k, v, mask, o, *q.stride(), *k.stride(), *v.stride(), *o.stride(), *mask.stride(),

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import torch
 
-from .._backend import HAS_TRITON, uses_triton
-from .._checks import check_attention_qkv, check_same_device, check_scale, check_tensor
+from ..._backend import HAS_TRITON, uses_triton
+from ..._checks import check_attention_qkv, check_same_device, check_scale, check_tensor
 from .naive import tree_attention_ref
 
 if HAS_TRITON:
-    from .tree_triton import tree_attention_fwd
+    from .triton import tree_attention_fwd
 
 __all__ = ["tree_attention", "tree_attention_ref"]
 

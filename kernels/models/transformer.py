@@ -1,5 +1,7 @@
 """A small decoder-only Transformer over bytes, with a KV cache that can roll back.
 
+It implements `kernels.speculative.LanguageModel`, the interface the decoding loops use.
+
 Llama-style blocks: RMSNorm, rotary position embeddings (RoPE), causal self-attention, SwiGLU
 feed-forward. The vocabulary is the 256 byte values. The forward takes new tokens and a
 `KVCache`, and optionally a boolean mask among the new tokens and their position ids: that is
@@ -19,15 +21,19 @@ import torch
 from torch import nn
 
 from ..flash_attention import attention_ref, flash_attention
-from .naive import tree_attention_ref
-from .tree_attention import tree_attention
+from ..speculative.tree_attention import tree_attention, tree_attention_ref
 
 __all__ = ["Config", "PRESETS", "KVCache", "Transformer", "RMSNorm", "Block"]
 
 
 @dataclass(frozen=True)
 class Config:
-    """Shape of a model. ``dim`` must be ``n_heads`` times a head dim that is a multiple of 8."""
+    """Shape of a model. ``dim`` must be ``n_heads`` times a head dim that is a multiple of 8.
+
+    ``max_seq_len`` is the context: the model trains on windows of exactly that many tokens
+    (`kernels.models.train`), and its forward refuses positions beyond it, so that no
+    experiment runs a model past the positions it was trained on.
+    """
     dim: int = 64
     n_layers: int = 2
     n_heads: int = 4
@@ -46,12 +52,13 @@ class Config:
 
 # Draft and target per size. On a GPU at batch 1 a forward costs roughly in proportion to the
 # number of layers (each is a few kernel launches and a read of its weights): the GPU target has
-# four times the draft's layers and about 35 times its weights (85M and 2.5M parameters).
+# four times the draft's layers and about 50 times its weights (26M and 0.5M parameters). The
+# contexts are the longest sequences the articles run (prompt, new tokens and lookahead).
 PRESETS = {
-    "cpu-target": Config(dim=64, n_layers=2, n_heads=4, hidden=176, max_seq_len=512),
-    "cpu-draft": Config(dim=32, n_layers=1, n_heads=2, hidden=96, max_seq_len=512),
-    "gpu-target": Config(dim=768, n_layers=12, n_heads=12, hidden=2048, max_seq_len=2048),
-    "gpu-draft": Config(dim=256, n_layers=3, n_heads=4, hidden=704, max_seq_len=2048),
+    "cpu-target": Config(dim=64, n_layers=2, n_heads=4, hidden=176, max_seq_len=128),
+    "cpu-draft": Config(dim=32, n_layers=1, n_heads=2, hidden=96, max_seq_len=128),
+    "gpu-target": Config(dim=512, n_layers=8, n_heads=8, hidden=1408, max_seq_len=512),
+    "gpu-draft": Config(dim=128, n_layers=2, n_heads=2, hidden=352, max_seq_len=512),
 }
 
 
@@ -223,16 +230,29 @@ class Transformer(nn.Module):
         self.register_buffer("sin", sin.float(), persistent=False)
         self.apply(_init_weights)
 
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    @property
+    def max_seq_len(self) -> int:
+        """The context the model was trained on: it refuses longer sequences."""
+        return self.config.max_seq_len
+
     def new_cache(self, batch_size: int = 1, max_len: int | None = None) -> KVCache:
         """An empty `KVCache` on the model's device, in its dtype."""
         c, w = self.config, self.lm_head.weight
         return KVCache(c.n_layers, batch_size, c.n_heads, max_len or c.max_seq_len, c.head_dim, w.device, w.dtype)
 
     def rope(self, position_ids: torch.Tensor):
-        """``cos, sin [T, D/2]`` at the given positions (the tables are kept in the model's dtype)."""
-        if position_ids.max() >= self.config.max_seq_len:
-            raise ValueError(f"positions must be below max_seq_len={self.config.max_seq_len}, "
-                             f"got {position_ids.max().item()}")
+        """``cos, sin [T, D/2]`` at the given positions (the tables are kept in the model's dtype).
+
+        Raises:
+            ValueError: a position at or beyond ``max_seq_len``, the context the model was trained on.
+        """
+        if len(position_ids) and position_ids.max() >= self.config.max_seq_len:
+            raise ValueError(f"the model was trained on sequences of at most max_seq_len={self.config.max_seq_len} "
+                             f"tokens; this input reaches {position_ids.max().item() + 1} positions")
         return self.cos[position_ids], self.sin[position_ids]
 
     def forward(self, tokens: torch.Tensor, cache: KVCache | None = None, tree_mask: torch.Tensor | None = None,

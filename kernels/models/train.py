@@ -1,97 +1,58 @@
 """Training the small models on bytes of Python's own standard library, with a checkpoint cache.
 
-Every machine with Python has the text: the ``.py`` files under ``sysconfig.get_paths()["stdlib"]``
-(sorted, ``site-packages`` excluded), read as bytes. Training is seeded; a checkpoint is cached
-under ``$KERNELS_CACHE`` (default ``~/.cache/kernels``), in ``speculative/``, keyed by everything
-that decides the weights (kind, configs, hyperparameters, seed, step count, a hash of the corpus),
-and rebuilt when missing. Weights never go into the repository.
+Training is seeded, on windows of exactly the model's context (``config.max_seq_len``
+tokens, so no evaluation can run a model past the positions it was trained on: the model
+refuses longer inputs). A checkpoint is cached under ``$KERNELS_CACHE`` (default
+``~/.cache/kernels``), in ``speculative/``, keyed by everything that decides the weights (kind,
+configs, hyperparameters, seed, step count, a hash of the corpus), and rebuilt when missing.
+Weights never go into the repository.
 
-    models = load_models("cpu")   # target, draft, Medusa heads, MTP model: trained once, then cached
+    models = load_models("cpu", models=("target", "draft"))   # trained once, then cached
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import math
 import os
-import sysconfig
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .medusa import MedusaHeads
-from .model import PRESETS, Config, Transformer
-from .mtp import MTPModule
+from .corpus import get_batch, load_corpus, split
+from .heads import MedusaHeads, MTPModule
+from .transformer import PRESETS, Config, Transformer
 
-__all__ = ["TrainConfig", "TRAINING", "load_corpus", "get_batch", "train_lm", "train_medusa_heads", "train_mtp",
-           "cache_dir", "cached", "load_models"]
+__all__ = ["TrainConfig", "TRAINING", "MODELS", "train_lm", "train_medusa_heads", "train_mtp", "cache_dir", "cached",
+           "load_models"]
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Hyperparameters of one training run."""
+    """Hyperparameters of one training run (the window length is the model's ``max_seq_len``)."""
     steps: int = 300
     batch_size: int = 8
-    seq_len: int = 64
     lr: float = 3e-3
     seed: int = 0
     corpus_bytes: int = 2_000_000  # the first bytes of the sorted corpus
 
 
+# CPU: 300 steps of 8 windows of 128 bytes, 0.3M bytes per run (about 10-20 s per run on one core).
+# GPU: 1500 steps of 32 windows of 512 bytes = 24.6M tokens per run. Estimated from FLOPs
+# (6 x parameters x tokens, at a conservative 30 % of an H100's ~990 dense bf16 TFLOP/s, since
+# small models use a GPU poorly): the 26M-parameter target needs 6 * 26e6 * 24.6e6 = 3.8e15
+# FLOP, about 13 s; the MTP run (target + one block, ~30M) about 15 s; the Medusa heads (a
+# frozen target forward, 2 * 26e6 per token, plus 1.6M trained parameters) about 5 s; the 0.5M
+# draft is bound by step latency rather than FLOPs (1500 small steps, ~10 s). Each benchmark
+# trains only the models it uses (`load_models(models=...)`): at most about 30 s.
 TRAINING = {
-    "cpu": TrainConfig(steps=300, batch_size=8, seq_len=64, lr=3e-3, corpus_bytes=2_000_000),
-    "gpu": TrainConfig(steps=4000, batch_size=32, seq_len=512, lr=1e-3, corpus_bytes=64_000_000),
+    "cpu": TrainConfig(steps=300, batch_size=8, lr=3e-3, corpus_bytes=2_000_000),
+    "gpu": TrainConfig(steps=1500, batch_size=32, lr=1e-3, corpus_bytes=64_000_000),
 }
-
-
-# ----------------------------------------------------------------------------- data
-def stdlib_files() -> list[Path]:
-    """The standard library's ``.py`` files, sorted, without installed third-party packages."""
-    root = Path(sysconfig.get_paths()["stdlib"])
-    return sorted(p for p in root.rglob("*.py")
-                  if not {"site-packages", "dist-packages"} & set(p.relative_to(root).parts))
-
-
-@functools.lru_cache(maxsize=2)
-def _read_corpus(max_bytes: int) -> tuple[bytes, str]:
-    chunks, total = [], 0
-    for path in stdlib_files():
-        chunks.append(path.read_bytes())
-        total += len(chunks[-1])
-        if total >= max_bytes:
-            break
-    data = b"".join(chunks)[:max_bytes]
-    return data, hashlib.sha256(data).hexdigest()
-
-
-def load_corpus(max_bytes: int = 2_000_000) -> tuple[torch.Tensor, str]:
-    """The first ``max_bytes`` bytes of the concatenated standard-library sources.
-
-    Returns:
-        ``(data, digest)``: uint8 ``[N]`` (a fresh tensor) and the sha256 of those bytes (part of
-        checkpoint keys: another Python version has other sources, hence other weights).
-    """
-    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1024:
-        raise ValueError(f"max_bytes must be an int >= 1024, got {max_bytes!r}")
-    data, digest = _read_corpus(max_bytes)
-    return torch.frombuffer(bytearray(data), dtype=torch.uint8), digest
-
-
-def split(data: torch.Tensor, val_fraction: float = 0.05):
-    """``(train, val)``: the last ``val_fraction`` of the bytes is held out."""
-    n = int(len(data) * (1 - val_fraction))
-    return data[:n], data[n:]
-
-
-def get_batch(data: torch.Tensor, batch_size: int, seq_len: int, generator: torch.Generator, device=None):
-    """Random windows of ``seq_len + 1`` bytes: int64 ``[batch_size, seq_len + 1]`` on ``device``."""
-    starts = torch.randint(len(data) - seq_len - 1, (batch_size,), generator=generator)
-    windows = torch.stack([data[s:s + seq_len + 1] for s in starts.tolist()])
-    return windows.long().to(device)
 
 
 # ----------------------------------------------------------------------------- training loops
@@ -108,8 +69,22 @@ def _cross_entropy(logits, targets):
     return nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
 
-def _optimize(name: str, params, loss_fn, train: TrainConfig, data, device, verbose: bool):
-    """AdamW with warmup and cosine decay; ``loss_fn(batch) -> (loss, {name: value})``. Returns the history."""
+@contextmanager
+def _one_cpu_thread(device: torch.device):
+    """Train on one thread on the CPU (tiny matrices: one thread is faster, and far faster on a busy
+    machine); the caller's setting is restored afterwards."""
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _optimize(name: str, params, loss_fn, train: TrainConfig, seq_len: int, data, device, verbose: bool):
+    """AdamW with warmup and cosine decay on windows of ``seq_len + 1`` bytes;
+    ``loss_fn(batch) -> (loss, {name: value})``. Returns the history. One thread on the CPU."""
     params = [p for p in params if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=train.lr, betas=(0.9, 0.95), weight_decay=0.1)
     warmup = max(1, train.steps // 20)
@@ -117,21 +92,22 @@ def _optimize(name: str, params, loss_fn, train: TrainConfig, data, device, verb
         0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, train.steps) / train.steps))))  # warmup, cosine to 10%
     g = torch.Generator().manual_seed(train.seed + 1)
     history, start, every = {}, time.perf_counter(), max(1, train.steps // 10)
-    for step in range(train.steps):
-        batch = get_batch(data, train.batch_size, train.seq_len, g, device)
-        with _autocast(device):
-            loss, parts = loss_fn(batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        for key, value in parts.items():
-            history.setdefault(key, []).append(value.item())
-        if verbose and (step % every == 0 or step == train.steps - 1):
-            shown = " ".join(f"{k} {v[-1]:.3f}" for k, v in history.items())
-            print(f"[train {name}] step {step + 1}/{train.steps} {shown} ({time.perf_counter() - start:.1f}s)",
-                  flush=True)
+    with _one_cpu_thread(device):
+        for step in range(train.steps):
+            batch = get_batch(data, train.batch_size, seq_len, g, device)
+            with _autocast(device):
+                loss, parts = loss_fn(batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            for key, value in parts.items():
+                history.setdefault(key, []).append(value.item())
+            if verbose and (step % every == 0 or step == train.steps - 1):
+                shown = " ".join(f"{k} {v[-1]:.3f}" for k, v in history.items())
+                print(f"[train {name}] step {step + 1}/{train.steps} {shown} ({time.perf_counter() - start:.1f}s)",
+                      flush=True)
     return history
 
 
@@ -146,8 +122,8 @@ def train_lm(config: Config, train: TrainConfig = TRAINING["cpu"], device=None, 
         loss = _cross_entropy(model(batch[:, :-1]), batch[:, 1:])
         return loss, {"loss": loss.detach()}
 
-    history = _optimize(f"lm d{config.dim} L{config.n_layers}", model.parameters(), loss_fn, train, data, device,
-                        verbose)
+    history = _optimize(f"lm d{config.dim} L{config.n_layers}", model.parameters(), loss_fn, train,
+                        config.max_seq_len, data, device, verbose)
     return model.eval(), history
 
 
@@ -155,19 +131,20 @@ def train_medusa_heads(target: Transformer, num_heads: int = 4, train: TrainConf
                        verbose: bool = True):
     """Train `MedusaHeads` on a frozen target (Medusa-1). Returns ``(heads, history)``.
 
-    Head ``i`` learns the token ``i + 2`` positions ahead with cross-entropy; losses are summed
+    The heads start from `MedusaHeads.from_target` (output matrices copied from the target's
+    head, ``W1`` zero) and train both matrices. Head ``i`` learns the token ``i + 2`` positions ahead with cross-entropy; losses are summed
     with weights ``0.8 ** i`` as in Medusa. History: ``{"head0": [...], ...}``.
     """
     device = _device(device)
     torch.manual_seed(train.seed)
     target = target.to(device).eval().requires_grad_(False)
-    heads = MedusaHeads(target.config.dim, num_heads).to(device)
+    heads = MedusaHeads.from_target(target, num_heads)
     data, _ = split(load_corpus(train.corpus_bytes)[0])
 
     def loss_fn(batch):
         with torch.no_grad():
             _, hidden = target(batch[:, :-1], return_hidden=True)  # [B, T, dim]
-        logits = heads(hidden, target)  # [B, T, heads, V]
+        logits = heads(hidden)  # [B, T, heads, V]
         total, parts = 0.0, {}
         for i in range(num_heads):  # head i at position t predicts t + 2 + i = batch[:, t + 2 + i]
             loss = _cross_entropy(logits[:, :-(i + 1), i], batch[:, i + 2:])
@@ -175,7 +152,8 @@ def train_medusa_heads(target: Transformer, num_heads: int = 4, train: TrainConf
             parts[f"head{i}"] = loss.detach()
         return total, parts
 
-    history = _optimize(f"medusa x{num_heads}", heads.parameters(), loss_fn, train, data, device, verbose)
+    history = _optimize(f"medusa x{num_heads}", heads.parameters(), loss_fn, train, target.config.max_seq_len,
+                        data, device, verbose)
     return heads.eval(), history
 
 
@@ -206,7 +184,8 @@ def train_mtp(config: Config, mtp_weight: float = 0.3, train: TrainConfig = TRAI
         return main + mtp_weight * extra, {"main": main.detach(), "mtp": extra.detach()}
 
     params = list(model.parameters()) + list(mtp.parameters())
-    history = _optimize(f"mtp lambda={mtp_weight}", params, loss_fn, train, data, device, verbose)
+    history = _optimize(f"mtp lambda={mtp_weight}", params, loss_fn, train, config.max_seq_len, data, device,
+                        verbose)
     return model.eval(), mtp.eval(), history
 
 
@@ -242,25 +221,37 @@ def _state(module):
     return {k: v.detach().cpu() for k, v in module.state_dict().items()}
 
 
-def load_models(size: str = "cpu", device=None, train: TrainConfig | None = None, num_heads: int = 4,
-                mtp_weight: float = 0.3, verbose: bool = True) -> dict:
+MODELS = ("target", "draft", "heads", "mtp", "baseline")
+
+
+def load_models(size: str = "cpu", device=None, *, models=MODELS, train: TrainConfig | None = None,
+                num_heads: int = 4, mtp_weight: float = 0.3, verbose: bool = True) -> dict:
     """The models of the speculative-decoding articles, trained once per machine and cached.
 
     Args:
         size (str): ``"cpu"`` or ``"gpu"``: the presets ``<size>-target``, ``<size>-draft`` and
             the hyperparameters ``TRAINING[size]``.
         device: where to train and put the models (default CUDA if available).
+        models: which to load (and train when no checkpoint exists), any of `MODELS`:
+            ``"target"``, ``"draft"``, ``"heads"`` (Medusa heads, which need the target),
+            ``"mtp"`` (a main model and its MTP module trained jointly with weight
+            ``mtp_weight``), ``"baseline"`` (the same main model trained without MTP).
         train (TrainConfig, optional): overrides ``TRAINING[size]`` (e.g. fewer steps).
         num_heads (int): Medusa heads. mtp_weight (float): lambda of the MTP run.
 
     Returns:
-        dict with ``target``, ``draft`` (`Transformer`), ``heads`` (`MedusaHeads` on the target),
-        ``mtp_model`` and ``mtp`` (main model and `MTPModule` trained jointly), ``baseline``
-        (the same main model trained without MTP), all in eval mode on ``device``, and
-        ``history``: the loss curves of every run.
+        dict with the requested entries, in eval mode on ``device`` (``target`` comes with
+        ``heads``): ``target``, ``draft``
+        (`Transformer`), ``heads`` (`MedusaHeads`), ``mtp_model`` and ``mtp`` (`Transformer`
+        and `MTPModule`), ``baseline`` (`Transformer`); and ``history``: the loss curves of
+        those runs (keys ``target``, ``draft``, ``medusa``, ``mtp``, ``baseline``).
     """
     if size not in ("cpu", "gpu"):
         raise ValueError(f"size must be 'cpu' or 'gpu', got {size!r}")
+    models = (models,) if isinstance(models, str) else tuple(models)
+    unknown = [m for m in models if m not in MODELS]
+    if unknown or not models:
+        raise ValueError(f"models must name some of {MODELS}, got {models!r}")
     device = _device(device)
     train = train or TRAINING[size]
     target_cfg, draft_cfg = PRESETS[f"{size}-target"], PRESETS[f"{size}-draft"]
@@ -279,25 +270,30 @@ def load_models(size: str = "cpu", device=None, train: TrainConfig | None = None
             return {"model": _state(model), "mtp": _state(mtp), "history": history}
         return cached("mtp", {**base, "config": asdict(target_cfg), "mtp_weight": weight}, build, verbose)
 
-    target_ck, draft_ck = lm(target_cfg), lm(draft_cfg)
-    target = _load(Transformer(target_cfg), target_ck["model"], device)
+    out, history = {}, {}
+    if "target" in models or "heads" in models:
+        ck = lm(target_cfg)
+        out["target"], history["target"] = _load(Transformer(target_cfg), ck["model"], device), ck["history"]
+    if "draft" in models:
+        ck = lm(draft_cfg)
+        out["draft"], history["draft"] = _load(Transformer(draft_cfg), ck["model"], device), ck["history"]
+    if "heads" in models:
+        def build_heads():
+            heads, h = train_medusa_heads(out["target"], num_heads, train, device, verbose)
+            return {"heads": _state(heads), "history": h}
 
-    def build_heads():
-        heads, history = train_medusa_heads(target, num_heads, train, device, verbose)
-        return {"heads": _state(heads), "history": history}
-
-    heads_ck = cached("medusa", {**base, "config": asdict(target_cfg), "num_heads": num_heads}, build_heads, verbose)
-    mtp_ck, baseline_ck = mtp_run(mtp_weight), mtp_run(0.0)
-    return {
-        "target": target,
-        "draft": _load(Transformer(draft_cfg), draft_ck["model"], device),
-        "heads": _load(MedusaHeads(target_cfg.dim, num_heads), heads_ck["heads"], device),
-        "mtp_model": _load(Transformer(target_cfg), mtp_ck["model"], device),
-        "mtp": _load(MTPModule(target_cfg), mtp_ck["mtp"], device),
-        "baseline": _load(Transformer(target_cfg), baseline_ck["model"], device),
-        "history": {"target": target_ck["history"], "draft": draft_ck["history"], "medusa": heads_ck["history"],
-                    "mtp": mtp_ck["history"], "baseline": baseline_ck["history"]},
-    }
+        ck = cached("medusa", {**base, "config": asdict(target_cfg), "num_heads": num_heads}, build_heads, verbose)
+        heads = MedusaHeads(target_cfg.dim, num_heads, target_cfg.vocab_size)
+        out["heads"], history["medusa"] = _load(heads, ck["heads"], device), ck["history"]
+    if "mtp" in models:
+        ck = mtp_run(mtp_weight)
+        out["mtp_model"] = _load(Transformer(target_cfg), ck["model"], device)
+        out["mtp"], history["mtp"] = _load(MTPModule(target_cfg), ck["mtp"], device), ck["history"]
+    if "baseline" in models:
+        ck = mtp_run(0.0)
+        out["baseline"], history["baseline"] = _load(Transformer(target_cfg), ck["model"], device), ck["history"]
+    out["history"] = history
+    return out
 
 
 def _load(module, state, device):
