@@ -228,8 +228,9 @@ def _config(d: int, n: int, groups, interpret: bool = INTERPRET) -> dict:
 
     The one place the tiles are chosen: the launchers pass the result to the kernels as keyword
     arguments, and the ahead-of-time compile test compiles every configuration it can return.
-    Untuned first guesses: about 4096 state elements per chunk tile on a GPU; small tiles in
-    the interpreter, where the scan costs Python per element.
+    Untuned first guesses: about 4096 state elements per chunk tile on a GPU, with at least 16
+    states (smaller state sizes are masked, which keeps the number of compiled variants small);
+    small tiles in the interpreter, where the scan costs Python per element.
 
     Args:
         d (int): number of channels.
@@ -242,7 +243,7 @@ def _config(d: int, n: int, groups, interpret: bool = INTERPRET) -> dict:
         dict: ``BLOCK_D``, ``BLOCK_N`` (``n`` padded to a power of two), ``CHUNK``, ``num_warps``
         and ``num_stages``.
     """
-    BLOCK_N = triton.next_power_of_2(n)
+    BLOCK_N = triton.next_power_of_2(n) if interpret else max(16, triton.next_power_of_2(n))
     CHUNK = 16 if interpret else max(16, 4096 // (8 * BLOCK_N))
     BLOCK_D = 4 if interpret else max(1, min(32, 4096 // (BLOCK_N * CHUNK)))
     BLOCK_D = min(BLOCK_D, triton.next_power_of_2(d))

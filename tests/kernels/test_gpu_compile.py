@@ -1,107 +1,270 @@
-"""Every Triton kernel compiles for a Hopper GPU (sm_90), with the tile sizes the launchers choose there.
+"""Every Triton kernel compiles for Hopper (sm_90) and Ampere (sm_80) with every launch
+configuration the package can choose, fits in shared memory, and offsets its large tensors in
+64 bits.
 
 Triton's interpreter runs the kernels on the CPU but skips the compiler, which rejects programs
-the interpreter accepts (a helper returning tensors of different types from two branches, for
-one). Triton compiles ahead of time without a GPU: this file builds each kernel down to a cubin
-for the configurations a GPU run uses, so a compile error shows here and not on the first GPU.
-The compilation runs in a fresh process (``python tests/kernels/test_gpu_compile.py FAMILY``)
-because the test session imported the kernels for the interpreter.
+the interpreter accepts, and never notices shared memory: a float32 tile that needs more than a
+GPU has fails only at launch. Triton compiles ahead of time without a GPU, so this file builds
+each kernel down to a cubin and reads ``metadata.shared``.
+
+The configurations come from the launchers themselves: each ``triton.py`` has one ``_config``
+that its launcher, the interpreter path and this test all call. The test calls it over the
+whole domain the public functions accept (every dtype, head dim, operand width, state size),
+keeps the distinct results, and compiles each with both values of every boolean flag that
+changes the program (``IS_CAUSAL``) or with every optional part on (the others). Among configs
+that differ only in their integer tile sizes, it keeps the largest (shared memory grows with
+the tiles), so a later change to ``_config`` is covered without editing this file.
+
+The compilation runs in a fresh process per family (``python tests/kernels/test_gpu_compile.py
+FAMILY``) because the test session imported the kernels for the interpreter; nothing is cached
+across runs (Triton's cache is pointed at a fresh folder).
 """
 import os
+import re
 import subprocess
 import sys
+import tempfile
 from importlib import import_module
+from pathlib import Path
 
 import pytest
 import torch
 
+ROOT = Path(__file__).resolve().parents[2]
 FAMILIES = ["flash_attention", "linear_attention", "selective_scan", "tree_attention"]
+SHARED_MEMORY = {90: 232448, 80: 166912}  # bytes a block may use: H100/H200 (sm_90), A100 (sm_80)
 TRITON_TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_kernels_compile_for_hopper(family):
+def test_kernels_compile_for_sm90_and_sm80(family):
     pytest.importorskip("triton")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, __file__, family], env=env, capture_output=True, text=True, timeout=600)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
+    with tempfile.TemporaryDirectory() as cache:
+        env["TRITON_CACHE_DIR"] = cache
+        done = subprocess.run([sys.executable, __file__, family], env=env, capture_output=True, text=True,
+                              timeout=1200, cwd=ROOT)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert f"{family}: compiled" in done.stdout, done.stdout
+    found = re.search(rf"{family}: compiled (\d+) configurations", done.stdout)
+    assert found and int(found.group(1)) > 0, done.stdout + done.stderr
 
 
-def compile_for_hopper(kernel, constexprs, io, sizes, dtype, num_warps, num_stages=3):
-    """Compile ``kernel`` to a cubin: ``sizes`` and strides are int32, ``scale`` float32, the rest
-    pointers, of ``dtype`` for those named in ``io`` and of float32 for the others."""
+TTIR = """
+  tt.func public @kernel(%X: !tt.ptr<f16> loc("X"(#loc)), %Y: !tt.ptr<f32> loc("Y"(#loc)), %W: !tt.ptr<f32> loc("W"(#loc))) {
+    %base = tt.addptr %X, %off64 : !tt.ptr<f16>, i64 loc(#loc3)
+    %tile = tt.splat %base : !tt.ptr<f16> -> tensor<64x!tt.ptr<f16>> loc(#loc4)
+    %p = tt.addptr %tile, %offs : tensor<64x!tt.ptr<f16>>, tensor<64xi32> loc(#loc5)
+    %y = tt.splat %Y : !tt.ptr<f32> -> tensor<8x1x!tt.ptr<f32>> loc(#loc6)
+    %q = tt.addptr %y, %rows : tensor<8x1x!tt.ptr<f32>>, tensor<8x1xi32> loc(#loc7)
+    %w = tt.addptr %W, %small : !tt.ptr<f32>, i32 loc(#loc8)
+"""
+
+
+def test_narrow_offsets_finds_32_bit_offsets_applied_to_an_argument():
+    """The 64-bit check of the compile test: a 64-bit base offset first (X) passes, a 32-bit
+    offset applied to an argument or to its splat (Y, W) does not, unless the argument is small."""
+    assert narrow_offsets(TTIR, ["X", "Y", "W"], small=()) == {"Y", "W"}
+    assert narrow_offsets(TTIR, ["X", "Y", "W"], small={"W"}) == {"Y"}
+
+
+# ------------------------------------------------------------------ run in the child process
+
+class Case:
+    """One kernel with one launch configuration: what to compile and what to check."""
+
+    def __init__(self, kernel, constexprs, io, sizes, dtype, num_warps, num_stages, small=()):
+        self.kernel, self.constexprs, self.io, self.sizes, self.dtype = kernel, constexprs, io, sizes, dtype
+        self.num_warps, self.num_stages = num_warps, num_stages
+        self.small = set(small)  # pointer arguments small enough for 32-bit offsets (parameters)
+
+    def key(self):
+        """Everything but the integer tile sizes: cases with equal keys differ only in tiles."""
+        flags = tuple(sorted((k, v) for k, v in self.constexprs.items() if not _is_tile(v)))
+        return (self.kernel.__name__, self.dtype, flags, self.num_warps, self.num_stages, tuple(sorted(self.small)))
+
+    def tiles(self):
+        return {k: v for k, v in self.constexprs.items() if _is_tile(v)}
+
+    def __repr__(self):
+        tiles = ", ".join(f"{k}={v}" for k, v in sorted(self.constexprs.items()))
+        return (f"{self.kernel.__name__}[{TRITON_TYPES[self.dtype]}, {tiles}, num_warps={self.num_warps}, "
+                f"num_stages={self.num_stages}]")
+
+
+def _is_tile(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def largest(cases):
+    """The cases that no other case dominates: same key, every tile size at least as large."""
+    unique = {repr(c): c for c in cases}.values()
+    keep = []
+    for c in unique:
+        dominated = any(o is not c and o.key() == c.key() and o.tiles() != c.tiles()
+                        and all(o.tiles()[k] >= v for k, v in c.tiles().items()) for o in unique)
+        if not dominated:
+            keep.append(c)
+    return keep
+
+
+def distinct(configs):
+    """The distinct ``(constexprs, num_warps, num_stages)`` among ``_config`` results, in order."""
+    seen = {}
+    for config in configs:
+        constexprs = {k: v for k, v in config.items() if k not in ("num_warps", "num_stages")}
+        seen.setdefault(tuple(sorted(config.items())), (constexprs, config["num_warps"], config["num_stages"]))
+    return list(seen.values())
+
+
+def flash_attention_cases():
+    from kernels._checks import FLOAT_DTYPES, HEAD_DIMS
+    fa = import_module("kernels.flash_attention.triton")  # by path: kernels.flash_attention is the function
+    io = {"Q", "K", "V", "O", "DO", "DQ", "DK", "DV"}
+    sizes = {"H", "HKV", "GROUP", "Tq", "Tk", "D"}
+    for dtype in FLOAT_DTYPES:
+        for backward, kernels in ((False, [fa._fwd_kernel]), (True, [fa._bwd_dkdv_kernel, fa._bwd_dq_kernel])):
+            for constexprs, num_warps, num_stages in distinct(fa._config(D, dtype, backward, interpret=False)
+                                                              for D in HEAD_DIMS):
+                for kernel in kernels:
+                    for causal in (False, True):
+                        yield Case(kernel, {**constexprs, "IS_CAUSAL": causal}, io, sizes, dtype, num_warps, num_stages)
+
+
+def linear_attention_cases():
+    from kernels._checks import FLOAT_DTYPES, HEAD_DIMS
+    la = import_module("kernels.linear_attention.triton")
+    # The launcher sees widths 1 to MAX_BLOCK_AB for A and B (wider ones are split) and, for C,
+    # every head dim plus one (normalize=True appends a column of ones to v).
+    widths_c = sorted(set(HEAD_DIMS) | {D + 1 for D in HEAD_DIMS})
+    for dtype in FLOAT_DTYPES:
+        for constexprs, num_warps, num_stages in distinct(la._config(DAB, DC, dtype, interpret=False)
+                                                          for DAB in range(1, la.MAX_BLOCK_AB + 1) for DC in widths_c):
+            for kernel, flags in ((la._chunk_fwd_kernel, ("HAS_S0", "STORE_SN")),
+                                  (la._chunk_rev_kernel, ("HAS_G0", "STORE_GN"))):
+                yield Case(kernel, {**constexprs, flags[0]: True, flags[1]: True}, {"A", "B", "C", "OUT"},
+                           {"T", "DAB", "DC", "H"}, dtype, num_warps, num_stages, small={"G"})
+
+
+def selective_scan_cases():
+    from kernels._checks import FLOAT_DTYPES
+    from kernels.selective_scan.api import MAX_STATE
+    ss = import_module("kernels.selective_scan.triton")
+    sizes = {"d", "n", "L", "g_B", "g_C"}
+    # Channels d and groups only ever shrink BLOCK_D (a divisor of the channels of a group):
+    # small d with one group and a large d cover every BLOCK_D.
+    configs = distinct(ss._config(d, n, (1, 1), interpret=False)
+                       for n in range(1, MAX_STATE + 1) for d in [*range(1, 65), 4096])
+    for dtype in FLOAT_DTYPES:
+        for constexprs, num_warps, num_stages in configs:
+            for variable in (True, False):
+                io = {"u", "delta", "z", "out", "dout", "du", "ddelta", "dz"} | ({"B", "C"} if variable else set())
+                small = {"A", "D", "delta_bias"} | (set() if variable else {"B", "C"})  # [d, n] and [d]
+                flags = dict(B_VARIABLE=variable, C_VARIABLE=variable, HAS_D=True, HAS_Z=True, HAS_BIAS=True,
+                             SOFTPLUS=True)
+                yield Case(ss._selective_scan_fwd_kernel, {**constexprs, **flags, "STORE_STATES": True}, io,
+                           sizes, dtype, num_warps, num_stages, small)
+                yield Case(ss._selective_scan_bwd_kernel, {**constexprs, **flags}, io, sizes, dtype,
+                           num_warps, num_stages, small)
+
+
+def tree_attention_cases():
+    import triton
+
+    from kernels._checks import HEAD_DIMS
+    tt = import_module("kernels.speculative.tree_attention.triton")
+    sizes = {"H", "GROUP", "Tq", "Tk", "D"}
+    configs = {}
+    for D in HEAD_DIMS:
+        for Tq in range(1, 129):  # a tree has tens of nodes; larger ones take the largest tile
+            BLOCK_M, BLOCK_N, num_warps, num_stages = tt._config(Tq, D)
+            BLOCK_D = max(16, triton.next_power_of_2(D))
+            configs[(BLOCK_M, BLOCK_N, BLOCK_D, num_warps, num_stages)] = None
+    for dtype in (torch.float16, torch.bfloat16, torch.float32):
+        for BLOCK_M, BLOCK_N, BLOCK_D, num_warps, num_stages in configs:
+            constexprs = dict(BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D,
+                              PRECISION="ieee" if dtype == torch.float32 else "tf32")
+            yield Case(tt._tree_fwd_kernel, constexprs, {"Q", "K", "V", "O"}, sizes, dtype, num_warps,
+                       num_stages, small={"MASK"})
+
+
+def compile_case(case, arch):
+    """Compile ``case`` for ``sm_<arch>``: sizes and strides are int32, ``scale`` float32, ``MASK``
+    bytes, the rest pointers, of the case's dtype for those in ``io`` and float32 for the others."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     signature = {}
-    for name in kernel.arg_names:
-        if name in constexprs:
+    for name in case.kernel.arg_names:
+        if name in case.constexprs:
             signature[name] = "constexpr"
-        elif name.startswith("stride") or name in sizes:
+        elif name.startswith("stride") or name in case.sizes:
             signature[name] = "i32"
         elif name in ("scale", "sm_scale"):
             signature[name] = "fp32"
         elif name == "MASK":
             signature[name] = "*u8"
         else:
-            signature[name] = "*" + (TRITON_TYPES[dtype] if name in io else "fp32")
-    compiled = triton.compile(ASTSource(kernel, signature, constexprs), target=GPUTarget("cuda", 90, 32),
-                              options={"num_warps": num_warps, "num_stages": num_stages})
-    assert compiled.asm["cubin"], f"{kernel.__name__}: no cubin"
+            signature[name] = "*" + (TRITON_TYPES[case.dtype] if name in case.io else "fp32")
+    compiled = triton.compile(ASTSource(case.kernel, signature, case.constexprs), target=GPUTarget("cuda", arch, 32),
+                              options={"num_warps": case.num_warps, "num_stages": case.num_stages})
+    pointers = [n for n, t in signature.items() if t.startswith("*")]
+    return compiled, pointers
 
 
-def flash_attention():
-    fa = import_module("kernels.flash_attention.triton")  # by path: kernels.flash_attention is the function
-    io = {"Q", "K", "V", "O", "DO", "DQ", "DK", "DV"}
-    sizes = {"H", "HKV", "GROUP", "Tq", "Tk", "D"}
-    for D, dtype in ((64, torch.bfloat16), (128, torch.bfloat16), (128, torch.float32), (256, torch.bfloat16)):
-        for kernel, backward in ((fa._fwd_kernel, False), (fa._bwd_dkdv_kernel, True), (fa._bwd_dq_kernel, True)):
-            BLOCK_M, BLOCK_N, num_warps, num_stages = fa._config(D, dtype, backward=backward)
-            constexprs = dict(IS_CAUSAL=True, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=D,
-                              PRECISION=fa._precision(dtype))
-            compile_for_hopper(kernel, constexprs, io, sizes, dtype, num_warps, num_stages)
+def narrow_offsets(ttir, pointers, small):
+    """The pointer arguments (outside ``small``) that some ``tt.addptr`` offsets by a 32-bit value
+    directly, before a 64-bit base offset was added: their offsets would wrap past 2^31."""
+    from_arg = {f"%{name}": name for name in pointers}
+    for line in ttir.splitlines():  # `%x = tt.splat %Q : ...` still points at Q's first element
+        m = re.match(r"\s*(%[\w.]+) = tt\.splat (%[\w.]+) ", line)
+        if m and m.group(2) in from_arg:
+            from_arg[m.group(1)] = from_arg[m.group(2)]
+    narrow = set()
+    for line in ttir.splitlines():
+        m = re.match(r"\s*%[\w.]+ = tt\.addptr (%[\w.]+), %[\w.]+ : [^,]+, (.+?) loc", line)
+        if m and m.group(1) in from_arg and not m.group(2).rstrip(">").endswith("i64"):
+            narrow.add(from_arg[m.group(1)])
+    return narrow - set(small)
 
 
-def linear_attention():
-    import triton
-    la = import_module("kernels.linear_attention.triton")
-    for DAB, DC in ((64, 64), (128, 129), (256, 256)):
-        BLOCK_AB = max(16, triton.next_power_of_2(DAB))
-        BLOCK_C = min(64, max(16, triton.next_power_of_2(DC)))
-        for kernel, flags in ((la._chunk_fwd_kernel, ("HAS_S0", "STORE_SN")),
-                              (la._chunk_rev_kernel, ("HAS_G0", "STORE_GN"))):
-            constexprs = {flags[0]: True, flags[1]: True, "CHUNK": 64, "BLOCK_AB": BLOCK_AB, "BLOCK_C": BLOCK_C,
-                          "PRECISION": "tf32"}
-            compile_for_hopper(kernel, constexprs, {"A", "B", "C", "OUT"}, {"T", "DAB", "DC", "H"}, torch.bfloat16, 4 if BLOCK_AB <= 64 else 8)
+CASES = []  # the family's cases, set in the child process before the worker processes fork
 
 
-def selective_scan():
-    ss = import_module("kernels.selective_scan.triton")
-    for n in (16, 256):
-        for variable in (True, False):
-            BLOCK_D, BLOCK_N, CHUNK, num_warps = ss._config(2048, n, (1, 1))
-            io = {"u", "delta", "z", "out", "dout", "du", "ddelta", "dz"} | ({"B", "C"} if variable else set())
-            constexprs = dict(BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, CHUNK=CHUNK, B_VARIABLE=variable,
-                              C_VARIABLE=variable, HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True)
-            sizes = {"d", "n", "L", "g_B", "g_C"}
-            compile_for_hopper(ss._selective_scan_fwd_kernel, {**constexprs, "STORE_STATES": True}, io, sizes,
-                               torch.bfloat16, num_warps)
-            compile_for_hopper(ss._selective_scan_bwd_kernel, constexprs, io, sizes, torch.bfloat16, num_warps)
+def check_case(index):
+    """Compile ``CASES[index]`` for every architecture; return its report lines and its failures."""
+    case, lines, failures = CASES[index], [], []
+    for arch, limit in SHARED_MEMORY.items():
+        compiled, pointers = compile_case(case, arch)
+        shared = compiled.metadata.shared
+        lines.append(f"sm_{arch} {case}: {shared} bytes of shared memory")
+        if not compiled.asm.get("cubin"):
+            failures.append(f"sm_{arch} {case}: no cubin")
+        if shared > limit:
+            failures.append(f"sm_{arch} {case}: {shared} bytes of shared memory, more than the {limit} allowed")
+    narrow = narrow_offsets(compiled.asm["ttir"], pointers, case.small)
+    if narrow:
+        failures.append(f"{case}: 32-bit offsets into {sorted(narrow)}")
+    return lines, failures
 
 
-def tree_attention():
-    tt = import_module("kernels.speculative.tree_attention.triton")
-    sizes = {"H", "GROUP", "Tq", "Tk", "D"}
-    for D, BLOCK_M in ((64, 16), (128, 64)):  # the launcher's tiles for a small and a large tree
-        BLOCK_N, num_warps, num_stages = (64, 4, 3)
-        constexprs = dict(BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=D, PRECISION="tf32")
-        compile_for_hopper(tt._tree_fwd_kernel, constexprs, {"Q", "K", "V", "O"}, sizes, torch.bfloat16,
-                           num_warps, num_stages)
+def main(family):
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    CASES.extend(largest(globals()[f"{family}_cases"]()))
+    failures = []
+    # one compilation per core: the workers fork from this process and read CASES
+    with ProcessPoolExecutor(os.cpu_count(), mp_context=multiprocessing.get_context("fork")) as pool:
+        for lines, failed in pool.map(check_case, range(len(CASES))):
+            print("\n".join(lines), flush=True)
+            failures += failed
+    if failures:
+        print("\n".join(["FAILED:"] + failures))
+        sys.exit(1)
+    print(f"{family}: compiled {len(CASES)} configurations for sm_{' and sm_'.join(map(str, SHARED_MEMORY))}")
 
 
 if __name__ == "__main__":
-    family = sys.argv[1]
-    globals()[family]()
-    print(f"{family}: compiled")
+    main(sys.argv[1])
