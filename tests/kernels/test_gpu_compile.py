@@ -174,13 +174,13 @@ def tree_attention_cases():
     from kernels._checks import HEAD_DIMS
     tt = import_module("kernels.speculative.tree_attention.triton")
     sizes = {"H", "GROUP", "Tq", "Tk", "D"}
-    configs = {}
-    for D in HEAD_DIMS:
-        for Tq in range(1, 129):  # a tree has tens of nodes; larger ones take the largest tile
-            BLOCK_M, BLOCK_N, num_warps, num_stages = tt._config(Tq, D)
-            BLOCK_D = max(16, triton.next_power_of_2(D))
-            configs[(BLOCK_M, BLOCK_N, BLOCK_D, num_warps, num_stages)] = None
     for dtype in (torch.float16, torch.bfloat16, torch.float32):
+        configs = {}
+        for D in HEAD_DIMS:
+            for Tq in range(1, 129):  # a tree has tens of nodes; larger ones take the largest tile
+                BLOCK_M, BLOCK_N, num_warps, num_stages = tt._config(Tq, D, dtype)
+                BLOCK_D = max(16, triton.next_power_of_2(D))
+                configs[(BLOCK_M, BLOCK_N, BLOCK_D, num_warps, num_stages)] = None
         for BLOCK_M, BLOCK_N, BLOCK_D, num_warps, num_stages in configs:
             constexprs = dict(BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D,
                               PRECISION="ieee" if dtype == torch.float32 else "tf32")

@@ -87,13 +87,20 @@ def _tree_fwd_kernel(Q, K, V, MASK, O,
 # --8<-- [end:tree_kernel]
 
 
-def _config(Tq: int, D: int) -> tuple[int, int, int, int]:
+def _config(Tq: int, D: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
     """``(BLOCK_M, BLOCK_N, num_warps, num_stages)`` of `tree_attention_fwd`."""
     if INTERPRET:
         return 16, 32, 1, 1
-    # the query block is small (a tree has tens of nodes); the cache is long
+    # the query block is small (a tree has tens of nodes); the cache is long. Three stages of
+    # K and V tiles fit an A100's shared memory up to 256 bytes per row (bf16 at D = 128).
     BLOCK_M = 16 if Tq <= 16 else 32 if Tq <= 32 else 64
-    BLOCK_N, num_warps, num_stages = (64, 4, 3) if D <= 128 else (32, 4, 2)
+    row_bytes = D * torch.finfo(dtype).bits // 8
+    if row_bytes <= 256:
+        BLOCK_N, num_warps, num_stages = 64, 4, 3
+    elif D <= 128:
+        BLOCK_N, num_warps, num_stages = 64, 4, 2
+    else:
+        BLOCK_N, num_warps, num_stages = 32, 4, 2
     return BLOCK_M, BLOCK_N, num_warps, num_stages
 
 
@@ -103,7 +110,7 @@ def tree_attention_fwd(q, k, v, tree_mask, scale: float):
     Hkv, Tk = k.shape[1], k.shape[2]
     mask = tree_mask.to(torch.uint8)
     o = torch.empty_like(q)
-    BLOCK_M, BLOCK_N, num_warps, num_stages = _config(Tq, D)
+    BLOCK_M, BLOCK_N, num_warps, num_stages = _config(Tq, D, q.dtype)
     grid = (triton.cdiv(Tq, BLOCK_M), B * H)
     _tree_fwd_kernel[grid](
         q, k, v, mask, o, *q.stride(), *k.stride(), *v.stride(), *o.stride(), *mask.stride(),
