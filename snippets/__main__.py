@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from snippets import _build
+from snippets._build import build as _build
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 

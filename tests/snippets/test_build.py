@@ -21,14 +21,14 @@ REPOSITORY = Path(__file__).resolve().parents[2]
 if str(REPOSITORY) not in sys.path:
     sys.path.insert(0, str(REPOSITORY))
 
-from snippets import _build  # noqa: E402
+from snippets._build import build as _build  # noqa: E402
 from snippets.__main__ import main  # noqa: E402
-from snippets._provenance import (  # noqa: E402
+from snippets._build.provenance import (  # noqa: E402
     META_KEYS, discover, kernels_sha256, provenance_line, select, sha256_file,
 )
-from snippets import _notebook, _runner  # noqa: E402
-from snippets._provenance import figure_alt_texts  # noqa: E402
-from snippets._runner import parse_cells  # noqa: E402
+from snippets._build import notebook as _notebook, runner as _runner  # noqa: E402
+from snippets._build.provenance import figure_alt_texts  # noqa: E402
+from snippets._build.runner import parse_cells  # noqa: E402
 
 PLOT = '''"""A figure, a table and a JSON file."""
 # %% [markdown]
@@ -265,7 +265,7 @@ def test_failure_stops_the_build_and_keeps_earlier_outputs(tmp_path, capsys):
     assert "[2/3] demo/02_fail FAILED: snippets/demo/02_fail.py" in err
     assert f'File "{repo / "snippets/demo/02_fail.py"}", line 8, in <module>\n    broken()' in err
     assert "line 6, in broken\n    raise RuntimeError('boom')" in err
-    assert "RuntimeError: boom" in err and "_runner.py" not in err
+    assert "RuntimeError: boom" in err and "runner.py" not in err
     assert "[3/3]" not in out + err and not out_of(repo, "demo/03_after").exists()
     assert {p.name: p.read_bytes() for p in out_of(repo, "demo/02_fail").iterdir()} == old
     assert (out_of(repo, "demo/01_ok") / "meta.json").is_file()

@@ -18,10 +18,10 @@ import os
 import re
 from pathlib import Path
 
-from snippets._provenance import (
+from snippets._build.provenance import (
     CELLS_FILE, Snippet, discover, figure_alt_texts, output_dir, provenance_line, status,
 )
-from snippets._runner import parse_cells
+from snippets._build.runner import parse_cells
 
 KERNELSPEC = {"display_name": "Python 3", "language": "python", "name": "python3"}
 IMAGE_NAME = re.compile(r"^<(?P<name>[^<>]+)>$")  # the text/plain of an image output

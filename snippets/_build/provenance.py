@@ -1,7 +1,7 @@
 """Provenance of generated outputs: discovery, content hashes, meta.json and freshness.
 
 One place for the rules that both the build step (`python -m snippets`) and the MkDocs hook
-(`snippets/mkdocs_hook.py`) apply, so that the page and `--check` always agree:
+(`snippets/_build/hook.py`) apply, so that the page and `--check` always agree:
 
 - a snippet is `snippets/<article>/<NN>_<name>.py`; its output folder is
   `docs/generated/<article>/<NN>_<name>/` with a `meta.json` beside the files it wrote;

@@ -2,7 +2,7 @@
 
 Usage (by the build step, in a fresh process whose working directory is an empty folder):
 
-    python snippets/_runner.py SNIPPET_PATH RECORD_DIR
+    python snippets/_build/runner.py SNIPPET_PATH RECORD_DIR
 
 The snippet's percent-format cells (`# %%`, `# %% [markdown]`) are parsed here (no jupytext),
 its code cells run in order in one `__main__` namespace, each compiled with the snippet's real

@@ -1,6 +1,6 @@
 """MkDocs hook that renders generated outputs, with their provenance, on the site's pages.
 
-Registered in mkdocs.yml with `hooks: [snippets/mkdocs_hook.py]`; needs the Markdown extensions
+Registered in mkdocs.yml with `hooks: [snippets/_build/hook.py]`; needs the Markdown extensions
 `attr_list` and `admonition`. It rewrites two markers in each page's Markdown (never inside
 fenced code blocks or inline code):
 
@@ -41,11 +41,11 @@ import sys
 from pathlib import Path
 
 
-_REPOSITORY = Path(__file__).resolve().parent.parent
+_REPOSITORY = Path(__file__).resolve().parents[2]
 if str(_REPOSITORY) not in sys.path:  # MkDocs loads this file by path, not as a package member
     sys.path.insert(0, str(_REPOSITORY))
 
-from snippets._provenance import (  # noqa: E402
+from snippets._build.provenance import (  # noqa: E402
     OUTPUT_MARKER, Snippet, Status, discover, kernels_sha256, markdown_lines, provenance_line,
     short_date, status,
 )

@@ -1,6 +1,6 @@
 """The build step: run snippets in fresh processes and publish their outputs atomically.
 
-Each snippet runs through `snippets/_runner.py` in a new Python process whose working directory
+Each snippet runs through `snippets/_build/runner.py` in a new Python process whose working directory
 is an empty temporary folder (MPLBACKEND=Agg, the repository root first on PYTHONPATH so that the
 `kernels/` hashed into meta.json is the one imported). Its output lines are streamed as they
 come. On success, the files it wrote plus `stdout.txt`, `cells.json` and `meta.json` are copied
@@ -23,13 +23,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from snippets import _notebook
-from snippets._provenance import (
+from snippets._build import notebook as _notebook
+from snippets._build.provenance import (
     CELLS_FILE, META_FILE, RESERVED_FILES, STDOUT_FILE, Snippet, discover, kernels_sha256,
     output_dir, read_meta, select, sha256_file, short_date, status,
 )
 
-RUNNER = Path(__file__).with_name("_runner.py")
+RUNNER = Path(__file__).with_name("runner.py")
 CUDA_PROBE = "import torch; print(torch.cuda.is_available())"
 
 
