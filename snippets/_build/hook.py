@@ -1,7 +1,12 @@
 """MkDocs hook that renders generated outputs, with their provenance, on the site's pages.
 
-Registered in mkdocs.yml with `hooks: [snippets/_build/hook.py]`; needs the Markdown extensions
-`attr_list` and `admonition`. It rewrites two markers in each page's Markdown (never inside
+Registered in mkdocs.yml as the plugin `generated-outputs` (listed last under `plugins:`), which
+pyproject.toml declares as an entry point of the installed package: MkDocs then imports this
+module as `snippets._build.hook`, a member of its package, so it finds its neighbours
+(`provenance`) by a plain import and the tests import the very module the site build runs. (A
+`hooks:` entry would load the file by path under another module name, and its imports would
+need the repository on `sys.path`.) Needs the Markdown extensions `attr_list` and `admonition`.
+It rewrites these markers in each page's Markdown (never inside
 fenced code blocks or inline code):
 
 - `[[ output: <article>/<stem>/<file> | alt text ]]` on a line of its own: an image (svg, png,
@@ -37,15 +42,12 @@ import json
 import logging
 import posixpath
 import re
-import sys
 from pathlib import Path
 
 
-_REPOSITORY = Path(__file__).resolve().parents[2]
-if str(_REPOSITORY) not in sys.path:  # MkDocs loads this file by path, not as a package member
-    sys.path.insert(0, str(_REPOSITORY))
+from mkdocs.plugins import BasePlugin
 
-from snippets._build.provenance import (  # noqa: E402
+from snippets._build.provenance import (
     OUTPUT_MARKER, Snippet, Status, discover, kernels_sha256, markdown_lines, provenance_line,
     short_date, status,
 )
@@ -70,7 +72,7 @@ class _Build:
 
     def __init__(self, config):
         config_file = config.get("config_file_path")
-        self.root = Path(config_file).resolve().parent if config_file else _REPOSITORY
+        self.root = Path(config_file).resolve().parent if config_file else Path.cwd()
         self.docs_dir = Path(config["docs_dir"]).resolve()
         self.generated = self.docs_dir / "generated"
         self.kernels_sha = kernels_sha256(self.root)
@@ -384,3 +386,22 @@ def with_notebook_alt_text(html_text: str, notebook: dict) -> str:
         return tag[:4] + f' alt="{html.escape(alt, quote=True)}"' + tag[4:]
 
     return IMG_TAG.sub(replace, html_text) if alts else html_text
+
+
+class GeneratedOutputsPlugin(BasePlugin):
+    """The MkDocs plugin `generated-outputs`: the functions above, called on MkDocs' events.
+
+    List it last under `plugins:` so that it sees the pages after mkdocs-jupyter rendered them.
+    """
+
+    def on_config(self, config):
+        return on_config(config)
+
+    def on_pre_build(self, config):
+        on_pre_build(config)
+
+    def on_page_markdown(self, markdown, page, config, files):
+        return on_page_markdown(markdown, page, config, files)
+
+    def on_page_content(self, html, page, config, files):
+        return on_page_content(html, page, config, files)

@@ -18,17 +18,15 @@ from pathlib import Path
 import pytest
 
 REPOSITORY = Path(__file__).resolve().parents[2]
-if str(REPOSITORY) not in sys.path:
-    sys.path.insert(0, str(REPOSITORY))
 
-from snippets._build import build as _build  # noqa: E402
-from snippets.__main__ import main  # noqa: E402
-from snippets._build.provenance import (  # noqa: E402
+from snippets._build import build as _build
+from snippets.__main__ import main
+from snippets._build.provenance import (
     META_KEYS, discover, kernels_sha256, provenance_line, select, sha256_file,
 )
-from snippets._build import notebook as _notebook, runner as _runner  # noqa: E402
-from snippets._build.provenance import figure_alt_texts  # noqa: E402
-from snippets._build.runner import parse_cells  # noqa: E402
+from snippets._build import notebook as _notebook, runner as _runner
+from snippets._build.provenance import figure_alt_texts
+from snippets._build.runner import parse_cells
 
 PLOT = '''"""A figure, a table and a JSON file."""
 # %% [markdown]

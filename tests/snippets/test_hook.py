@@ -14,11 +14,9 @@ from pathlib import Path
 import pytest
 
 REPOSITORY = Path(__file__).resolve().parents[2]
-if str(REPOSITORY) not in sys.path:
-    sys.path.insert(0, str(REPOSITORY))
 
-from snippets._build import hook  # noqa: E402
-from snippets._build.provenance import kernels_sha256, provenance_line, sha256_file  # noqa: E402
+from snippets._build import hook
+from snippets._build.provenance import kernels_sha256, provenance_line, sha256_file
 
 SVG = '<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"></svg>\n'
 META = {"gpu": True, "device": "NVIDIA H100 80GB HBM3", "cuda": "12.8", "torch": "2.11.0",
@@ -205,10 +203,9 @@ def test_on_config_warns_about_missing_extensions(caplog):
 
 def test_strict_mkdocs_build_renders_and_fails_on_missing(repo):
     pytest.importorskip("mkdocs")
-    hook_path = REPOSITORY / "snippets" / "_build" / "hook.py"
     (repo / "mkdocs.yml").write_text(
         "site_name: T\nmarkdown_extensions: [attr_list, admonition]\n"
-        f"hooks: [{json.dumps(str(hook_path))}]\n")
+        "plugins: [generated-outputs]\n")
     (repo / "docs/index.md").write_text("# T\n\n[[ output: demo/01_fresh/fig.svg | Fig ]]\n")
     command = [sys.executable, "-m", "mkdocs", "build", "--strict"]
     result = subprocess.run(command, cwd=repo, capture_output=True, text=True, check=False)
