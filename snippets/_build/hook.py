@@ -30,7 +30,7 @@ On notebook pages (rendered by mkdocs-jupyter) it also gives each output image t
 that the companion notebook records for it (`metadata[<mime>]["alt"]`, written by the build
 step from the page markers), in place of nbconvert's "No description has been provided".
 
-The kernels hash and the state of each output are computed once per build (`on_pre_build`).
+The source hashes and the state of each output are computed once per build (`on_pre_build`).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from pathlib import Path
 from mkdocs.plugins import BasePlugin
 
 from snippets._build.provenance import (
-    OUTPUT_MARKER, Snippet, Status, discover, kernels_sha256, markdown_lines, provenance_line,
+    OUTPUT_MARKER, Snippet, Status, discover, markdown_lines, provenance_line,
     short_date, status,
 )
 
@@ -75,14 +75,14 @@ class _Build:
         self.root = Path(config_file).resolve().parent if config_file else Path.cwd()
         self.docs_dir = Path(config["docs_dir"]).resolve()
         self.generated = self.docs_dir / "generated"
-        self.kernels_sha = kernels_sha256(self.root)
+        self.hashes: dict = {}
         self.snippets = {s.key: s for s in discover(self.root)}
         self._statuses: dict[str, Status] = {}
 
     def status(self, snippet: Snippet) -> Status:
         """The (cached) state of `snippet`'s output."""
         if snippet.key not in self._statuses:
-            self._statuses[snippet.key] = status(snippet, self.generated, self.kernels_sha)
+            self._statuses[snippet.key] = status(snippet, self.generated, self.hashes)
         return self._statuses[snippet.key]
 
 

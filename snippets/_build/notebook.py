@@ -95,14 +95,15 @@ def with_alt_text(cell: dict, snippet: Snippet, alts: dict[str, str]) -> dict:
     return {**cell, "outputs": outputs} if "outputs" in cell else cell
 
 
-def snippet_cells(snippet: Snippet, generated: Path, kernels_sha: str,
+def snippet_cells(snippet: Snippet, generated: Path, hashes: dict | None = None,
                   alts: dict[str, str] | None = None) -> list[dict]:
     """The notebook cells of one snippet: a heading with provenance, then its cells.
 
-    `alts` are the alt texts of the figures shown on the pages (`figure_alt_texts`).
+    `hashes` is a cache of file hashes (see `status`); `alts` are the alt texts of the figures
+    shown on the pages (`figure_alt_texts`).
     """
     alts = {} if alts is None else alts
-    state = status(snippet, generated, kernels_sha)
+    state = status(snippet, generated, hashes)
     heading = f"## `{snippet.rel}`\n\n"
     if state.meta is None:
         why = ("It requires CUDA and waits for a GPU run" if state.state == "waiting-for-gpu"
@@ -121,13 +122,13 @@ def snippet_cells(snippet: Snippet, generated: Path, kernels_sha: str,
     return body
 
 
-def notebook(root: Path, generated: Path, article: str, kernels_sha: str) -> dict:
+def notebook(root: Path, generated: Path, article: str) -> dict:
     """The companion notebook of `article` as a JSON-ready dict."""
     cells = [_title(article_title(root, article), article)]
-    alts = figure_alt_texts(Path(root) / "docs")
+    alts, hashes = figure_alt_texts(Path(root) / "docs"), {}
     for snippet in discover(root):
         if snippet.article == article:
-            cells += snippet_cells(snippet, generated, kernels_sha, alts)
+            cells += snippet_cells(snippet, generated, hashes, alts)
     return {
         "cells": cells,
         "metadata": {"kernelspec": KERNELSPEC, "language_info": {"name": "python"}},
@@ -136,12 +137,12 @@ def notebook(root: Path, generated: Path, article: str, kernels_sha: str) -> dic
     }
 
 
-def write_notebook(root: Path, generated: Path, article: str, kernels_sha: str) -> Path:
+def write_notebook(root: Path, generated: Path, article: str) -> Path:
     """Write `<generated>/<article>/<article>.ipynb` (through a temporary file); return its path."""
     path = Path(generated) / article / f"{article}.ipynb"
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(notebook(root, generated, article, kernels_sha), indent=1,
-                      ensure_ascii=False) + "\n"
+    text = json.dumps(notebook(root, generated, article), indent=1, ensure_ascii=False,
+                      sort_keys=True) + "\n"
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     temporary.write_text(text, encoding="utf-8")
     os.replace(temporary, path)
