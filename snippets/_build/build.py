@@ -35,6 +35,7 @@ from snippets._build.provenance import (
 
 RUNNER = Path(__file__).with_name("runner.py")
 CUDA_PROBE = "import torch; print(torch.cuda.is_available())"
+BUNDLE_FILE = "gpu-bundle.json"  # the commit of a tree that travels without .git
 
 
 class SnippetFailed(Exception):
@@ -73,14 +74,37 @@ def _git(root: Path, *args: str) -> str | None:
 
 
 def git_state(root: Path, generated: Path) -> tuple[str | None, bool]:
-    """(commit, dirty): HEAD's hash (None without a repository or commit) and whether the sources
-    differ from it (untracked files count; changes under the generated folder do not)."""
+    """(commit, dirty): HEAD's hash and whether the sources differ from it (untracked files
+    count; changes under the generated folder and `gpu-bundle.json` do not).
+
+    Where git is unavailable (a copy of the tree without `.git`, on a GPU machine) both come from
+    `gpu-bundle.json`, written by `make gpu-bundle` before the copy; the tree counts as dirty
+    when the bundle says so or a file it lists changed or went missing. (None, False) when
+    neither says anything.
+    """
     commit = _git(root, "rev-parse", "--verify", "--quiet", "HEAD")
-    pathspec = ["--", "."]
+    if not commit:
+        return bundle_state(root)
+    pathspec = ["--", ".", f":(exclude){BUNDLE_FILE}"]
     if generated.resolve().is_relative_to(root.resolve()):
         pathspec.append(f":(exclude){generated.resolve().relative_to(root.resolve()).as_posix()}")
     porcelain = _git(root, "status", "--porcelain", *pathspec)
-    return commit or None, bool(porcelain)
+    return commit, bool(porcelain)
+
+
+def bundle_state(root: Path) -> tuple[str | None, bool]:
+    """(commit, dirty) from `root/gpu-bundle.json`, or (None, False) without one."""
+    path = Path(root) / BUNDLE_FILE
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None, False
+    if not isinstance(record, dict) or not isinstance(record.get("commit"), str):
+        return None, False
+    files = record.get("files") if isinstance(record.get("files"), dict) else {}
+    changed = any(not (Path(root) / rel).is_file() or sha256_file(Path(root) / rel) != digest
+                  for rel, digest in files.items())
+    return record["commit"], bool(record.get("dirty")) or changed
 
 
 def _stream(command: list[str], cwd: Path, env: dict) -> int:

@@ -115,7 +115,8 @@ def snippet_cells(snippet: Snippet, generated: Path, hashes: dict | None = None,
         if state.state == "stale":
             heading += f"\n\n**Stale output:** {state.reason}. Regenerate: `{snippet.command}`."
         path = output_dir(generated, snippet) / CELLS_FILE
-        cells = json.loads(path.read_text(encoding="utf-8"))
+        cells = (json.loads(path.read_text(encoding="utf-8")) if path.is_file()
+                 else _source_cells(snippet))
     body = [_markdown(f"{snippet.stem}-about"[:64], heading)]
     for number, cell in enumerate(cells, start=1):
         body.append({**with_alt_text(cell, snippet, alts), "id": f"{snippet.stem}-{number}"[:64]})
