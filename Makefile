@@ -105,13 +105,14 @@ gpu-run:
 # Puts the outputs of a GPU run into docs/generated/, refusing those whose sources changed.
 gpu-unpack:
 	@test -n "$(FILE)" || { echo "usage: make gpu-unpack FILE=gpu-run/outputs.tar.gz" >&2; exit 2; }
-	$(PYTHON) -m snippets._build.gpu unpack "$(FILE)"
+	$(PYTHON) -m snippets._build.gpu unpack "$(FILE)" $(UNPACK_ARGS)
 
 # Records the commit (and whether the tree is dirty) in gpu-bundle.json, which travels with a
 # copy of the working tree that has no .git.
 gpu-bundle:
 	$(PYTHON) -m snippets._build.gpu bundle
 
-# Downloads the optional baselines' wheels (PyPI) into .gpu-wheels/ (git-ignored).
+# Fetches the optional baselines' wheels (PyPI) into .gpu-wheels/ (git-ignored): a copy of the
+# tree for a GPU machine must carry that folder along.
 gpu-wheels:
 	$(PYTHON) -m snippets._build.gpu wheels

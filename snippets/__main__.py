@@ -1,9 +1,12 @@
 """`python -m snippets`: run the snippets and write their outputs under docs/generated/.
 
     python -m snippets                         # run every snippet, in order
-    python -m snippets --only flash_attention/02_memory   # fnmatch pattern or substring
+    python -m snippets --only flash_attention/02_memory   # a full name, fnmatch pattern or substring
     python -m snippets --check                 # list missing / stale / waiting outputs
     python -m snippets --list                  # every snippet with the state of its output
+
+The GPU run (`make gpu-run`, `snippets/_build/gpu.py`) calls it once per snippet; its dry run
+adds `--cuda-snippets-on-cpu` with a scratch `--out`.
 
 Exit status: 0 on success; 1 when a snippet failed (the build stops there) or, with --check,
 when an output that a run on a CPU could update is missing or stale (outputs that only a GPU run

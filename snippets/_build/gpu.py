@@ -110,6 +110,7 @@ class Run:
         self.before = _folder_hashes(generated)
         self.log = open(out / LOG, "a", encoding="utf-8")
         self.pythonpath: list[str] = [str(root)]
+        self.scratch: list[Path] = []  # temporary folders removed at the end
 
     def say(self, text: str = "") -> None:
         """Print `text` and append it to the log."""
@@ -324,8 +325,8 @@ def run(root: Path, out: Path, budget: float, only: str | None = None,
         state.pack()
         _summary(state)
         state.log.close()
-        if scratch is not None:
-            shutil.rmtree(scratch, ignore_errors=True)
+        for folder in state.scratch + ([scratch] if scratch is not None else []):
+            shutil.rmtree(folder, ignore_errors=True)
     return 0 if all(result == "0" or result.startswith("skipped")
                     or (name == "tests" and result == "timeout")
                     for name, result, _, _ in state.steps) else 1
@@ -339,6 +340,7 @@ def _install_wheels(state: Run, python: str) -> None:
                   "benchmarks skip those baselines")
         return
     target = Path(tempfile.mkdtemp(prefix="gpu-wheels-"))
+    state.scratch.append(target)
     result = state.step("wheels", [python, "-m", "pip", "install", "--no-deps", "--no-index",
                                     "--disable-pip-version-check", "--target", str(target),
                                     *map(str, wheels)], CAPS["wheels"])
@@ -539,21 +541,28 @@ def bundle(root: Path) -> int:
     return 0
 
 
-WHEEL_SPECS = ("flash-linear-attention", "fla-core")
+WHEEL_SPECS = ("flash-linear-attention", "fla-core", "einops")
 
 
 def wheels(root: Path) -> int:
-    """Download the optional baselines' pure-Python wheels for Python 3.12 into `.gpu-wheels/`
-    (PyPI only, no dependencies: the GPU machine has torch, triton and transformers)."""
+    """Download the optional baselines' pure-Python wheels for Python 3.12 into `.gpu-wheels/`:
+    flash-linear-attention with fla-core and einops, from PyPI, without their dependencies (the
+    GPU machine has torch, triton and transformers).
+
+    mamba-ssm is not among them: PyPI has it as a source package only, and although it builds
+    without its CUDA extension (`MAMBA_SKIP_CUDA_BUILD=TRUE`), its package `__init__` imports
+    that extension (`selective_scan_cuda`), so its Triton SSD path cannot be imported either.
+    """
     target = Path(root).resolve() / WHEELS
     target.mkdir(exist_ok=True)
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                "--python-version", "3.12", "--implementation", "py", "--abi", "none",
                "--platform", "any", "--dest", str(target), *WHEEL_SPECS]
     code = subprocess.run(command, check=False).returncode
-    size = sum(p.stat().st_size for p in target.glob("*.whl"))
-    print(f"{target}: {len(list(target.glob('*.whl')))} wheel(s), {size / 2**20:.1f} MiB "
-          "(the tree that travels may carry 64 MiB in all)")
+    found = sorted(target.glob("*.whl"))
+    size = sum(p.stat().st_size for p in found)
+    print(f"{target}: {len(found)} wheel(s), {size / 2**20:.1f} MiB (the tree that travels may "
+          "carry 64 MiB in all)")
     return code
 
 
