@@ -35,7 +35,8 @@ from snippets._build.provenance import (
 
 RUNNER = Path(__file__).with_name("runner.py")
 CUDA_PROBE = "import torch; print(torch.cuda.is_available())"
-BUNDLE_FILE = "gpu-bundle.json"  # the commit of a tree that travels without .git
+BUNDLE_FILE = "gpu-bundle.json"
+CUDA_KNOWN_ENV = "SNIPPETS_CUDA"  # the commit of a tree that travels without .git
 
 
 class SnippetFailed(Exception):
@@ -57,7 +58,12 @@ def child_env(root: Path, interpret: bool = False) -> dict:
 
 
 def cuda_available(root: Path) -> bool:
-    """Whether torch sees a CUDA device, asked in a child process (this one never imports torch)."""
+    """Whether torch sees a CUDA device, asked in a child process (this one never imports torch),
+    unless the caller already knows and says so in `SNIPPETS_CUDA` ("1" or "0", as the GPU run
+    does, which saves each of its builds the probe)."""
+    known = os.environ.get(CUDA_KNOWN_ENV)
+    if known in ("0", "1"):
+        return known == "1"
     result = subprocess.run([sys.executable, "-c", CUDA_PROBE], capture_output=True, text=True,
                             env=child_env(root), check=False)
     return result.returncode == 0 and result.stdout.strip() == "True"

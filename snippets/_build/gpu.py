@@ -13,8 +13,9 @@ each a child process under its own time cap inside the global budget:
 2. `environment`: `tests/gpu_environment.py`: nvidia-smi, versions, measured copy bandwidth
    and matrix product rate (`environment.json` in OUT);
 3. `smoke`: `tests/kernels/test_gpu_smoke.py`, every op forward and backward in three dtypes
-   against its reference; the ops with a failing case are written to `smoke.json` and the
-   snippets that time them are not run, so a benchmark of a wrong kernel is never published;
+   against its reference; each op's verdict goes to `smoke.json`, and a snippet that times an
+   op whose smoke failed or did not finish is not run, so a benchmark of a wrong kernel is
+   never published;
 4. one step per `# requires: cuda` snippet, most valuable first (`PRIORITY`), each through
    `python -m snippets --only <snippet>`: a snippet killed by its cap leaves its previous output
    untouched (the build step publishes by rename) and the run goes on. The other snippets keep
@@ -60,7 +61,6 @@ import sys
 import tarfile
 import tempfile
 import time
-import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
 from snippets._build import build as _build
@@ -78,6 +78,7 @@ BUNDLE = _build.BUNDLE_FILE
 WHEELS = ".gpu-wheels"
 ENVIRONMENT_SCRIPT = "tests/gpu_environment.py"
 SMOKE_TESTS = "tests/kernels/test_gpu_smoke.py"
+SMOKE_LOG_ENV = "GPU_SMOKE_LOG"  # where the smoke appends its JSON lines (see smoke_verdicts)
 CUDA_TESTS = "tests/kernels"
 # The articles whose timings matter most come first; any other `# requires: cuda` snippet
 # follows in alphabetical order.
@@ -128,11 +129,13 @@ class Run:
         env.pop("TRITON_INTERPRET", None)
         if not self.has_cuda:
             env["TRITON_INTERPRET"] = "1"
+        env[_build.CUDA_KNOWN_ENV] = "1" if self.has_cuda else "0"  # saves each build a probe
         env["PYTHONPATH"] = os.pathsep.join(
             self.pythonpath + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
         return env
 
-    def step(self, name: str, command: list[str], cap: float, cwd: Path | None = None) -> str:
+    def step(self, name: str, command: list[str], cap: float, cwd: Path | None = None,
+             extra_env: dict | None = None) -> str:
         """Run `command` as step `name` under `min(cap, time left)`; record and return its status
         ("0", another exit code, "timeout" or "skipped: ..."), then repack the outputs."""
         cap = min(cap, self.left())
@@ -141,7 +144,8 @@ class Run:
         self.say(f"\n=== {name} (cap {cap:.0f} s, {self.left():.0f} s left) ===")
         self.say("$ " + " ".join(command))
         began = time.monotonic()
-        code = _run_capped(command, cwd or self.root, self.env(), cap, self.say)
+        code = _run_capped(command, cwd or self.root, {**self.env(), **(extra_env or {})}, cap,
+                           self.say)
         return self.record(name, "timeout" if code is None else str(code),
                            time.monotonic() - began, cap)
 
@@ -241,20 +245,39 @@ def ordered_cuda_snippets(root: Path, only: str | None = None) -> list[Snippet]:
     return sorted(snippets, key=lambda s: (rank.get(s.article, len(rank)), s.article, s.stem))
 
 
-def failed_ops(junit: Path) -> dict[str, list[str]]:
-    """{op: [failed test ids]} from a pytest JUnit XML report of the smoke, whose test ids start
-    with the op's name (`test_smoke[flash_attention-bf16-1x3x77]`)."""
-    if not junit.is_file():
-        return {}
-    failed: dict[str, list[str]] = {}
-    for case in ElementTree.parse(junit).getroot().iter("testcase"):
-        if case.find("failure") is None and case.find("error") is None:
-            continue
-        name = case.get("name", "")
-        params = name[name.find("[") + 1:name.rfind("]")] if "[" in name else name
-        op = params.split("-", 1)[0]
-        failed.setdefault(op, []).append(name)
-    return failed
+def smoke_verdicts(log: Path) -> dict[str, dict]:
+    """{op: {"verdict", "expected", "passed", "failed"}} from the smoke's JSON-lines log.
+
+    The smoke writes `{"expected": [case ids]}` when it is collected and `{"case": id, "outcome":
+    "passed" | "failed"}` after each case; a case id starts with its op (`ssd-bf16-1x77x4`).
+    An op "passed" when every expected case of it passed, "failed" when one failed, and is
+    "incomplete" otherwise (the smoke ran out of time before its last case): only ops that
+    passed are trusted, even when the smoke was cut short or ran its cases in parallel.
+    """
+    expected: set[str] = set()
+    outcomes: dict[str, str] = {}
+    if log.is_file():
+        for line in log.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by a kill
+            if isinstance(record.get("expected"), list):
+                expected.update(map(str, record["expected"]))
+            elif isinstance(record.get("case"), str):
+                outcomes[record["case"]] = str(record.get("outcome"))
+    ops: dict[str, dict] = {}
+    for case in sorted(expected | set(outcomes)):
+        op = ops.setdefault(case.split("-", 1)[0], {"expected": 0, "passed": 0, "failed": []})
+        op["expected"] += case in expected
+        if outcomes.get(case) == "passed":
+            op["passed"] += 1
+        elif case in outcomes:
+            op["failed"].append(case)
+    for op in ops.values():
+        op["verdict"] = ("failed" if op["failed"] else
+                         "passed" if op["passed"] >= op["expected"] > 0 else "incomplete")
+    return ops
 
 
 def _has_module(python: str, module: str, env: dict) -> bool:
@@ -301,15 +324,17 @@ def run(root: Path, out: Path, budget: float, only: str | None = None,
         _install_wheels(state, python)
         state.step("environment", [python, ENVIRONMENT_SCRIPT, str(out / ENVIRONMENT)],
                    CAPS["environment"])
-        verdict, failed = _smoke(state, python, smoke)
+        ops = _smoke(state, python, smoke)
         for number, snippet in enumerate(ordered_cuda_snippets(root, only)):
-            blocked = sorted(ARTICLE_OPS.get(snippet.article, set()) & set(failed))
             name = f"snippet {snippet.key}"
-            if not verdict:
+            if not ops:
                 state.record(name, "skipped: no smoke verdict", 0.0, 0.0)
                 continue
+            needed = sorted(ARTICLE_OPS.get(snippet.article, set()))
+            blocked = [f"{op} {ops[op]['verdict'] if op in ops else 'not smoked'}"
+                       for op in needed if ops.get(op, {}).get("verdict") != "passed"]
             if blocked:
-                state.record(name, f"skipped: smoke failed for {', '.join(blocked)}", 0.0, 0.0)
+                state.record(name, f"skipped: smoke {', '.join(blocked)}", 0.0, 0.0)
                 continue
             command = [python, "-m", "snippets", "--only", snippet.key, "--root", str(root),
                        "--out", str(generated)]
@@ -348,39 +373,29 @@ def _install_wheels(state: Run, python: str) -> None:
         state.pythonpath.append(str(target))
 
 
-def _smoke(state: Run, python: str, smoke: str) -> tuple[bool, dict[str, list[str]]]:
-    """Run the op smoke and write smoke.json; (whether it gave a verdict, the failing ops).
-
-    No verdict (it ran out of time, could not collect, or was skipped) means that no op may be
-    trusted, and no benchmark runs.
-    """
-    junit = state.out / ".smoke.xml"
-    command = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "smoke",
-               f"--junitxml={junit}", smoke]
-    if _has_module(python, "pytest_timeout", state.env()):
+def _smoke(state: Run, python: str, smoke: str) -> dict[str, dict]:
+    """Run the op smoke (in parallel when pytest-xdist is installed), write smoke.json and
+    return its verdicts (see `smoke_verdicts`)."""
+    log = Path(tempfile.mkdtemp(prefix="gpu-smoke-")) / "smoke.jsonl"
+    state.scratch.append(log.parent)
+    env = state.env()
+    command = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "smoke", smoke]
+    if state.has_cuda and _has_module(python, "xdist", env):
+        command += ["-n", "4"]
+    if _has_module(python, "pytest_timeout", env):
         command.append("--timeout=120")
-    result = state.step("smoke", command, CAPS["smoke"])
-    failed = failed_ops(junit)
-    verdict = result in ("0", "1")
-    report = {"status": result, "verdict": verdict, "failed": failed, "cases": _count_cases(junit)}
+    result = state.step("smoke", command, CAPS["smoke"], extra_env={SMOKE_LOG_ENV: str(log)})
+    ops = smoke_verdicts(log)
+    report = {"status": result, "ops": ops}
     _write_atomic(state.out / SMOKE, (json.dumps(report, indent=2, sort_keys=True) + "\n").encode())
-    junit.unlink(missing_ok=True)
-    if failed:
-        state.say("smoke FAILED for: " + ", ".join(sorted(failed)) + " (their benchmarks are "
-                  "skipped)")
-    if not verdict:
+    for verdict in ("failed", "incomplete"):
+        names = sorted(op for op, facts in ops.items() if facts["verdict"] == verdict)
+        if names:
+            state.say(f"smoke {verdict.upper()} for: {', '.join(names)} (their benchmarks are "
+                      "skipped)")
+    if not ops:
         state.say(f"smoke gave no verdict ({result}): no benchmark runs")
-    return verdict, failed
-
-
-def _count_cases(junit: Path) -> dict[str, int]:
-    """{"tests": n, "failures": n, "errors": n, "skipped": n} of a JUnit report (0s without)."""
-    counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
-    if junit.is_file():
-        for suite in ElementTree.parse(junit).getroot().iter("testsuite"):
-            for key in counts:
-                counts[key] += int(suite.get(key, 0))
-    return counts
+    return ops
 
 
 def _tests(state: Run, python: str, tests: list[str] | None) -> None:

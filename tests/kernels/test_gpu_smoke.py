@@ -8,9 +8,14 @@ smoke and keeps the suite fast. The finer tolerances live in the op's own test f
 the check is the relative RMSE against a float64 reference on the same rounded inputs (a wrong
 kernel is off by order 1), with no NaN or infinity anywhere.
 
-Each test id starts with the op's name (`test_smoke[flash_attention-bf16-...]`): the GPU run
-reads the op from it.
+With `GPU_SMOKE_LOG` set (by the GPU run), the module appends to that file, as JSON lines, the
+ids of all its cases when it is collected and each case's outcome when it ends; a case id
+starts with its op (`flash_attention-bf16-1x3x1x77x77x64`). The GPU run reads the verdict of
+each op from it, even when the smoke is cut short or runs in parallel.
 """
+import json
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -192,11 +197,30 @@ CASES = [(op, dtype, shape) for op, (_, shapes, cpu_shape) in OPS.items()
          for dtype in (DTYPES if CUDA else ["fp32"]) for shape in (shapes if CUDA else [cpu_shape])]
 
 
+IDS = [f"{op}-{dtype}-" + "x".join(map(str, shape)) for op, dtype, shape in CASES]
+LOG = os.environ.get("GPU_SMOKE_LOG")
+
+
+def log(record: dict) -> None:
+    """Append `record` as one JSON line to the GPU run's smoke log, when there is one."""
+    if LOG:
+        with open(LOG, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+log({"expected": IDS})
+
+
 @pytest.mark.smoke
-@pytest.mark.parametrize("op,dtype,shape", CASES,
-                         ids=[f"{op}-{dtype}-" + "x".join(map(str, shape)) for op, dtype, shape in CASES])
+@pytest.mark.parametrize("op,dtype,shape", CASES, ids=IDS)
 def test_smoke(op, dtype, shape):
-    OPS[op][0](shape, dtype)
+    case = IDS[CASES.index((op, dtype, shape))]
+    try:
+        OPS[op][0](shape, dtype)
+    except BaseException:
+        log({"case": case, "outcome": "failed"})
+        raise
+    log({"case": case, "outcome": "passed"})
 
 
 def test_every_public_op_is_smoked():
