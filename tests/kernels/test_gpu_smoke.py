@@ -30,9 +30,10 @@ from kernels.ssm import selective_scan_ref, ssd_ref
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-# Relative RMSE allowed: a few units of the dtype's rounding, accumulated over the op (float32
-# on CUDA leaves room for TF32 matrix products).
-TOLERANCE = {"bf16": 4e-2, "fp16": 6e-3, "fp32": 3e-3 if CUDA else 1e-4}
+# Relative RMSE allowed: the dtype's rounding accumulated over an op and its backward, with room
+# to spare (float32 on CUDA may use TF32 matrix products). A wrong kernel is off by order 1; the
+# op's own tests hold it to its real tolerances.
+TOLERANCE = {"bf16": 6e-2, "fp16": 2e-2, "fp32": 1e-2 if CUDA else 1e-4}
 
 
 def rel_rmse(ref, out):
