@@ -18,7 +18,8 @@ MATHJAX_STAMP := $(MATHJAX_DIR)/.installed-$(MATHJAX_VERSION)
 MATHJAX_FILES := tex-svg.js core.js loader.js startup.js input output/svg.js output/svg ui a11y sre adaptors
 
 .DEFAULT_GOAL := help
-.PHONY: help serve test build snippets check setup-docs setup-test mathjax chromium clean
+.PHONY: help serve test build snippets check setup-docs setup-test mathjax chromium clean \
+	gpu-run gpu-unpack gpu-bundle gpu-wheels
 
 help:
 	@echo "make serve     set up, then serve the site at http://127.0.0.1:8000"
@@ -27,6 +28,8 @@ help:
 	@echo "make snippets  run the snippets and write their outputs to docs/generated/"
 	@echo "make check     list generated outputs that are missing or stale"
 	@echo "make clean     remove the built site and the installed MathJax"
+	@echo "make gpu-bundle, then make gpu-run OUT=dir BUDGET=540 (on the GPU machine),"
+	@echo "               then make gpu-unpack FILE=dir/outputs.tar.gz; make gpu-wheels"
 
 serve: setup-docs
 	$(BIN)/mkdocs serve -a 127.0.0.1:8000
@@ -83,3 +86,33 @@ chromium:
 
 clean:
 	rm -rf site .cache node_modules $(MATHJAX_DIR)
+
+# The GPU run (snippets/_build/gpu.py): one command for a short GPU loan, with the machine's
+# own python3 (no venv, no install, no network). Without CUDA it is a dry run at CPU sizes
+# into a scratch copy of the outputs. OUT receives outputs.tar.gz, steps.txt, run.log,
+# environment.json and smoke.json.
+OUT ?= gpu-run
+BUDGET ?= 540
+# More options of the run, e.g. GPU_RUN_ARGS="--only flash_attention" (see --help).
+GPU_RUN_ARGS ?=
+# The first of the venv's python and python3 that imports torch.
+GPU_PYTHON ?= $(firstword $(foreach p,$(BIN)/python python3,$(shell $(p) -c "import torch" >/dev/null 2>&1 && echo $(p))))
+
+gpu-run:
+	@test -n "$(GPU_PYTHON)" || { echo "gpu-run needs a python3 with torch" >&2; exit 1; }
+	$(GPU_PYTHON) -m snippets._build.gpu run --out "$(OUT)" --budget $(BUDGET) $(GPU_RUN_ARGS)
+
+# Puts the outputs of a GPU run into docs/generated/, refusing those whose sources changed.
+gpu-unpack:
+	@test -n "$(FILE)" || { echo "usage: make gpu-unpack FILE=gpu-run/outputs.tar.gz" >&2; exit 2; }
+	$(PYTHON) -m snippets._build.gpu unpack "$(FILE)" $(UNPACK_ARGS)
+
+# Records the commit (and whether the tree is dirty) in gpu-bundle.json, which travels with a
+# copy of the working tree that has no .git.
+gpu-bundle:
+	$(PYTHON) -m snippets._build.gpu bundle
+
+# Fetches the optional baselines' wheels (PyPI) into .gpu-wheels/ (git-ignored): a copy of the
+# tree for a GPU machine must carry that folder along.
+gpu-wheels:
+	$(PYTHON) -m snippets._build.gpu wheels

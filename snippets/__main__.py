@@ -1,9 +1,12 @@
 """`python -m snippets`: run the snippets and write their outputs under docs/generated/.
 
     python -m snippets                         # run every snippet, in order
-    python -m snippets --only flash_attention/02_memory   # fnmatch pattern or substring
+    python -m snippets --only flash_attention/02_memory   # a full name, fnmatch pattern or substring
     python -m snippets --check                 # list missing / stale / waiting outputs
     python -m snippets --list                  # every snippet with the state of its output
+
+The GPU run (`make gpu-run`, `snippets/_build/gpu.py`) calls it once per snippet; its dry run
+adds `--cuda-snippets-on-cpu` with a scratch `--out`.
 
 Exit status: 0 on success; 1 when a snippet failed (the build stops there) or, with --check,
 when an output that a run on a CPU could update is missing or stale (outputs that only a GPU run
@@ -17,7 +20,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from snippets import _build
+from snippets._build import build as _build
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 
@@ -41,6 +44,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="the repository root (default: the one holding this package)")
     parser.add_argument("--out", type=Path, default=None,
                         help="the folder of generated outputs (default: ROOT/docs/generated)")
+    # For the GPU run's dry run only (python -m snippets._build.gpu): run the `# requires: cuda`
+    # snippets on a machine without CUDA too, into a scratch --out, never docs/generated.
+    parser.add_argument("--cuda-snippets-on-cpu", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -53,11 +59,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --root must be a repository with a snippets/ folder, got {root}",
               file=sys.stderr)
         return 2
+    if args.cuda_snippets_on_cpu and (args.out is None or out == root / "docs" / "generated"):
+        print("error: --cuda-snippets-on-cpu writes CPU outputs of GPU snippets: give a scratch "
+              f"--out, not {out}", file=sys.stderr)
+        return 2
     if args.check:
         return _build.check(root, out, args.only)
     if args.list:
         return _build.list_snippets(root, out, args.only)
-    return _build.build(root, out, args.only)
+    return _build.build(root, out, args.only, cuda_snippets_on_cpu=args.cuda_snippets_on_cpu)
 
 
 if __name__ == "__main__":

@@ -18,17 +18,15 @@ from pathlib import Path
 import pytest
 
 REPOSITORY = Path(__file__).resolve().parents[2]
-if str(REPOSITORY) not in sys.path:
-    sys.path.insert(0, str(REPOSITORY))
 
-from snippets import _build  # noqa: E402
-from snippets.__main__ import main  # noqa: E402
-from snippets._provenance import (  # noqa: E402
-    META_KEYS, discover, kernels_sha256, provenance_line, select, sha256_file,
+from snippets._build import build as _build
+from snippets.__main__ import main
+from snippets._build.provenance import (
+    META_KEYS, discover, provenance_line, select, sha256_file, status,
 )
-from snippets import _notebook, _runner  # noqa: E402
-from snippets._provenance import figure_alt_texts  # noqa: E402
-from snippets._runner import parse_cells  # noqa: E402
+from snippets._build import notebook as _notebook, runner as _runner
+from snippets._build.provenance import figure_alt_texts
+from snippets._build.runner import parse_cells
 
 PLOT = '''"""A figure, a table and a JSON file."""
 # %% [markdown]
@@ -121,7 +119,10 @@ def test_meta_json_records_provenance(built):
     assert tuple(meta) == META_KEYS
     assert meta["snippet"] == "snippets/demo/01_plot.py"
     assert meta["snippet_sha256"] == sha256_file(repo / "snippets/demo/01_plot.py")
-    assert meta["kernels_sha256"] == kernels_sha256(repo)
+    assert meta["modules"] == {  # what it imported from the repository, not the snippet
+        "kernels/__init__.py": sha256_file(repo / "kernels/__init__.py"),
+        "kernels/ops.py": sha256_file(repo / "kernels/ops.py")}
+    assert json.loads((out_of(repo, "demo/02_text/meta.json")).read_text())["modules"] == {}
     assert meta["gpu"] is False and meta["cuda"] is None and meta["device"]
     assert meta["driver"] is None  # recorded only when a GPU is present
     assert meta["torch"] == importlib.metadata.version("torch")
@@ -204,7 +205,7 @@ def test_check_reports_stale_and_missing(copy, capsys):
         "demo/02_text: stale: snippets/demo/02_text.py changed since the run of ")
     (copy / "kernels/ops.py").write_text("X = 2\n")
     assert main(["--root", str(copy), "--check", "--only", "01"]) == 1
-    assert "demo/01_plot: stale: kernels/ changed since" in capsys.readouterr().out
+    assert "demo/01_plot: stale: kernels/ops.py changed since" in capsys.readouterr().out
     shutil.rmtree(out_of(copy, "demo/01_plot"))
     assert main(["--root", str(copy), "--check", "--only", "01"]) == 1
     assert capsys.readouterr().out == ("demo/01_plot: missing: has no output yet "
@@ -214,9 +215,10 @@ def test_check_reports_stale_and_missing(copy, capsys):
 def test_check_does_not_fail_on_stale_gpu_output(copy, capsys):
     meta_path = out_of(copy, "demo/01_plot/meta.json")
     meta = json.loads(meta_path.read_text())
-    meta_path.write_text(json.dumps({**meta, "gpu": True, "kernels_sha256": "old"}))
+    meta["modules"]["kernels/ops.py"] = "old"
+    meta_path.write_text(json.dumps({**meta, "gpu": True}))
     assert main(["--root", str(copy), "--check", "--only", "01"]) == 0
-    assert "stale: kernels/ changed since the run of" in capsys.readouterr().out
+    assert "stale: kernels/ops.py changed since the run of" in capsys.readouterr().out
 
 
 def test_outputs_of_snippets_that_do_not_import_kernels_ignore_kernel_changes(copy, capsys):
@@ -265,7 +267,7 @@ def test_failure_stops_the_build_and_keeps_earlier_outputs(tmp_path, capsys):
     assert "[2/3] demo/02_fail FAILED: snippets/demo/02_fail.py" in err
     assert f'File "{repo / "snippets/demo/02_fail.py"}", line 8, in <module>\n    broken()' in err
     assert "line 6, in broken\n    raise RuntimeError('boom')" in err
-    assert "RuntimeError: boom" in err and "_runner.py" not in err
+    assert "RuntimeError: boom" in err and "runner.py" not in err
     assert "[3/3]" not in out + err and not out_of(repo, "demo/03_after").exists()
     assert {p.name: p.read_bytes() for p in out_of(repo, "demo/02_fail").iterdir()} == old
     assert (out_of(repo, "demo/01_ok") / "meta.json").is_file()
@@ -305,18 +307,58 @@ def test_parse_cells_keeps_line_numbers():
     ]
 
 
-def test_kernels_sha256_covers_paths_and_contents(tmp_path):
+def test_only_modules_a_snippet_imported_make_it_stale(copy, capsys):
+    (copy / "kernels/unused.py").write_text("Y = 1\n")  # a new module no snippet imports
+    (copy / "kernels/__init__.py").write_text("")
+    assert main(["--root", str(copy), "--check", "--only", "01_plot"]) == 0
+    (copy / "kernels/unused.py").write_text("Y = 2\n")
+    assert main(["--root", str(copy), "--check", "--only", "01_plot"]) == 0
+    assert "01_plot" not in capsys.readouterr().out
+    (copy / "kernels/ops.py").unlink()
+    assert main(["--root", str(copy), "--check", "--only", "01_plot"]) == 1
+    assert "stale: kernels/ops.py (removed) changed" in capsys.readouterr().out
+
+
+def test_meta_without_a_module_record_is_stale_with_its_reason(copy, capsys):
+    meta_path = out_of(copy, "demo/02_text/meta.json")
+    meta = json.loads(meta_path.read_text())
+    del meta["modules"]
+    meta_path.write_text(json.dumps({**meta, "kernels_sha256": "0" * 64}))
+    snippet = [s for s in discover(copy) if s.stem == "02_text"][0]
+    state = status(snippet, out_of(copy))
+    assert (state.state, state.reason) == (
+        "stale", "its meta.json predates the record of the modules it imported")
+    assert main(["--root", str(copy), "--check", "--only", "02_text"]) == 1
+
+
+def test_regenerating_gives_byte_identical_files(copy, capsys):
+    folder = out_of(copy, "demo/01_plot")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    notebook = out_of(copy, "demo/demo.ipynb").read_bytes()
+    assert main(["--root", str(copy), "--only", "demo/01_plot"]) == 0
+    after = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert after.keys() == before.keys()
+    assert {n for n in after if after[n] != before[n]} <= {"meta.json"}
+    old, new = (json.loads(m["meta.json"]) for m in (before, after))
+    assert {k for k in old if old[k] != new[k]} <= {"date", "duration_s"}
+    assert b"<dc:date>1970-01-01" in after["line.svg"]  # SOURCE_DATE_EPOCH, not today
+    if old["date"][:10] == new["date"][:10]:  # the notebook shows the day of each run
+        assert out_of(copy, "demo/demo.ipynb").read_bytes() == notebook
+
+
+def test_project_modules_hashes_repository_files_only(tmp_path):
     repo = make_repo(tmp_path, {})
-    first = kernels_sha256(repo)
-    (repo / "kernels/ops.py").rename(repo / "kernels/other.py")
-    assert kernels_sha256(repo) != first
-    (repo / "kernels/other.py").rename(repo / "kernels/ops.py")
-    assert kernels_sha256(repo) == first
-    (repo / "kernels/notes.txt").write_text("not python")
-    assert kernels_sha256(repo) == first
-    (repo / "kernels/sub").mkdir()
-    (repo / "kernels/sub/new.py").write_text("")
-    assert kernels_sha256(repo) != first
+    (repo / ".venv/lib/site-packages").mkdir(parents=True)
+    (repo / ".venv/lib/site-packages/installed.py").write_text("Z = 1\n")
+    code = ("import sys; sys.path[:0] = [sys.argv[1], sys.argv[1] + '/.venv/lib/site-packages']\n"
+            "import json, kernels.ops, installed\n"
+            "from snippets._build.runner import project_modules\n"
+            "print(json.dumps(project_modules(sys.argv[1])))")
+    result = subprocess.run([sys.executable, "-c", code, str(repo)], capture_output=True,
+                            text=True, check=True)
+    assert json.loads(result.stdout) == {
+        "kernels/__init__.py": sha256_file(repo / "kernels/__init__.py"),
+        "kernels/ops.py": sha256_file(repo / "kernels/ops.py")}
 
 
 def test_git_state_reads_commit_and_dirty(tmp_path):
@@ -393,7 +435,7 @@ def test_figure_alt_texts_come_from_page_markers_outside_code(tmp_path):
 def test_notebook_images_carry_the_alt_text_of_the_page_markers(copy):
     (copy / "docs/demo.md").write_text(
         "# Demo\n\n[[ output: demo/01_plot/line.svg | A rising line, y against x ]]\n")
-    nb = _notebook.notebook(copy, out_of(copy), "demo", kernels_sha256(copy))
+    nb = _notebook.notebook(copy, out_of(copy), "demo")
     images = {mime: output["metadata"][mime]["alt"] for cell in nb["cells"]
               for output in cell.get("outputs", []) for mime in output.get("data", {})
               if mime.startswith("image/")}

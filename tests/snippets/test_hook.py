@@ -14,11 +14,9 @@ from pathlib import Path
 import pytest
 
 REPOSITORY = Path(__file__).resolve().parents[2]
-if str(REPOSITORY) not in sys.path:
-    sys.path.insert(0, str(REPOSITORY))
 
-from snippets import mkdocs_hook as hook  # noqa: E402
-from snippets._provenance import kernels_sha256, provenance_line, sha256_file  # noqa: E402
+from snippets._build import hook
+from snippets._build.provenance import provenance_line, sha256_file
 
 SVG = '<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"></svg>\n'
 META = {"gpu": True, "device": "NVIDIA H100 80GB HBM3", "cuda": "12.8", "torch": "2.11.0",
@@ -59,8 +57,9 @@ def write_output(root: Path, stem: str, files: dict, meta: dict) -> None:
     for name, text in files.items():
         (folder / name).write_text(text)
     snippet = root / "snippets/demo" / f"{stem}.py"
+    imported = ["kernels/ops.py"] if "import kernels" in snippet.read_text() else []
     full = {"snippet": f"snippets/demo/{stem}.py", "snippet_sha256": sha256_file(snippet),
-            "kernels_sha256": kernels_sha256(root), **meta,
+            "modules": {rel: sha256_file(root / rel) for rel in imported}, **meta,
             "files": {n: sha256_file(folder / n) for n in files}}
     (folder / "meta.json").write_text(json.dumps(full))
 
@@ -123,7 +122,7 @@ def test_stale_output_gets_a_warning_admonition(repo, caplog, edit):
     else:
         (repo / "snippets/demo/01_fresh.py").write_text("print('changed')\n")
     out = render(repo, "[[ output: demo/01_fresh/fig.svg | Alt ]]")
-    changed = "kernels/" if edit == "kernels" else "snippets/demo/01_fresh.py"
+    changed = "kernels/ops.py" if edit == "kernels" else "snippets/demo/01_fresh.py"
     assert out.startswith(
         '!!! warning "Stale output"\n    The sources changed since this output was generated '
         f"on 2026-11-20 ({changed} changed). Regenerate it on a GPU machine with "
@@ -205,10 +204,9 @@ def test_on_config_warns_about_missing_extensions(caplog):
 
 def test_strict_mkdocs_build_renders_and_fails_on_missing(repo):
     pytest.importorskip("mkdocs")
-    hook_path = REPOSITORY / "snippets" / "mkdocs_hook.py"
     (repo / "mkdocs.yml").write_text(
         "site_name: T\nmarkdown_extensions: [attr_list, admonition]\n"
-        f"hooks: [{json.dumps(str(hook_path))}]\n")
+        "plugins: [generated-outputs]\n")
     (repo / "docs/index.md").write_text("# T\n\n[[ output: demo/01_fresh/fig.svg | Fig ]]\n")
     command = [sys.executable, "-m", "mkdocs", "build", "--strict"]
     result = subprocess.run(command, cwd=repo, capture_output=True, text=True, check=False)

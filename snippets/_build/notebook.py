@@ -18,10 +18,10 @@ import os
 import re
 from pathlib import Path
 
-from snippets._provenance import (
+from snippets._build.provenance import (
     CELLS_FILE, Snippet, discover, figure_alt_texts, output_dir, provenance_line, status,
 )
-from snippets._runner import parse_cells
+from snippets._build.runner import parse_cells
 
 KERNELSPEC = {"display_name": "Python 3", "language": "python", "name": "python3"}
 IMAGE_NAME = re.compile(r"^<(?P<name>[^<>]+)>$")  # the text/plain of an image output
@@ -95,14 +95,15 @@ def with_alt_text(cell: dict, snippet: Snippet, alts: dict[str, str]) -> dict:
     return {**cell, "outputs": outputs} if "outputs" in cell else cell
 
 
-def snippet_cells(snippet: Snippet, generated: Path, kernels_sha: str,
+def snippet_cells(snippet: Snippet, generated: Path, hashes: dict | None = None,
                   alts: dict[str, str] | None = None) -> list[dict]:
     """The notebook cells of one snippet: a heading with provenance, then its cells.
 
-    `alts` are the alt texts of the figures shown on the pages (`figure_alt_texts`).
+    `hashes` is a cache of file hashes (see `status`); `alts` are the alt texts of the figures
+    shown on the pages (`figure_alt_texts`).
     """
     alts = {} if alts is None else alts
-    state = status(snippet, generated, kernels_sha)
+    state = status(snippet, generated, hashes)
     heading = f"## `{snippet.rel}`\n\n"
     if state.meta is None:
         why = ("It requires CUDA and waits for a GPU run" if state.state == "waiting-for-gpu"
@@ -114,20 +115,21 @@ def snippet_cells(snippet: Snippet, generated: Path, kernels_sha: str,
         if state.state == "stale":
             heading += f"\n\n**Stale output:** {state.reason}. Regenerate: `{snippet.command}`."
         path = output_dir(generated, snippet) / CELLS_FILE
-        cells = json.loads(path.read_text(encoding="utf-8"))
+        cells = (json.loads(path.read_text(encoding="utf-8")) if path.is_file()
+                 else _source_cells(snippet))
     body = [_markdown(f"{snippet.stem}-about"[:64], heading)]
     for number, cell in enumerate(cells, start=1):
         body.append({**with_alt_text(cell, snippet, alts), "id": f"{snippet.stem}-{number}"[:64]})
     return body
 
 
-def notebook(root: Path, generated: Path, article: str, kernels_sha: str) -> dict:
+def notebook(root: Path, generated: Path, article: str) -> dict:
     """The companion notebook of `article` as a JSON-ready dict."""
     cells = [_title(article_title(root, article), article)]
-    alts = figure_alt_texts(Path(root) / "docs")
+    alts, hashes = figure_alt_texts(Path(root) / "docs"), {}
     for snippet in discover(root):
         if snippet.article == article:
-            cells += snippet_cells(snippet, generated, kernels_sha, alts)
+            cells += snippet_cells(snippet, generated, hashes, alts)
     return {
         "cells": cells,
         "metadata": {"kernelspec": KERNELSPEC, "language_info": {"name": "python"}},
@@ -136,12 +138,12 @@ def notebook(root: Path, generated: Path, article: str, kernels_sha: str) -> dic
     }
 
 
-def write_notebook(root: Path, generated: Path, article: str, kernels_sha: str) -> Path:
+def write_notebook(root: Path, generated: Path, article: str) -> Path:
     """Write `<generated>/<article>/<article>.ipynb` (through a temporary file); return its path."""
     path = Path(generated) / article / f"{article}.ipynb"
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(notebook(root, generated, article, kernels_sha), indent=1,
-                      ensure_ascii=False) + "\n"
+    text = json.dumps(notebook(root, generated, article), indent=1, ensure_ascii=False,
+                      sort_keys=True) + "\n"
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     temporary.write_text(text, encoding="utf-8")
     os.replace(temporary, path)

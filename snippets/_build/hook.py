@@ -1,7 +1,12 @@
 """MkDocs hook that renders generated outputs, with their provenance, on the site's pages.
 
-Registered in mkdocs.yml with `hooks: [snippets/mkdocs_hook.py]`; needs the Markdown extensions
-`attr_list` and `admonition`. It rewrites two markers in each page's Markdown (never inside
+Registered in mkdocs.yml as the plugin `generated-outputs` (listed last under `plugins:`), which
+pyproject.toml declares as an entry point of the installed package: MkDocs then imports this
+module as `snippets._build.hook`, a member of its package, so it finds its neighbours
+(`provenance`) by a plain import and the tests import the very module the site build runs. (A
+`hooks:` entry would load the file by path under another module name, and its imports would
+need the repository on `sys.path`.) Needs the Markdown extensions `attr_list` and `admonition`.
+It rewrites these markers in each page's Markdown (never inside
 fenced code blocks or inline code):
 
 - `[[ output: <article>/<stem>/<file> | alt text ]]` on a line of its own: an image (svg, png,
@@ -25,7 +30,7 @@ On notebook pages (rendered by mkdocs-jupyter) it also gives each output image t
 that the companion notebook records for it (`metadata[<mime>]["alt"]`, written by the build
 step from the page markers), in place of nbconvert's "No description has been provided".
 
-The kernels hash and the state of each output are computed once per build (`on_pre_build`).
+The source hashes and the state of each output are computed once per build (`on_pre_build`).
 """
 
 from __future__ import annotations
@@ -37,16 +42,13 @@ import json
 import logging
 import posixpath
 import re
-import sys
 from pathlib import Path
 
 
-_REPOSITORY = Path(__file__).resolve().parent.parent
-if str(_REPOSITORY) not in sys.path:  # MkDocs loads this file by path, not as a package member
-    sys.path.insert(0, str(_REPOSITORY))
+from mkdocs.plugins import BasePlugin
 
-from snippets._provenance import (  # noqa: E402
-    OUTPUT_MARKER, Snippet, Status, discover, kernels_sha256, markdown_lines, provenance_line,
+from snippets._build.provenance import (
+    OUTPUT_MARKER, Snippet, Status, discover, markdown_lines, provenance_line,
     short_date, status,
 )
 
@@ -70,17 +72,17 @@ class _Build:
 
     def __init__(self, config):
         config_file = config.get("config_file_path")
-        self.root = Path(config_file).resolve().parent if config_file else _REPOSITORY
+        self.root = Path(config_file).resolve().parent if config_file else Path.cwd()
         self.docs_dir = Path(config["docs_dir"]).resolve()
         self.generated = self.docs_dir / "generated"
-        self.kernels_sha = kernels_sha256(self.root)
+        self.hashes: dict = {}
         self.snippets = {s.key: s for s in discover(self.root)}
         self._statuses: dict[str, Status] = {}
 
     def status(self, snippet: Snippet) -> Status:
         """The (cached) state of `snippet`'s output."""
         if snippet.key not in self._statuses:
-            self._statuses[snippet.key] = status(snippet, self.generated, self.kernels_sha)
+            self._statuses[snippet.key] = status(snippet, self.generated, self.hashes)
         return self._statuses[snippet.key]
 
 
@@ -384,3 +386,22 @@ def with_notebook_alt_text(html_text: str, notebook: dict) -> str:
         return tag[:4] + f' alt="{html.escape(alt, quote=True)}"' + tag[4:]
 
     return IMG_TAG.sub(replace, html_text) if alts else html_text
+
+
+class GeneratedOutputsPlugin(BasePlugin):
+    """The MkDocs plugin `generated-outputs`: the functions above, called on MkDocs' events.
+
+    List it last under `plugins:` so that it sees the pages after mkdocs-jupyter rendered them.
+    """
+
+    def on_config(self, config):
+        return on_config(config)
+
+    def on_pre_build(self, config):
+        on_pre_build(config)
+
+    def on_page_markdown(self, markdown, page, config, files):
+        return on_page_markdown(markdown, page, config, files)
+
+    def on_page_content(self, html, page, config, files):
+        return on_page_content(html, page, config, files)

@@ -1,17 +1,20 @@
 """Provenance of generated outputs: discovery, content hashes, meta.json and freshness.
 
 One place for the rules that both the build step (`python -m snippets`) and the MkDocs hook
-(`snippets/mkdocs_hook.py`) apply, so that the page and `--check` always agree:
+(`snippets/_build/hook.py`) apply, so that the page and `--check` always agree:
 
 - a snippet is `snippets/<article>/<NN>_<name>.py`; its output folder is
   `docs/generated/<article>/<NN>_<name>/` with a `meta.json` beside the files it wrote;
 - a page shows an output with a marker `[[ output: <article>/<stem>/<file> | alt text ]]` on a
   line of its own, outside fenced code; the alt text of a figure is written there and nowhere
   else (the companion notebooks take it from the pages too);
-- an output is *fresh* when its `meta.json` records the current sha256 of the snippet file and the
-  current `kernels_sha256` (a hash over every `kernels/**/*.py`), *stale* otherwise, *missing* when
-  there is no `meta.json`, and *waiting-for-gpu* when it is missing and the snippet has a line
-  `# requires: cuda` near its top (a CPU run of such a snippet is never published).
+- an output is *fresh* when its `meta.json` records the current sha256 of the snippet file and of
+  every project module the snippet imported (`modules`: {path relative to the root: sha256}, read
+  from `sys.modules` by the runner at the end of the run), *stale* otherwise (also when its
+  meta.json predates that record), *missing* when there is no `meta.json`, and *waiting-for-gpu*
+  when it is missing and the snippet has a line `# requires: cuda` near its top (a CPU run of
+  such a snippet is never published). An edit to a module that no snippet imported therefore
+  leaves every output fresh, and a GPU output stays fresh until what it ran really changes.
 
 Standard library only: this module runs on the GPU machines, which carry no site tooling.
 """
@@ -26,14 +29,13 @@ from pathlib import Path
 
 SNIPPET_NAME = re.compile(r"^\d+_\w+\.py$")
 REQUIRES_CUDA = re.compile(r"^#\s*requires:\s*cuda\s*$", re.IGNORECASE)
-IMPORTS_KERNELS = re.compile(r"^\s*(?:from|import)\s+kernels\b", re.MULTILINE)
 REQUIRES_CUDA_LINES = 30
 META_FILE = "meta.json"
 CELLS_FILE = "cells.json"
 STDOUT_FILE = "stdout.txt"
 RESERVED_FILES = (META_FILE, CELLS_FILE, STDOUT_FILE)
 META_KEYS = (
-    "snippet", "snippet_sha256", "kernels_sha256", "gpu", "device", "driver", "cuda", "torch",
+    "snippet", "snippet_sha256", "modules", "gpu", "device", "driver", "cuda", "torch",
     "triton", "python", "triton_interpret", "date", "commit", "dirty", "duration_s", "files",
 )
 OUTPUT_MARKER = re.compile(r"^(?P<indent>[ \t]*)\[\[\s*output:\s*(?P<target>[^|\]]+?)\s*"
@@ -77,9 +79,9 @@ class Snippet:
         return False
 
     @property
-    def imports_kernels(self) -> bool:
-        """True when the script imports the `kernels` package, so that its outputs depend on it."""
-        return bool(IMPORTS_KERNELS.search(self.path.read_text(encoding="utf-8")))
+    def root(self) -> Path:
+        """The repository root that `rel` is relative to."""
+        return self.path.parents[len(Path(self.rel).parts) - 1]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +90,7 @@ class Status:
 
     Attributes:
         state: "fresh", "stale", "missing" or "waiting-for-gpu".
-        reason: what explains the state, e.g. "kernels/ changed" ("" when fresh).
+        reason: what explains the state, e.g. "kernels/ops.py changed" ("" when fresh).
         meta: the parsed meta.json, or None when there is none.
         needs_gpu: True when only a run on a GPU machine can update this output (the snippet
             requires CUDA, or its current output came from a GPU and a CPU run never replaces it).
@@ -119,7 +121,8 @@ def discover(root: Path) -> list[Snippet]:
 def select(snippets: list[Snippet], pattern: str | None) -> list[Snippet]:
     """Keep the snippets whose `<article>/<stem>` matches `pattern`.
 
-    The pattern is an fnmatch pattern (`flash_attention/0*`) or a plain substring (`memory`);
+    The pattern is a full `<article>/<stem>` (that snippet alone), an fnmatch pattern
+    (`flash_attention/0*`) or a plain substring (`memory`);
     a leading `snippets/` and a trailing `.py` are ignored, so a file path works too.
     """
     import fnmatch
@@ -129,6 +132,9 @@ def select(snippets: list[Snippet], pattern: str | None) -> list[Snippet]:
     if not isinstance(pattern, str) or not pattern.strip():
         raise ValueError(f"pattern must be a non-empty string, got {pattern!r}")
     pattern = pattern.strip().replace("\\", "/").removeprefix("snippets/").removesuffix(".py")
+    exact = [s for s in snippets if s.key == pattern]
+    if exact:  # a full name selects that snippet alone, even when it is part of another name
+        return exact
     return [s for s in snippets if fnmatch.fnmatchcase(s.key, pattern) or pattern in s.key]
 
 
@@ -141,20 +147,16 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def kernels_sha256(root: Path) -> str:
-    """Hex sha256 over the sorted relative paths and contents of every `kernels/**/*.py`.
-
-    Renaming, adding or removing a file changes the hash as well as editing one. A repository
-    without a `kernels/` folder hashes to the sha256 of nothing.
-    """
-    base = Path(root) / "kernels"
-    digest = hashlib.sha256()
-    files = sorted(base.rglob("*.py")) if base.is_dir() else []
-    for path in sorted(files, key=lambda p: p.relative_to(base).as_posix()):
-        rel = path.relative_to(base).as_posix()
-        digest.update(rel.encode("utf-8") + b"\0")
-        digest.update(path.read_bytes() + b"\0")
-    return digest.hexdigest()
+def cached_sha256(path: Path, cache: dict | None) -> str | None:
+    """`sha256_file(path)`, or None when there is no such file; `cache` ({path: hash}, or None for
+    no caching) saves hashing a module once per snippet that imported it."""
+    path = Path(path)
+    if cache is not None and path in cache:
+        return cache[path]
+    digest = sha256_file(path) if path.is_file() else None
+    if cache is not None:
+        cache[path] = digest
+    return digest
 
 
 def output_dir(generated: Path, snippet: Snippet) -> Path:
@@ -177,8 +179,12 @@ def read_meta(folder: Path) -> dict | None:
     return meta
 
 
-def status(snippet: Snippet, generated: Path, kernels_sha: str) -> Status:
-    """The freshness of `snippet`'s output under `generated`, given the current kernels hash."""
+def status(snippet: Snippet, generated: Path, hashes: dict | None = None) -> Status:
+    """The freshness of `snippet`'s output under `generated`.
+
+    `hashes` is a cache of file hashes ({path: sha256}) shared by the calls of one build or check,
+    so that each module is read once; pass a new dict whenever the sources may have changed.
+    """
     meta = read_meta(output_dir(generated, snippet))
     requires_cuda = snippet.requires_cuda
     if meta is None:
@@ -187,13 +193,22 @@ def status(snippet: Snippet, generated: Path, kernels_sha: str) -> Status:
         return Status("missing", "has no output yet", None, False)
     needs_gpu = requires_cuda or bool(meta.get("gpu"))
     changed = []
-    if meta.get("snippet_sha256") != sha256_file(snippet.path):
+    if meta.get("snippet_sha256") != cached_sha256(snippet.path, hashes):
         changed.append(snippet.rel)
-    if meta.get("kernels_sha256") != kernels_sha and snippet.imports_kernels:
-        changed.append("kernels/")
+    modules = meta.get("modules")
+    if not isinstance(modules, dict):
+        return Status("stale", "its meta.json predates the record of the modules it imported",
+                      meta, needs_gpu)
+    for rel, digest in sorted(modules.items()):
+        current = cached_sha256(snippet.root / rel, hashes)
+        if current != digest:
+            changed.append(rel if current is not None else f"{rel} (removed)")
     if not changed:
         return Status("fresh", "", meta, needs_gpu)
-    return Status("stale", f"{' and '.join(changed)} changed", meta, needs_gpu)
+    if len(changed) > 3:
+        changed[2:] = [f"{len(changed) - 2} more files"]
+    listed = f"{', '.join(changed[:-1])} and {changed[-1]}" if len(changed) > 1 else changed[0]
+    return Status("stale", f"{listed} changed", meta, needs_gpu)
 
 
 def markdown_lines(markdown: str):

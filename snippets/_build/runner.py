@@ -2,7 +2,7 @@
 
 Usage (by the build step, in a fresh process whose working directory is an empty folder):
 
-    python snippets/_runner.py SNIPPET_PATH RECORD_DIR
+    python snippets/_build/runner.py SNIPPET_PATH RECORD_DIR ROOT
 
 The snippet's percent-format cells (`# %%`, `# %% [markdown]`) are parsed here (no jupytext),
 its code cells run in order in one `__main__` namespace, each compiled with the snippet's real
@@ -11,17 +11,24 @@ stderr go to the terminal and into the cell's outputs; image files (png, svg) wr
 by a cell become display outputs of that cell, whose `text/plain` is the file name in angle
 brackets (`<peak_memory.svg>`; the companion notebook finds each figure's alt text by that
 name). Into RECORD_DIR it writes `cells.json` (nbformat 4
-cells), `stdout.txt`, `facts.json` (the device and versions, collected in this process) and, when
-a cell raises, `traceback.txt` (then the exit status is 1).
+cells), `stdout.txt`, `facts.json` (the device and versions, collected in this process, and
+`modules`: the sha256 of every module under ROOT that the snippet imported, read from
+`sys.modules` once it finished) and, when a cell raises, `traceback.txt` (then the exit status
+is 1).
+
+Figures come out byte-identical from run to run: before the snippet runs, the runner gives
+matplotlib a fixed `svg.hashsalt` and a `SOURCE_DATE_EPOCH` (see `deterministic_figures`).
 
 Output written straight to the file descriptors (by C code or subprocesses) reaches the terminal
-but not the recorded outputs. Standard library only, plus torch and triton when installed (and
-`nvidia-smi`, when there is one, for the driver version).
+but not the recorded outputs. Standard library only: it never imports torch or matplotlib itself
+(it reads torch from `sys.modules` when the snippet imported it, and `nvidia-smi`, when there is
+one, for the driver version).
 """
 
 from __future__ import annotations
 
 import base64
+import importlib.metadata
 import io
 import json
 import os
@@ -36,6 +43,7 @@ from pathlib import Path
 CELL_MARKER = re.compile(r"^# %%(?P<rest>.*)$")
 MARKDOWN_TAG = re.compile(r"\[(markdown|md)\]")
 IMAGE_TYPES = {".png": "image/png", ".svg": "image/svg+xml"}
+SVG_HASH_SALT = "kernels-book"
 
 
 def parse_cells(text: str) -> list[dict]:
@@ -159,28 +167,70 @@ def nvidia_driver() -> str | None:
     return lines[0] if result.returncode == 0 and lines else None
 
 
+def _version(name: str) -> str | None:
+    """The version of package `name`: from the module when the snippet imported it, else from
+    its installed metadata (None when it is not installed). Never imports it."""
+    module = sys.modules.get(name)
+    if module is not None and isinstance(getattr(module, "__version__", None), str):
+        return module.__version__
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def device_facts() -> dict:
     """gpu, device, driver, cuda, torch, triton and python of this process, as meta.json records
-    them (driver: the NVIDIA driver version when a GPU is present, else None)."""
-    facts = {"gpu": False, "device": _cpu_name(), "driver": None, "cuda": None, "torch": None,
-             "triton": None, "python": platform.python_version(),
-             "triton_interpret": os.environ.get("TRITON_INTERPRET") == "1"}
-    try:
-        import torch
-    except ImportError:
-        torch = None
-    if torch is not None:
-        facts["torch"] = torch.__version__
-        if torch.cuda.is_available():
-            facts.update(gpu=True, device=torch.cuda.get_device_name(0), driver=nvidia_driver(),
-                         cuda=torch.version.cuda)
-    try:
-        import triton
+    them (driver: the NVIDIA driver version when a GPU is present, else None).
 
-        facts["triton"] = triton.__version__
-    except Exception:  # triton missing, or failing to import on this platform
-        pass
+    The GPU is the one the snippet could use: torch, when the snippet imported it, sees a CUDA
+    device (this module never imports torch itself; a snippet without torch ran on the CPU).
+    """
+    facts = {"gpu": False, "device": _cpu_name(), "driver": None, "cuda": None,
+             "torch": _version("torch"), "triton": _version("triton"),
+             "python": platform.python_version(),
+             "triton_interpret": os.environ.get("TRITON_INTERPRET") == "1"}
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        facts.update(gpu=True, device=torch.cuda.get_device_name(0), driver=nvidia_driver(),
+                     cuda=torch.version.cuda)
     return facts
+
+
+def project_modules(root: Path, exclude: Path | None = None) -> dict[str, str]:
+    """{path relative to `root`: sha256} of every module in `sys.modules` loaded from a `.py`
+    file under `root`, except `exclude` (the snippet itself) and installed packages (a virtual
+    environment inside the repository)."""
+    import hashlib
+
+    root = Path(root).resolve()
+    found = {}
+    for module in list(sys.modules.values()):
+        name = getattr(module, "__file__", None)
+        if not name or not name.endswith(".py"):
+            continue
+        path = Path(name).resolve()
+        if path == exclude or not path.is_relative_to(root) or not path.is_file():
+            continue
+        rel = path.relative_to(root)
+        if {"site-packages", "dist-packages"} & set(rel.parts) or rel.parts[0].startswith("."):
+            continue
+        found[rel.as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return dict(sorted(found.items()))
+
+
+def deterministic_figures(folder: Path) -> None:
+    """Make matplotlib's figures byte-identical from run to run, before it is imported.
+
+    Writes a `matplotlibrc` with a fixed `svg.hashsalt` into `folder` and points `MATPLOTLIBRC`
+    at it (the clip-path and glyph ids of an SVG are otherwise random), and sets
+    `SOURCE_DATE_EPOCH` to 0 unless it is set (matplotlib writes it as the SVG's date in place of
+    today). Other settings keep matplotlib's defaults.
+    """
+    rc = Path(folder) / "matplotlibrc"
+    rc.write_text(f"svg.hashsalt: {SVG_HASH_SALT}\n", encoding="utf-8")
+    os.environ["MATPLOTLIBRC"] = str(rc)
+    os.environ.setdefault("SOURCE_DATE_EPOCH", "0")
 
 
 def _format_error(error: BaseException) -> str:
@@ -189,9 +239,13 @@ def _format_error(error: BaseException) -> str:
     return "".join(traceback.TracebackException(type(error), error, tb).format())
 
 
-def run(snippet: Path, record: Path) -> int:
-    """Run `snippet` in the current directory and write its records into `record`; 0 on success."""
+def run(snippet: Path, record: Path, root: Path) -> int:
+    """Run `snippet` in the current directory and write its records into `record`; 0 on success.
+
+    `root` is the repository whose modules are recorded (see `project_modules`).
+    """
     snippet, record, work = Path(snippet).resolve(), Path(record), Path.cwd()
+    deterministic_figures(record)
     filename = str(snippet)
     main = types.ModuleType("__main__")
     main.__file__ = filename
@@ -219,13 +273,15 @@ def run(snippet: Path, record: Path) -> int:
                       "outputs": outputs, "source": cell["source"]})
         if finished:
             break
-    (record / "cells.json").write_text(json.dumps(cells, indent=1) + "\n", encoding="utf-8")
+    facts = {**device_facts(), "modules": project_modules(root, exclude=snippet)}
+    (record / "cells.json").write_text(json.dumps(cells, indent=1, sort_keys=True) + "\n",
+                                       encoding="utf-8")
     (record / "stdout.txt").write_text("".join(stdout), encoding="utf-8")
-    (record / "facts.json").write_text(json.dumps(device_facts()) + "\n", encoding="utf-8")
+    (record / "facts.json").write_text(json.dumps(facts, sort_keys=True) + "\n", encoding="utf-8")
     return 0
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        raise SystemExit(f"usage: {Path(__file__).name} SNIPPET_PATH RECORD_DIR")
-    raise SystemExit(run(Path(sys.argv[1]), Path(sys.argv[2])))
+    if len(sys.argv) != 4:
+        raise SystemExit(f"usage: {Path(__file__).name} SNIPPET_PATH RECORD_DIR ROOT")
+    raise SystemExit(run(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])))
