@@ -22,6 +22,7 @@ Shapes: ``u, delta, z, out [b, d, L]``; ``A [d, n]``; input-dependent ``B, C [b,
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -223,6 +224,48 @@ def _selective_scan_bwd_kernel(
         tl.store(dbias + i_b * d + o_d, b_dbias, mask=m_d)
 
 
+# --8<-- [start:step_kernel]
+@triton.jit
+def _selective_scan_step_kernel(
+    state, u, delta, A, B, C, D, z, delta_bias, out,
+    d, n, dg_B, dg_C,
+    stride_state_b, stride_state_d, stride_state_n, stride_u_b, stride_u_d, stride_delta_b, stride_delta_d,
+    stride_z_b, stride_z_d, stride_B_b, stride_B_g, stride_B_n, stride_C_b, stride_C_g, stride_C_n,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+):
+    """One token: ``BLOCK_D`` channels of one batch element read their state, advance it, write it back."""
+    i_d, i_b = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    o_n = tl.arange(0, BLOCK_N)
+    m_d, m_n = o_d < d, o_n < n
+    m_dn = m_d[:, None] & m_n[None, :]
+    p_state = state + i_b * stride_state_b + o_d[:, None] * stride_state_d + o_n[None, :] * stride_state_n
+    b_x = tl.load(p_state, mask=m_dn, other=0.0).to(tl.float32)  # [BLOCK_D, BLOCK_N]
+    b_u = tl.load(u + i_b * stride_u_b + o_d * stride_u_d, mask=m_d, other=0.0).to(tl.float32)  # [BLOCK_D]
+    b_dt = tl.load(delta + i_b * stride_delta_b + o_d * stride_delta_d, mask=m_d, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        b_dt += tl.load(delta_bias + o_d, mask=m_d, other=0.0)
+    if SOFTPLUS:
+        b_dt = tl.where(b_dt <= 20.0, tl.log(1.0 + tl.exp(b_dt)), b_dt)
+    b_A = tl.load(A + o_d[:, None] * n + o_n[None, :], mask=m_dn, other=0.0)
+    # each channel reads the B and C of its group (a block may straddle two groups)
+    p_B = B + i_b * stride_B_b + (o_d // dg_B)[:, None] * stride_B_g + o_n[None, :] * stride_B_n
+    p_C = C + i_b * stride_C_b + (o_d // dg_C)[:, None] * stride_C_g + o_n[None, :] * stride_C_n
+    b_B = tl.load(p_B, mask=m_dn, other=0.0).to(tl.float32)  # [BLOCK_D, BLOCK_N]
+    b_C = tl.load(p_C, mask=m_dn, other=0.0).to(tl.float32)
+    b_x = tl.exp(b_dt[:, None] * b_A) * b_x + (b_dt * b_u)[:, None] * b_B
+    tl.store(p_state, b_x.to(state.dtype.element_ty), mask=m_dn)
+    b_y = tl.sum(b_x * b_C, axis=1)  # [BLOCK_D]
+    if HAS_D:
+        b_y += tl.load(D + o_d, mask=m_d, other=0.0) * b_u
+    if HAS_Z:
+        b_z = tl.load(z + i_b * stride_z_b + o_d * stride_z_d, mask=m_d, other=0.0).to(tl.float32)
+        b_y *= b_z * tl.sigmoid(b_z)
+    tl.store(out + i_b * d + o_d, b_y.to(out.dtype.element_ty), mask=m_d)
+# --8<-- [end:step_kernel]
+
+
 def _config(d: int, n: int, groups, interpret: bool = INTERPRET) -> dict:
     """Launch settings of the forward and backward scan kernels.
 
@@ -310,6 +353,48 @@ def selective_scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_s
     dC = dC.to(C.dtype) if C.dim() == 4 else dC.sum(0)
     return (du, ddelta, dA.sum(0), dB, dC, None if dD is None else dD.sum(0), dz,
             None if dbias is None else dbias.sum(0))
+
+
+def _step_config(d: int, n: int, interpret: bool = INTERPRET) -> dict:
+    """Launch settings of the decoding step's kernel: ``BLOCK_D`` channels by ``BLOCK_N`` states.
+
+    About 512 state elements per program on a GPU (a token is ``d n`` elements: many small
+    programs keep every SM busy); in the interpreter, where each program costs Python, up to
+    32 channels at a time.
+
+    Args:
+        d (int): number of channels.
+        n (int): state size (1 to 256).
+        interpret (bool): settings for Triton's interpreter (default: whether it is on).
+
+    Returns:
+        dict: ``BLOCK_D``, ``BLOCK_N`` (``n`` padded to a power of two), ``num_warps``.
+    """
+    BLOCK_N = triton.next_power_of_2(n)
+    BLOCK_D = 32 if interpret else max(4, 512 // BLOCK_N)
+    return dict(BLOCK_D=min(BLOCK_D, triton.next_power_of_2(d)), BLOCK_N=BLOCK_N, num_warps=4 if BLOCK_N <= 128 else 8)
+
+
+def selective_scan_step_fwd(state, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+    """``out [b, d]`` of one token; ``state [b, d, n]`` is updated in place. Any strides for
+    ``state``, ``u``, ``delta``, ``z``, ``B`` and ``C`` (``[b, n]`` or ``[b, g, n]``); ``A``, ``D``
+    and ``delta_bias`` are made contiguous."""
+    b, d = u.shape
+    n = A.shape[1]
+    B, C = (M[:, None] if M.dim() == 2 else M for M in (B, C))  # [b, g, n]
+    A, D, delta_bias = (None if x is None else x.contiguous() for x in (A, D, delta_bias))
+    config = _step_config(d, n)
+    out = torch.empty(b, d, device=u.device, dtype=u.dtype)
+    dummy = A
+    zs = (z.stride(0), z.stride(1)) if z is not None else (0, 0)
+    with torch.cuda.device(u.device) if u.is_cuda else contextlib.nullcontext():
+        _selective_scan_step_kernel[(triton.cdiv(d, config["BLOCK_D"]), b)](
+            state, u, delta, A, B, C, dummy if D is None else D, dummy if z is None else z,
+            dummy if delta_bias is None else delta_bias, out,
+            d, n, d // B.shape[1], d // C.shape[1], *state.stride(), *u.stride(), *delta.stride(), *zs,
+            *B.stride(), *C.stride(), **config, HAS_D=D is not None, HAS_Z=z is not None,
+            HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus)
+    return out
 
 
 class SelectiveScanFunction(torch.autograd.Function):

@@ -23,14 +23,17 @@ TRITON_TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "f
 def test_kernels_compile_for_hopper(family):
     pytest.importorskip("triton")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = os.pathsep.join([root] + [env["PYTHONPATH"]] * ("PYTHONPATH" in env))  # this checkout's kernels
     done = subprocess.run([sys.executable, __file__, family], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"{family}: compiled" in done.stdout, done.stdout
 
 
-def compile_for_hopper(kernel, constexprs, io, sizes, dtype, num_warps, num_stages=3):
-    """Compile ``kernel`` to a cubin: ``sizes`` and strides are int32, ``scale`` float32, the rest
-    pointers, of ``dtype`` for those named in ``io`` and of float32 for the others."""
+def compile_for_hopper(kernel, constexprs, io, sizes, dtype, num_warps, num_stages=3, arch=90):
+    """Compile ``kernel`` to a cubin (for sm_``arch``) and return it: ``sizes`` and strides are int32,
+    ``scale`` float32, the rest pointers, of ``dtype`` for those named in ``io`` and of float32 for
+    the others."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -47,9 +50,10 @@ def compile_for_hopper(kernel, constexprs, io, sizes, dtype, num_warps, num_stag
             signature[name] = "*u8"
         else:
             signature[name] = "*" + (TRITON_TYPES[dtype] if name in io else "fp32")
-    compiled = triton.compile(ASTSource(kernel, signature, constexprs), target=GPUTarget("cuda", 90, 32),
+    compiled = triton.compile(ASTSource(kernel, signature, constexprs), target=GPUTarget("cuda", arch, 32),
                               options={"num_warps": num_warps, "num_stages": num_stages})
     assert compiled.asm["cubin"], f"{kernel.__name__}: no cubin"
+    return compiled
 
 
 def flash_attention():
@@ -77,18 +81,39 @@ def linear_attention():
             compile_for_hopper(kernel, constexprs, {"A", "B", "C", "OUT"}, {"T", "DAB", "DC", "H"}, torch.bfloat16, 4 if BLOCK_AB <= 64 else 8)
 
 
+SHARED_BYTES = {90: 227 * 1024, 80: 163 * 1024}  # shared memory a block may use on H100/H200 and A100
+
+
 def selective_scan():
+    """The scan's forward and backward and the decoding step, for sm_90 and sm_80, at every power
+    of two of the state size, with the settings the launchers choose; each within shared memory."""
     ss = import_module("kernels.selective_scan.triton")
-    for n in (16, 256):
-        for variable in (True, False):
-            BLOCK_D, BLOCK_N, CHUNK, num_warps = ss._config(2048, n, (1, 1))
-            io = {"u", "delta", "z", "out", "dout", "du", "ddelta", "dz"} | ({"B", "C"} if variable else set())
-            constexprs = dict(BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, CHUNK=CHUNK, B_VARIABLE=variable,
-                              C_VARIABLE=variable, HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True)
-            sizes = {"d", "n", "L", "g_B", "g_C"}
-            compile_for_hopper(ss._selective_scan_fwd_kernel, {**constexprs, "STORE_STATES": True}, io, sizes,
-                               torch.bfloat16, num_warps)
-            compile_for_hopper(ss._selective_scan_bwd_kernel, constexprs, io, sizes, torch.bfloat16, num_warps)
+    io = {"u", "delta", "z", "out", "dout", "du", "ddelta", "dz", "state"}
+    sizes = {"d", "n", "L", "g_B", "g_C", "dg_B", "dg_C"}
+    flags = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True)
+    for arch in (90, 80):
+        for n in (16, 256):
+            for variable in (True, False):
+                config = ss._config(2048, n, (1, 1), interpret=False)
+                launch = dict(num_warps=config.pop("num_warps"), num_stages=config.pop("num_stages"))
+                constexprs = dict(**config, B_VARIABLE=variable, C_VARIABLE=variable, **flags)
+                bc = {"B", "C"} if variable else set()
+                for kernel, extra in ((ss._selective_scan_fwd_kernel, {"STORE_STATES": True}),
+                                      (ss._selective_scan_bwd_kernel, {})):
+                    compiled = compile_for_hopper(kernel, {**constexprs, **extra}, io | bc, sizes, torch.bfloat16,
+                                                  arch=arch, **launch)
+                    check_shared(compiled, kernel, arch, constexprs)
+            config = ss._step_config(2048, n, interpret=False)
+            num_warps = config.pop("num_warps")
+            compiled = compile_for_hopper(ss._selective_scan_step_kernel, {**config, **flags}, io | {"B", "C"}, sizes,
+                                          torch.bfloat16, num_warps, arch=arch)
+            check_shared(compiled, ss._selective_scan_step_kernel, arch, config)
+
+
+def check_shared(compiled, kernel, arch, config):
+    shared = compiled.metadata.shared
+    assert shared <= SHARED_BYTES[arch], (f"{kernel.__name__} {config} needs {shared} bytes of shared memory, "
+                                          f"sm_{arch} allows {SHARED_BYTES[arch]}")
 
 
 def tree_attention():

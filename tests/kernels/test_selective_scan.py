@@ -13,7 +13,7 @@ import torch
 
 from _compare import assert_close
 from kernels import linear_attention, selective_scan, selective_scan_step, ssd, uses_triton
-from kernels.selective_scan import selective_scan_ref
+from kernels.selective_scan import selective_scan_ref, selective_scan_step_ref
 from kernels.ssd import ssd_ref
 
 CUDA = torch.cuda.is_available()
@@ -126,20 +126,59 @@ def test_noncontiguous_inputs():
     assert_close("out", selective_scan(u, delta, A, B, C, D, z, bias, True), out, 1e-6, 1e-6)
 
 
-def test_step_continues_the_scan():
+# (b, d, n, L, prompt, groups): d not a multiple of the step's block (32 channels in the
+# interpreter), blocks straddling groups, n = 5, batch 1, a one-token prompt
+STEP_SHAPES = [(2, 6, 8, 12, 7, 2), (1, 37, 5, 6, 3, 1), (1, 40, 5, 4, 1, 4), (3, 1, 1, 3, 2, 1)]
+
+
+@pytest.mark.parametrize("shape", STEP_SHAPES, ids=lambda s: "b{}-d{}-n{}-L{}-T{}-g{}".format(*s))
+def test_step_continues_the_scan(shape):
     """Scanning a prompt, then stepping token by token, equals scanning the whole sequence."""
-    b, d, n, L, T = 2, 6, 8, 20, 13
-    u, delta, A, B, C, D, z, bias = make_inputs(b, d, n, L, torch.float32, True, True, 2, True, True, True)
-    full = selective_scan_ref(u, delta, A, B, C, D, z, bias, True)
+    b, d, n, L, T, groups = shape
+    u, delta, A, B, C, D, z, bias = make_inputs(b, d, n, L, torch.float32, True, True, groups, True, True, True,
+                                                seed=sum(shape))
+    full, last_full = selective_scan_ref(u.double(), delta, A, B, C, D, z, bias, True, return_last_state=True)
     out, state = selective_scan(u[..., :T], delta[..., :T], A, B[..., :T], C[..., :T], D, z[..., :T], bias, True,
                                 return_last_state=True)
-    steps = []
-    for t in range(T, L):
-        y, state = selective_scan_step(state, u[..., t], delta[..., t], A, B[..., t], C[..., t], D, z[..., t],
-                                       bias, True)
-        steps.append(y)
+    assert uses_triton(u)
+    steps = [selective_scan_step(state, u[..., t], delta[..., t], A, B[..., t], C[..., t], D, z[..., t], bias, True)
+             for t in range(T, L)]
+    assert all(y.shape == (b, d) and y.dtype == torch.float32 and not y.requires_grad for y in steps)
     assert_close("prompt", full[..., :T], out, 1e-5, 1e-5)
     assert_close("steps", full[..., T:], torch.stack(steps, -1), 1e-5, 1e-5)
+    assert_close("state", last_full, state, 1e-5, 1e-5)
+
+
+def step_inputs(b, d, n, groups, itype, wtype=None, seed=0):
+    """One token's inputs: activations in ``itype``; ``delta``, ``B``, ``C`` in ``wtype`` (default ``itype``)."""
+    wtype = wtype or itype
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *shape: torch.randn(*shape, generator=g)  # noqa: E731
+    shape_BC = (b, n) if groups == 1 else (b, groups, n)
+    return dict(u=r(b, d).to(DEVICE, itype), delta=(0.5 * torch.rand(b, d, generator=g)).to(DEVICE, wtype),
+                A=(-0.5 * torch.rand(d, n, generator=g)).to(DEVICE), B=r(*shape_BC).to(DEVICE, wtype),
+                C=r(*shape_BC).to(DEVICE, wtype), D=r(d).to(DEVICE), z=r(b, d).to(DEVICE, itype),
+                delta_bias=(0.5 * torch.rand(d, generator=g)).to(DEVICE), delta_softplus=True)
+
+
+def test_step_updates_a_strided_state_in_place():
+    """A state that is a slice of a larger cache, inputs that are views of ``[b, d, L]`` tensors,
+    and a time-invariant B passed as ``B.expand(b, d, n)``: the kernel takes strides and writes
+    the cache itself."""
+    b, d, n = 3, 10, 6
+    inp = step_inputs(b, d, n, 2, torch.float32, seed=3)
+    cache = torch.randn(5, n, d, device=DEVICE).transpose(1, 2)  # [5, d, n], strides (n d, 1, d)
+    state = cache[1:1 + b]
+    state_ref, untouched = state.clone(), (cache[0].clone(), cache[4].clone())
+    u = torch.randn(b, d, 7, device=DEVICE)[..., 2]  # stride 7 along d
+    B_ti = torch.randn(d, n, device=DEVICE)
+    args = {**inp, "u": u, "B": B_ti.expand(b, d, n)}
+    out = selective_scan_step(state, **args)
+    out_ref = selective_scan_step_ref(state_ref, **{**args, "B": B_ti.expand(b, d, n).contiguous()})
+    assert state.data_ptr() == cache[1].data_ptr()
+    assert_close("out", out_ref, out, 1e-6, 1e-5)
+    assert_close("state", state_ref, cache[1:1 + b], 1e-6, 1e-5)
+    assert torch.equal(untouched[0], cache[0]) and torch.equal(untouched[1], cache[4]), "rows outside the slice"
 
 
 def ssd_inputs(b, L, h, p, n, g, dtype=torch.float32, seed=0, constant_dt=False):
@@ -201,7 +240,7 @@ BAD = [
     ("u", lambda a: a.update(u=a["u"][0]), ValueError, "u must have 3 dimensions [b, d, L]"),
     ("u", lambda a: a.update(u=a["u"].long()), TypeError, "u must be float16, bfloat16 or float32"),
     ("delta", lambda a: a.update(delta=a["delta"][..., :3]), ValueError, "delta must have shape [b, d, L]"),
-    ("delta", lambda a: a.update(delta=a["delta"].half()), TypeError, "must have the same dtype"),
+    ("delta", lambda a: a.update(delta=a["delta"].half()), TypeError, "delta must have the dtype of u (torch.float32), got torch.float16"),
     ("A", lambda a: a.update(A=a["A"][:3]), ValueError, "A must have shape [d, n]"),
     ("A", lambda a: a.update(A=a["A"].to(torch.complex64)), TypeError, "complex"),
     ("A", lambda a: a.update(A=a["A"].double()), TypeError, "A must be float32"),
