@@ -111,6 +111,46 @@ def test_awkward_shapes(shape):
     run_and_compare(inputs, True, torch.float32, True, True)
 
 
+# mamba_ssm's mixes beside a half-precision u: float32 delta, B and C (and z); bfloat16 runs the
+# reference on the CPU (the interpreter's bfloat16 support), the kernel on a GPU
+MIX_TYPES = [torch.float16] + ([torch.bfloat16] if CUDA else [])
+MIXES = [("delta",), ("B", "C"), ("delta", "B", "C", "z")]
+
+
+@pytest.mark.parametrize("itype", MIX_TYPES, ids=lambda t: str(t).replace("torch.", ""))
+@pytest.mark.parametrize("mix", MIXES, ids="+".join)
+def test_dtype_mixes(mix, itype):
+    b, d, n, L, groups = 1, 6, 5, 19, 3
+    inputs = make_inputs(b, d, n, L, itype, True, True, groups, True, True, True, seed=7)
+    named = dict(zip(NAMES, inputs))
+    for name in mix:
+        named[name] = named[name].float()
+    run_and_compare([named[name] for name in NAMES], True, itype, True, True)
+
+
+@pytest.mark.parametrize("itype, state_type, wtype", [(torch.float16, torch.float32, torch.float32),
+                                                      (torch.float16, torch.float16, torch.float32),
+                                                      (torch.float32, torch.float32, torch.float32),
+                                                      (torch.bfloat16, torch.bfloat16, torch.float32)],
+                         ids=lambda t: str(t).replace("torch.", ""))
+def test_step_dtype_mixes(itype, state_type, wtype):
+    """The step against its float64 reference: float32 delta, B, C beside half-precision u and
+    state, as in mamba_ssm's test of selective_state_update (and its tolerances)."""
+    b, d, n, groups = 2, 37, 5, 1
+    inp = step_inputs(b, d, n, groups, itype, wtype, seed=5)
+    state = torch.randn(b, d, n, generator=torch.Generator().manual_seed(6)).to(DEVICE, state_type)
+    state_ref = state.double()
+    out = selective_scan_step(state, **inp)
+    out_ref = selective_scan_step_ref(state_ref, **{k: v.double() if isinstance(v, torch.Tensor) else v
+                                                    for k, v in inp.items()})
+    assert out.dtype == itype and state.dtype == state_type
+    rtol, atol = {torch.float32: (3e-4, 1e-3), torch.float16: (5e-3, 1e-2), torch.bfloat16: (1e-2, 5e-2)}[itype]
+    if state_type != torch.float32:  # the state itself is rounded to half precision
+        rtol, atol = max(rtol, 1e-2 if state_type == torch.bfloat16 else 5e-3), max(atol, 1e-2)
+    assert_close("out", out_ref, out, atol, rtol)
+    assert_close("state", state_ref, state, atol, rtol)
+
+
 def test_large_delta_and_strong_decay():
     """Δ |A| of order 10 per token: the states decay to nothing within a chunk, without overflow."""
     u, delta, A, B, C, D, z, bias = make_inputs(1, 4, 8, 40, torch.float32, True, True, 1, False, False, False)
@@ -267,6 +307,19 @@ def test_bad_input(arg, change, error, message):
     with pytest.raises(error) as info:
         selective_scan(**args)
     assert message in str(info.value), str(info.value)
+
+
+def test_bad_dtype_mixes():
+    args = dict(zip(NAMES, make_inputs(1, 4, 8, 5, torch.float16, True, True, 1, True, True, True)))
+    for name, dtype in (("delta", torch.bfloat16), ("B", torch.float64), ("z", torch.bfloat16)):
+        with pytest.raises(TypeError, match=rf"{name}.* must have the dtype of u \(torch.float16\) or float32, "
+                                            rf"got {dtype}"):
+            selective_scan(**{**args, name: args[name].to(dtype)})
+    inp = step_inputs(1, 4, 8, 1, torch.float32)
+    with pytest.raises(TypeError, match=r"state must have the dtype of u \(torch.float32\), got torch.float16"):
+        selective_scan_step(torch.zeros(1, 4, 8, dtype=torch.float16), **inp)
+    with pytest.raises(TypeError, match=r"B \[b, n\] is input-dependent and must have the dtype of u"):
+        selective_scan_step(torch.zeros(1, 4, 8), **{**inp, "B": inp["B"].half()})
 
 
 def test_bad_input_on_other_device():
