@@ -322,6 +322,44 @@ def test_bad_dtype_mixes():
         selective_scan_step(torch.zeros(1, 4, 8), **{**inp, "B": inp["B"].half()})
 
 
+def test_checks_read_no_values():
+    """``meta`` tensors have shapes, dtypes and a device but no data: the checks pass on them (so they
+    never wait for a GPU), still reject a bad shape, and the call returns outputs of the right shapes."""
+    args = {k: None if v is None else v.to("meta") for k, v in zip(NAMES, good_inputs())}
+    out, last = selective_scan(**args, delta_softplus=True, return_last_state=True)
+    assert out.device.type == "meta" and out.shape == (2, 4, 6) and last.shape == (2, 4, 8)
+    with pytest.raises(ValueError, match=r"z must have shape \[b, d, L\]"):
+        selective_scan(**{**args, "z": args["z"][:1]})
+    inp = {k: v.to("meta") if isinstance(v, torch.Tensor) else v for k, v in step_inputs(2, 4, 8, 2, torch.float16,
+                                                                                          torch.float32).items()}
+    out = selective_scan_step(torch.empty(2, 4, 8, device="meta"), **inp)
+    assert out.device.type == "meta" and out.shape == (2, 4) and out.dtype == torch.float16
+
+
+@pytest.mark.skipif(not CUDA, reason="synchronisation with a GPU needs a GPU; test_checks_read_no_values covers the checks")
+def test_cuda_path_does_not_synchronise():
+    """Forward, backward and decoding step on CUDA, after a first call (which may autotune), make no
+    call that waits for the GPU."""
+    inputs = [None if x is None else x.requires_grad_() for x in make_inputs(2, 64, 16, 300, torch.bfloat16, True,
+                                                                               True, 2, True, True, True)]
+    inp = step_inputs(2, 64, 16, 2, torch.bfloat16, torch.float32)
+    state = torch.zeros(2, 64, 16, device=DEVICE)
+
+    def run():
+        out, last = selective_scan(*inputs, delta_softplus=True, return_last_state=True)
+        (out.float().sum() + last.sum()).backward()
+        selective_scan_step(state, **inp)
+
+    run()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        run()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+
+
 def test_bad_input_on_other_device():
     if not CUDA:
         args = dict(zip(NAMES, good_inputs()))
