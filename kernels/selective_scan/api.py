@@ -9,7 +9,7 @@ from .._checks import (check_bool, check_float32, check_float_dtypes, check_same
 from .naive import selective_scan_ref, selective_scan_step_ref
 
 if HAS_TRITON:
-    from .triton import SelectiveScanFunction, selective_scan_step_fwd
+    from .triton import selective_scan_op, selective_scan_step_op
 
 MAX_STATE = 256  # largest state size n the kernels take
 
@@ -139,7 +139,9 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     _check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     check_bool("return_last_state", return_last_state)
     if uses_triton(u):
-        out, last = SelectiveScanFunction.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        store_states = torch.is_grad_enabled() and any(
+            x is not None and x.requires_grad for x in (u, delta, A, B, C, D, z, delta_bias))
+        out, last, _ = selective_scan_op(u, delta, A, B, C, D, z, delta_bias, delta_softplus, store_states)
         return (out, last) if return_last_state else out
     return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
 
@@ -199,5 +201,5 @@ def selective_scan_step(state, u, delta, A, B, C, D=None, z=None, delta_bias=Non
     check_same_device({"u": u, "state": state})
     with torch.no_grad():
         if uses_triton(u):
-            return selective_scan_step_fwd(state, u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+            return selective_scan_step_op(state, u, delta, A, B, C, D, z, delta_bias, delta_softplus)
         return selective_scan_step_ref(state, u, delta, A, B, C, D, z, delta_bias, delta_softplus)

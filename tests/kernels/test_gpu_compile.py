@@ -85,29 +85,38 @@ SHARED_BYTES = {90: 227 * 1024, 80: 163 * 1024}  # shared memory a block may use
 
 
 def selective_scan():
-    """The scan's forward and backward and the decoding step, for sm_90 and sm_80, at every power
-    of two of the state size, with the settings the launchers choose; each within shared memory."""
+    """The scan's forward and backward and the decoding step for sm_90 and sm_80, at state sizes 16
+    and 256: every configuration of the autotune lists a GPU launch can choose among (input-dependent
+    B and C), and the deterministic one (time-invariant B and C); each within shared memory."""
     ss = import_module("kernels.selective_scan.triton")
     io = {"u", "delta", "z", "out", "dout", "du", "ddelta", "dz", "state"}
     sizes = {"d", "n", "L", "g_B", "g_C", "dg_B", "dg_C"}
     flags = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True)
-    for arch in (90, 80):
-        for n in (16, 256):
-            for variable in (True, False):
-                config = ss._config(2048, n, (1, 1), interpret=False)
-                launch = dict(num_warps=config.pop("num_warps"), num_stages=config.pop("num_stages"))
-                constexprs = dict(**config, B_VARIABLE=variable, C_VARIABLE=variable, **flags)
+    d = 2048
+    for n in (16, 256):
+        base = ss._config(d, n, (1, 1), interpret=False)
+        fixed = dict(BLOCK_N=base["BLOCK_N"], CHUNK=base["CHUNK"])
+        tuned = ss._scan_configs(ss.SCAN_CONFIGS, {"d": d, "g_B": 1, "g_C": 1}, **fixed)
+        assert len(tuned) > 1, f"n = {n}: nothing to tune among {tuned}"
+        runs = [(c.kwargs["BLOCK_D"], c.num_warps, c.num_stages, True) for c in tuned]
+        runs.append((base["BLOCK_D"], base["num_warps"], base["num_stages"], False))
+        for arch in (90, 80):
+            for BLOCK_D, num_warps, num_stages, variable in runs:
+                constexprs = dict(**fixed, BLOCK_D=BLOCK_D, B_VARIABLE=variable, C_VARIABLE=variable, **flags)
                 bc = {"B", "C"} if variable else set()
                 for kernel, extra in ((ss._selective_scan_fwd_kernel, {"STORE_STATES": True}),
                                       (ss._selective_scan_bwd_kernel, {})):
                     compiled = compile_for_hopper(kernel, {**constexprs, **extra}, io | bc, sizes, torch.bfloat16,
-                                                  arch=arch, **launch)
+                                                  num_warps, num_stages, arch=arch)
                     check_shared(compiled, kernel, arch, constexprs)
-            config = ss._step_config(2048, n, interpret=False)
-            num_warps = config.pop("num_warps")
-            compiled = compile_for_hopper(ss._selective_scan_step_kernel, {**config, **flags}, io | {"B", "C"}, sizes,
-                                          torch.bfloat16, num_warps, arch=arch)
-            check_shared(compiled, ss._selective_scan_step_kernel, arch, config)
+            step = ss._step_config(d, n, interpret=False)
+            configs = ss._step_configs(ss.STEP_CONFIGS, {"d": d}, BLOCK_N=step["BLOCK_N"])
+            assert len(configs) > 1 and step["BLOCK_D"] in {c.kwargs["BLOCK_D"] for c in configs}
+            for c in configs:
+                constexprs = dict(BLOCK_N=step["BLOCK_N"], BLOCK_D=c.kwargs["BLOCK_D"], **flags)
+                compiled = compile_for_hopper(ss._selective_scan_step_kernel, constexprs, io | {"B", "C"}, sizes,
+                                              torch.bfloat16, c.num_warps, arch=arch)
+                check_shared(compiled, ss._selective_scan_step_kernel, arch, constexprs)
 
 
 def check_shared(compiled, kernel, arch, config):

@@ -221,6 +221,75 @@ def test_step_updates_a_strided_state_in_place():
     assert torch.equal(untouched[0], cache[0]) and torch.equal(untouched[1], cache[4]), "rows outside the slice"
 
 
+@pytest.mark.parametrize("form", [(True, True, 2), (False, True, 1)], ids=["varBC-g2", "fixedB-varC"])
+def test_opcheck(form):
+    """The registered operator: schema, fake (meta) shapes, autograd registration and its traces."""
+    var_B, var_C, groups = form
+    inputs = make_inputs(1, 4, 3, 5, torch.float32, var_B, var_C, groups, True, True, True)
+    args = [x.requires_grad_() for x in inputs] + [True, True]
+    torch.library.opcheck(torch.ops.kernels.selective_scan.default, args)
+    torch.library.opcheck(torch.ops.kernels.selective_scan.default, [x.detach() for x in inputs] + [False, False])
+
+
+def test_opcheck_step():
+    inp = step_inputs(2, 6, 5, 2, torch.float16, torch.float32)
+    args = [torch.randn(2, 6, 5, device=DEVICE)] + [inp[k] for k in ("u", "delta", "A", "B", "C", "D", "z",
+                                                                     "delta_bias", "delta_softplus")]
+    torch.library.opcheck(torch.ops.kernels.selective_scan_step.default, args)
+
+
+def test_torch_compile_step():
+    """A compiled decoding step (no graph break) updates the state in place like the uncompiled one."""
+    inp = step_inputs(2, 6, 5, 2, torch.float32)
+    state = torch.randn(2, 6, 5, device=DEVICE)
+    state_ref, state_c = state.clone(), state.clone()
+
+    def two_steps(state, inp):
+        return selective_scan_step(state, **inp) + selective_scan_step(state, **inp)
+
+    out = two_steps(state_ref, inp)
+    out_c = torch.compile(two_steps, fullgraph=True, backend="aot_eager" if not CUDA else "inductor")(state_c, inp)
+    assert_close("out", out, out_c, 1e-6, 1e-5)
+    assert_close("state", state_ref, state_c, 1e-6, 1e-5)
+    assert not torch.equal(state, state_c)
+
+
+class TinyMamba(torch.nn.Module):
+    """A projection to the scan's inputs, the scan, a projection back: enough to trace a model."""
+
+    def __init__(self, d_model=3, d=4, n=5):
+        super().__init__()
+        self.proj_in = torch.nn.Linear(d_model, 3 * d + 2 * n)
+        self.A_log = torch.nn.Parameter(torch.randn(d, n))
+        self.D, self.delta_bias = torch.nn.Parameter(torch.randn(d)), torch.nn.Parameter(torch.rand(d))
+        self.proj_out = torch.nn.Linear(d, d_model)
+        self.sizes = (d, d, d, n, n)
+
+    def forward(self, x):  # [b, L, d_model]
+        u, delta, z, B, C = (t.transpose(1, 2) for t in self.proj_in(x).split(self.sizes, dim=-1))
+        y = selective_scan(u, delta, -torch.exp(self.A_log), B, C, self.D, z, self.delta_bias, delta_softplus=True)
+        return self.proj_out(y.transpose(1, 2))  # [b, L, d_model]
+
+
+def test_torch_compile_fullgraph():
+    """``torch.compile(fullgraph=True)`` traces a model around the scan without a graph break, and its
+    forward and backward equal the uncompiled ones."""
+    torch.manual_seed(0)
+    model = TinyMamba().to(DEVICE)
+    x = torch.randn(2, 21, 3, device=DEVICE)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager" if not CUDA else "inductor")
+    results = []
+    for fn in (model, compiled):
+        model.zero_grad()
+        y = fn(x)
+        y.square().sum().backward()
+        results.append((y.detach(), [p.grad.clone() for p in model.parameters()]))
+    (y, grads), (y_c, grads_c) = results
+    assert_close("out", y, y_c, 1e-6, 1e-5)
+    for (name, _), g, g_c in zip(model.named_parameters(), grads, grads_c):
+        assert_close(f"d{name}", g, g_c, 1e-6, 1e-5)
+
+
 def ssd_inputs(b, L, h, p, n, g, dtype=torch.float32, seed=0, constant_dt=False):
     gen = torch.Generator().manual_seed(seed)
     dt = 0.5 * torch.rand(1, 1, h, generator=gen) if constant_dt else 0.5 * torch.rand(b, L, h, generator=gen)
