@@ -24,7 +24,7 @@ def test_kernels_compile_for_hopper(family):
     pytest.importorskip("triton")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env["PYTHONPATH"] = os.pathsep.join([root] + [env["PYTHONPATH"]] * ("PYTHONPATH" in env))  # this checkout's kernels
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))  # this checkout's kernels
     done = subprocess.run([sys.executable, __file__, family], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"{family}: compiled" in done.stdout, done.stdout
