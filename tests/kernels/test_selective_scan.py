@@ -290,6 +290,26 @@ def test_torch_compile_fullgraph():
         assert_close(f"d{name}", g, g_c, 1e-6, 1e-5)
 
 
+def test_autotune_lists_respect_groups_and_tiles():
+    """What a GPU launch may choose among: never empty, blocks inside one group and within the
+    channels, tiles no larger than the compile test's (it compiles the lists at n = 16 and 256)."""
+    import triton
+
+    from kernels.selective_scan import triton as ss
+    for d, n, groups in itertools.product((1, 6, 48, 2048, 5120), (1, 5, 16, 256), ((1, 1), (3, 1), (2, 8))):
+        if any(d % g for g in groups):
+            continue
+        fixed = {k: v for k, v in ss._config(d, n, groups, interpret=False).items() if k in ("BLOCK_N", "CHUNK")}
+        configs = ss._scan_configs(ss.SCAN_CONFIGS, {"d": d, "g_B": groups[0], "g_C": groups[1]}, **fixed)
+        assert configs, (d, n, groups)
+        for c in configs:
+            bd = c.kwargs["BLOCK_D"]
+            assert bd <= triton.next_power_of_2(d) and all((d // g) % bd == 0 for g in groups if g > 1), (d, groups, bd)
+            assert bd * fixed["BLOCK_N"] * fixed["CHUNK"] <= max(ss.SCAN_TILES)
+        steps = ss._step_configs(ss.STEP_CONFIGS, {"d": d}, BLOCK_N=fixed["BLOCK_N"])
+        assert steps and all(c.kwargs["BLOCK_D"] * fixed["BLOCK_N"] <= max(ss.STEP_TILES) for c in steps)
+
+
 def ssd_inputs(b, L, h, p, n, g, dtype=torch.float32, seed=0, constant_dt=False):
     gen = torch.Generator().manual_seed(seed)
     dt = 0.5 * torch.rand(1, 1, h, generator=gen) if constant_dt else 0.5 * torch.rand(b, L, h, generator=gen)
