@@ -118,7 +118,11 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
 
     Where it runs: the chunked Triton scan on CUDA tensors, and on CPU tensors in Triton's
     interpreter when ``TRITON_INTERPRET=1`` was set before ``kernels`` was imported (except
-    bfloat16); otherwise the sequential reference `selective_scan_ref`.
+    bfloat16); otherwise the sequential reference `selective_scan_ref`. The Triton scan is the
+    registered operator ``torch.ops.kernels.selective_scan`` (with its backward), which
+    ``torch.compile(fullgraph=True)`` traces without a graph break. On a GPU the first call of a
+    new shape autotunes the launch (timing a few configurations, which waits for the GPU); no
+    other step reads tensor values or synchronises.
 
     Returns:
         ``out [b, d, L]`` in the dtype of ``u``, or ``(out, last_state [b, d, n])`` (float32).
@@ -173,9 +177,12 @@ def selective_scan_step(state, u, delta, A, B, C, D=None, z=None, delta_bias=Non
     No gradients: the step is for inference and runs without autograd (its output does not
     require grad).
 
-    Where it runs: one fused Triton kernel on CUDA tensors, and on CPU tensors in Triton's
-    interpreter when ``TRITON_INTERPRET=1`` was set before ``kernels`` was imported (except
-    bfloat16); otherwise the PyTorch reference `selective_scan_step_ref` (a few small operations).
+    Where it runs: one fused Triton kernel (the registered operator
+    ``torch.ops.kernels.selective_scan_step``, declared to mutate ``state``) on CUDA tensors, and
+    on CPU tensors in Triton's interpreter when ``TRITON_INTERPRET=1`` was set before ``kernels``
+    was imported (except bfloat16); otherwise the PyTorch reference `selective_scan_step_ref` (a
+    few small operations). On a GPU the first call of a new shape autotunes the launch (restoring
+    the state after each timed run).
 
     Returns:
         ``out [b, d]`` in the dtype of ``u``.
