@@ -112,9 +112,10 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         return_last_state (bool): also return the state after the last token.
 
     Gradients flow to every tensor argument (the last state's gradient included), each in its
-    argument's dtype. The state is kept in float32 whatever the input dtypes. The dtype mixes are
-    those ``mamba_ssm`` accepts: float32 ``delta``, ``B``, ``C`` (and ``z``) beside a float16 or
-    bfloat16 ``u`` are read as they are, not rounded to the dtype of ``u``.
+    argument's dtype. The state is kept in float32 whatever the input dtypes. Float32 ``delta``,
+    ``B``, ``C`` and ``z`` beside a float16 or bfloat16 ``u`` are read as they are, not rounded to
+    the dtype of ``u`` (the mixes ``mamba_ssm``'s ``selective_state_update`` takes; its CUDA
+    ``selective_scan_fn`` wants them in the dtype of ``u``, which is accepted too).
 
     Where it runs: the chunked Triton scan on CUDA tensors, and on CPU tensors in Triton's
     interpreter when ``TRITON_INTERPRET=1`` was set before ``kernels`` was imported (except

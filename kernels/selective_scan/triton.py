@@ -17,8 +17,18 @@ The backward runs the chunks in reverse. The gradient reaching ``x_t``,
 ``db_t = h_t`` and ``da_t a_t = h_t (x_t - b_t)``, which give the gradients of Δ, A, B, C and u
 without dividing by ``a_t``.
 
+The decoding step (one token) is one more kernel: each program reads ``BLOCK_D`` channels'
+state ``[BLOCK_D, BLOCK_N]``, advances it and writes it back in place.
+
+On a GPU the launchers autotune ``BLOCK_D`` and ``num_warps`` (``triton.autotune``, lists pruned
+by tile size and groups); in the interpreter they use the deterministic ``_config`` and
+``_step_config``. The forward, backward and step are registered as PyTorch operators
+(``torch.ops.kernels.*``) with fake implementations and the backward as the forward's autograd
+formula, which is what ``torch.compile`` traces.
+
 Shapes: ``u, delta, z, out [b, d, L]``; ``A [d, n]``; input-dependent ``B, C [b, g, n, L]``
-(``g`` groups of ``d / g`` channels) or time-invariant ``[d, n]``; ``D, delta_bias [d]``.
+(``g`` groups of ``d / g`` channels) or time-invariant ``[d, n]``; ``D, delta_bias [d]``; the
+step's ``state [b, d, n]``, ``u, delta, z, out [b, d]``, ``B, C [b, g, n]``.
 """
 from __future__ import annotations
 
