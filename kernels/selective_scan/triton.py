@@ -356,7 +356,8 @@ _fwd_tuned = triton.autotune(SCAN_CONFIGS, key=_KEY, prune_configs_by={"early_co
 _bwd_tuned = triton.autotune(SCAN_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": _scan_configs},
                              reset_to_zero=["dB", "dC"])(_selective_scan_bwd_kernel)
 # the step overwrites the state: restore it after each timed run
-_step_tuned = triton.autotune(STEP_CONFIGS, key=["d", "n", "HAS_Z"], prune_configs_by={"early_config_prune": _step_configs},
+_step_tuned = triton.autotune(STEP_CONFIGS, key=["d", "n", "HAS_Z"],
+                              prune_configs_by={"early_config_prune": _step_configs},
                               restore_value=["state"])(_selective_scan_step_kernel)
 
 

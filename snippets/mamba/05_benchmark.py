@@ -155,7 +155,8 @@ decode = []
 for d in CHANNELS:
     u, delta, z = (torch.randn(1, d, device=DEVICE, dtype=DTYPE) for _ in range(3))
     B, C = (torch.randn(1, n, device=DEVICE, dtype=DTYPE) for _ in range(2))
-    A, D, delta_bias = -torch.exp(torch.randn(d, n, device=DEVICE)), torch.randn(d, device=DEVICE), torch.randn(d, device=DEVICE)
+    A = -torch.exp(torch.randn(d, n, device=DEVICE))
+    D, delta_bias = torch.randn(d, device=DEVICE), torch.randn(d, device=DEVICE)
     state = torch.zeros(1, d, n, device=DEVICE)
     args = (state, u, delta, A, B, C, D, z, delta_bias, True)  # mamba_ssm's order: D, z, dt_bias, dt_softplus
     with torch.no_grad():

@@ -425,7 +425,7 @@ def test_checks_read_no_values():
     assert out.device.type == "meta" and out.shape == (2, 4) and out.dtype == torch.float16
 
 
-@pytest.mark.skipif(not CUDA, reason="synchronisation with a GPU needs a GPU; test_checks_read_no_values covers the checks")
+@pytest.mark.skipif(not CUDA, reason="needs a GPU to synchronise with; test_checks_read_no_values covers the checks")
 def test_cuda_path_does_not_synchronise():
     """Forward, backward and decoding step on CUDA, after a first call (which may autotune), make no
     call that waits for the GPU."""
