@@ -9,7 +9,7 @@ from .._checks import (check_bool, check_float32, check_float_dtypes, check_same
 from .naive import selective_scan_ref, selective_scan_step_ref
 
 if HAS_TRITON:
-    from .triton import selective_scan_op, selective_scan_step_op
+    from .triton import selective_scan_op, selective_scan_step_fwd, selective_scan_step_op
 
 MAX_STATE = 256  # largest state size n the kernels take
 
@@ -178,8 +178,8 @@ def selective_scan_step(state, u, delta, A, B, C, D=None, z=None, delta_bias=Non
     No gradients: the step is for inference and runs without autograd (its output does not
     require grad).
 
-    Where it runs: one fused Triton kernel (the registered operator
-    ``torch.ops.kernels.selective_scan_step``, declared to mutate ``state``) on CUDA tensors, and
+    Where it runs: one fused Triton kernel on CUDA tensors (under ``torch.compile`` through the
+    registered operator ``torch.ops.kernels.selective_scan_step``, declared to mutate ``state``), and
     on CPU tensors in Triton's interpreter when ``TRITON_INTERPRET=1`` was set before ``kernels``
     was imported (except bfloat16); otherwise the PyTorch reference `selective_scan_step_ref` (a
     few small operations). On a GPU the first call of a new shape autotunes the launch (restoring
@@ -209,5 +209,8 @@ def selective_scan_step(state, u, delta, A, B, C, D=None, z=None, delta_bias=Non
     check_same_device({"u": u, "state": state})
     with torch.no_grad():
         if uses_triton(u):
-            return selective_scan_step_op(state, u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+            # the registered operator for torch.compile; in eager mode the launch itself (the
+            # operator's dispatch would add to the latency of every token)
+            step = selective_scan_step_op if torch.compiler.is_compiling() else selective_scan_step_fwd
+            return step(state, u, delta, A, B, C, D, z, delta_bias, delta_softplus)
         return selective_scan_step_ref(state, u, delta, A, B, C, D, z, delta_bias, delta_softplus)
