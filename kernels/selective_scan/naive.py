@@ -77,3 +77,45 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
         y = y * F.silu(z.to(acc))
     out = y.to(dtype_in)
     return (out, x) if return_last_state else out
+
+
+def selective_scan_step_ref(state, u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+    """One token of the selective scan (decoding): updates ``state`` in place and returns the output.
+
+    ``x = exp(Δ A) state + Δ B u`` (computed in float32), stored into ``state`` in its own dtype;
+    ``out = (C · x + D u) * silu(z)`` from the float32 ``x``. The semantics of ``mamba_ssm``'s
+    ``selective_state_update_ref`` without heads.
+
+    Args:
+        state (torch.Tensor): ``x_{t-1}`` ``[b, d, n]``, overwritten with ``x_t``.
+        u (torch.Tensor): the token's input ``[b, d]``.
+        delta (torch.Tensor): its step size ``[b, d]`` (before ``delta_bias`` and softplus).
+        A (torch.Tensor): ``[d, n]``.
+        B (torch.Tensor): ``[b, n]`` or ``[b, g, n]`` (``g`` groups of ``d / g`` channels).
+        C (torch.Tensor): ``[b, n]`` or ``[b, g, n]``.
+        D (torch.Tensor, optional): skip connection ``[d]``.
+        z (torch.Tensor, optional): gate ``[b, d]``.
+        delta_bias (torch.Tensor, optional): ``[d]``, added to ``delta``.
+        delta_softplus (bool): apply softplus to ``delta`` (after the bias).
+
+    Returns:
+        ``out [b, d]`` in the dtype of ``u``.
+    """
+    acc = _acc(u)
+    d = u.shape[1]
+    dt = delta.to(acc) + (0 if delta_bias is None else delta_bias.to(acc))
+    dt = F.softplus(dt) if delta_softplus else dt  # [b, d]
+
+    def per_channel(M):  # [b, n] or [b, g, n] -> [b, d, n]
+        M = M.to(acc)[:, None] if M.dim() == 2 else M.to(acc)
+        return M.repeat_interleave(d // M.shape[1], dim=1)
+
+    uf = u.to(acc)
+    x = torch.exp(dt[..., None] * A.to(acc)) * state.to(acc) + (dt * uf)[..., None] * per_channel(B)  # [b, d, n]
+    state.copy_(x)
+    y = (x * per_channel(C)).sum(-1)  # [b, d]
+    if D is not None:
+        y = y + D.to(acc) * uf
+    if z is not None:
+        y = y * F.silu(z.to(acc))
+    return y.to(u.dtype)

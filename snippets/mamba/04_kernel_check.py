@@ -7,7 +7,8 @@ multiples of the kernel's chunk:
 * the outputs and the last states;
 * the gradients of all eight tensor inputs for the same upstream gradient;
 * the same with a time-invariant B and C (the S4 case);
-* decoding: a prompt in one call, then one token at a time with ``selective_scan_step``.
+* decoding: a prompt in one call, then one token at a time with ``selective_scan_step``
+  (one fused kernel per token, which updates the state in place).
 """
 # %%
 import json
@@ -72,7 +73,8 @@ for label, kind in (("input-dependent B, C (2 groups)", {}), ("time-invariant B,
 
 # %% [markdown]
 # Decoding: the first `L - 10` tokens in one call that also returns the state, then the last 10
-# tokens one at a time. `selective_scan_step` takes B and C of one token, `[b, g, n]`.
+# tokens one at a time. `selective_scan_step` takes B and C of one token, `[b, g, n]`, updates
+# the state in place (one kernel launch per token) and returns the token's output.
 
 # %%
 L = LENGTHS[-1]
@@ -83,7 +85,7 @@ outs, state = selective_scan(u[..., :prompt], delta[..., :prompt], A, B[..., :pr
                              z=z[..., :prompt], return_last_state=True, **options)
 outs = [outs]
 for t in range(prompt, L):
-    out_t, state = selective_scan_step(state, u[..., t], delta[..., t], A, B[..., t], C[..., t], z=z[..., t], **options)
+    out_t = selective_scan_step(state, u[..., t], delta[..., t], A, B[..., t], C[..., t], z=z[..., t], **options)
     outs.append(out_t[..., None])  # [b, d, 1]
 whole, last = selective_scan(u, delta, A, B, C, z=z, return_last_state=True, **options)
 decode = {"out": max_diff(torch.cat(outs, dim=-1), whole), "state": max_diff(state, last)}

@@ -19,14 +19,18 @@ import json
 import matplotlib.pyplot as plt
 import torch
 
-from kernels import selective_scan
+from kernels import selective_scan, selective_scan_step
 from kernels.bench import time_ms
-from kernels.selective_scan import selective_scan_ref
+from kernels.selective_scan import selective_scan_ref, selective_scan_step_ref
 
 try:
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
 except ImportError:  # not installed, or installed without its CUDA extension
     selective_scan_fn = None
+try:
+    from mamba_ssm.ops.triton.selective_state_update import selective_state_update
+except ImportError:
+    selective_state_update = None
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 if DEVICE == "cuda":
@@ -138,6 +142,37 @@ for d in CHANNELS:
             torch.cuda.empty_cache()
 
 # %% [markdown]
+# Decoding: one token at batch 1, the state `[1, d, n]` in float32 updated in place. Our
+# `selective_scan_step` is one kernel launch; the plain PyTorch step `selective_scan_step_ref`
+# is a few small operations, each its own launch; mamba_ssm's `selective_state_update` (when
+# installed) is one Triton kernel too.
+
+# %%
+STEPS = {"selective_scan_step (ours)": selective_scan_step, "plain PyTorch step": selective_scan_step_ref}
+if selective_state_update is not None:
+    STEPS["mamba_ssm selective_state_update"] = selective_state_update
+decode = []
+for d in CHANNELS:
+    u, delta, z = (torch.randn(1, d, device=DEVICE, dtype=DTYPE) for _ in range(3))
+    B, C = (torch.randn(1, n, device=DEVICE, dtype=DTYPE) for _ in range(2))
+    A = -torch.exp(torch.randn(d, n, device=DEVICE))
+    D, delta_bias = torch.randn(d, device=DEVICE), torch.randn(d, device=DEVICE)
+    state = torch.zeros(1, d, n, device=DEVICE)
+    args = (state, u, delta, A, B, C, D, z, delta_bias, True)  # mamba_ssm's order: D, z, dt_bias, dt_softplus
+    with torch.no_grad():
+        ms = {name: time_ms(lambda: step(*args)) for name, step in STEPS.items()}
+    decode.append({"d": d, "ms": ms})
+    print(f"decoding step, b=1 d={d:4d}: " + "  ".join(f"{name} {t * 1e3:7.1f} us" for name, t in ms.items()))
+with open("decode.md", "w") as f:
+    f.write("| d | " + " | ".join(f"{name} (µs)" for name in STEPS) + " | plain step / ours |\n")
+    f.write("|---:|" + "---:|" * (len(STEPS) + 1) + "\n")
+    for row in decode:
+        ms = row["ms"]
+        f.write(f"| {row['d']} | " + " | ".join(f"{ms[name] * 1e3:.1f}" for name in STEPS)
+                + f" | {ms['plain PyTorch step'] / ms['selective_scan_step (ours)']:.1f} |\n")
+    f.write(f"\nOne token at batch 1, n = {n}, inputs in {str(DTYPE).replace('torch.', '')}, the state in float32.\n")
+
+# %% [markdown]
 # Two figures: bandwidth against the copy, and time against the other scans (with the ratios).
 
 # %%
@@ -212,4 +247,4 @@ if selective_scan_fn is not None:
 with open("results.json", "w") as f:
     json.dump({"device": DEVICE, "where": WHERE, "copy_gbs": COPY_GBS, "lowest_fwd_fraction_of_copy": fwd_fraction,
                "highest_fwd_special_gops": fwd_gops,
-               "mamba_ssm": selective_scan_fn is not None, "points": points}, f, indent=2)
+               "mamba_ssm": selective_scan_fn is not None, "points": points, "decode": decode}, f, indent=2)

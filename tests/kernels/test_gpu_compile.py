@@ -150,22 +150,39 @@ def selective_scan_cases():
     from kernels._checks import FLOAT_DTYPES
     from kernels.selective_scan.api import MAX_STATE
     ss = import_module("kernels.selective_scan.triton")
-    sizes = {"d", "n", "L", "g_B", "g_C"}
+    sizes = {"d", "n", "L", "g_B", "g_C", "dg_B", "dg_C"}
     # Channels d and groups only ever shrink BLOCK_D (a divisor of the channels of a group):
-    # small d with one group and a large d cover every BLOCK_D.
-    configs = distinct(ss._config(d, n, (1, 1), interpret=False)
-                       for n in range(1, MAX_STATE + 1) for d in [*range(1, 65), 4096])
+    # small d with one group and a large d cover every BLOCK_D. On a GPU the launchers autotune
+    # BLOCK_D and the warps among _scan_configs / _step_configs: every one of those is a case too.
+    scan, step = [], []
+    for n in range(1, MAX_STATE + 1):
+        for d in [*range(1, 65), 4096]:
+            base = ss._config(d, n, (1, 1), interpret=False)
+            fixed = dict(BLOCK_N=base["BLOCK_N"], CHUNK=base["CHUNK"])
+            scan.append(base)
+            for c in ss._scan_configs(ss.SCAN_CONFIGS, {"d": d, "g_B": 1, "g_C": 1}, **fixed):
+                scan.append(dict(**fixed, **c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages))
+            base = ss._step_config(d, n, interpret=False)
+            step.append(dict(base, num_stages=3))
+            for c in ss._step_configs(ss.STEP_CONFIGS, {"d": d}, BLOCK_N=base["BLOCK_N"]):
+                step.append(dict(BLOCK_N=base["BLOCK_N"], **c.kwargs, num_warps=c.num_warps,
+                                 num_stages=c.num_stages))
+    scan, step = distinct(scan), distinct(step)
+    flags = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True)
     for dtype in FLOAT_DTYPES:
-        for constexprs, num_warps, num_stages in configs:
+        for constexprs, num_warps, num_stages in scan:
             for variable in (True, False):
                 io = {"u", "delta", "z", "out", "dout", "du", "ddelta", "dz"} | ({"B", "C"} if variable else set())
                 small = {"A", "D", "delta_bias"} | (set() if variable else {"B", "C"})  # [d, n] and [d]
-                flags = dict(B_VARIABLE=variable, C_VARIABLE=variable, HAS_D=True, HAS_Z=True, HAS_BIAS=True,
-                             SOFTPLUS=True)
-                yield Case(ss._selective_scan_fwd_kernel, {**constexprs, **flags, "STORE_STATES": True}, io,
+                both = dict(flags, B_VARIABLE=variable, C_VARIABLE=variable)
+                yield Case(ss._selective_scan_fwd_kernel, {**constexprs, **both, "STORE_STATES": True}, io,
                            sizes, dtype, num_warps, num_stages, small)
-                yield Case(ss._selective_scan_bwd_kernel, {**constexprs, **flags}, io, sizes, dtype,
+                yield Case(ss._selective_scan_bwd_kernel, {**constexprs, **both}, io, sizes, dtype,
                            num_warps, num_stages, small)
+        for constexprs, num_warps, num_stages in step:
+            yield Case(ss._selective_scan_step_kernel, {**constexprs, **flags},
+                       {"u", "delta", "z", "out", "B", "C"}, sizes, dtype, num_warps, num_stages,
+                       {"A", "D", "delta_bias"})
 
 
 def tree_attention_cases():
