@@ -1,6 +1,6 @@
 """Linear attention's public functions and their argument checks.
 
-`linear_attention` runs the chunk-wise Triton kernels (``triton.py``) or the reference;
+`linear_attention` runs the chunk-parallel Triton kernels (``triton.py``) or the reference;
 `linear_attention_step` advances a state by one token in plain PyTorch: decoding one token
 needs no kernel, the state update is an outer product and the read-out a vector-matrix
 product, ``O(K V)`` work per head.
@@ -10,12 +10,39 @@ from __future__ import annotations
 import torch
 
 from .._backend import HAS_TRITON, uses_triton
-from .._checks import (HEAD_DIMS, check_bool, check_decay, check_dim, check_float_dtypes, check_same_device,
-                       check_scale, check_tensor)
+from .._checks import (check_bool, check_dim, check_float_dtypes, check_same_device, check_scale,
+                       check_tensor)
 from .naive import linear_attention_quadratic
 
 if HAS_TRITON:
     from .triton import ChunkLinearAttention
+
+def check_log_decay(decay, B: int, H: int, T: int, device, per_token: str = "[B, H, T]") -> None:
+    """``decay`` must be a floating tensor of log-decays, ``[H]`` or ``per_token``, on ``device``.
+
+    Its values (finite, <= 0) are checked only on CPU tensors: reading a CUDA tensor back would
+    make the host wait for the GPU on every call and break CUDA graph capture.
+    """
+    if not isinstance(decay, torch.Tensor):
+        raise TypeError(f"decay must be a torch.Tensor of log-decays [H] or {per_token}, got {type(decay).__name__}")
+    if not decay.is_floating_point():
+        raise TypeError(f"decay must be a floating-point tensor of log-decays, got {decay.dtype}")
+    if decay.dim() == 1:
+        if decay.shape[0] != H:
+            raise ValueError(f"decay must have one log-decay per head, shape [{H}], got {tuple(decay.shape)}")
+    else:
+        expected = (B, H) if T is None else (B, H, T)
+        if tuple(decay.shape) != expected:
+            raise ValueError(f"decay must have shape [H] = ({H},) or {per_token} = {expected}, "
+                             f"got {tuple(decay.shape)}")
+    if decay.device != device:
+        raise ValueError(f"decay must be on the device of q ({device}), got {decay.device}")
+    if decay.device.type == "cpu" and not decay.is_meta:
+        with torch.no_grad():
+            if not torch.isfinite(decay).all() or (decay > 0).any():
+                raise ValueError("decay must hold finite log-decays <= 0 (gamma = exp(decay) in (0, 1]), "
+                                 f"got values in [{decay.min().item()}, {decay.max().item()}]")
+
 
 def _check_inputs(q, k, v, causal, decay, scale, initial_state, return_final_state, normalize):
     check_tensor("q", q, 4, "[B, H, T, K]")
@@ -32,8 +59,8 @@ def _check_inputs(q, k, v, causal, decay, scale, initial_state, return_final_sta
     for dim, what, size in ((0, "batch size", B), (1, "number of heads", H), (2, "length", T)):
         check_dim("v", v, dim, f"{what} (that of q)", size)
     for name, size in (("K (head dim of q and k)", K), ("V (head dim of v)", v.shape[-1])):
-        if size not in HEAD_DIMS:
-            raise ValueError(f"{name} must be a multiple of 8 between 8 and 256, got {size}")
+        if size < 1:
+            raise ValueError(f"{name} must be at least 1, got {size}")
     if B == 0 or H == 0 or T == 0:
         raise ValueError(f"q must have at least one batch element, head and position, got shape {tuple(q.shape)}")
     if not causal:
@@ -43,7 +70,7 @@ def _check_inputs(q, k, v, causal, decay, scale, initial_state, return_final_sta
         if return_final_state:
             raise ValueError("return_final_state needs causal=True: non-causal linear attention has no state")
     if decay is not None:
-        check_decay(decay, H, q.device)
+        check_log_decay(decay, B, H, T, q.device)
     if initial_state is not None:
         check_tensor("initial_state", initial_state, 4, "[B, H, K, V]")
         expected = (B, H, K, v.shape[-1])
@@ -60,10 +87,11 @@ def _check_inputs(q, k, v, causal, decay, scale, initial_state, return_final_sta
 
 def linear_attention(q, k, v, causal: bool = True, decay=None, scale=None, initial_state=None,
                      return_final_state: bool = False, normalize: bool = False):
-    """Causal (or non-causal) linear attention with an optional per-head decay.
+    """Causal (or non-causal) linear attention with an optional per-head or per-token decay.
 
-    Causal: the state ``S_t = gamma_h * S_{t-1} + k_t^T v_t`` (``S_{-1}`` = ``initial_state`` or 0)
-    and the output ``o_t = scale * q_t S_t``, with ``gamma_h = exp(decay[h])``. Non-causal:
+    Causal: the state ``S_t = exp(g_t) * S_{t-1} + k_t^T v_t`` (``S_{-1}`` = ``initial_state`` or 0)
+    and the output ``o_t = scale * q_t S_t``, with the log-decay ``g_t = decay[h]`` (per head) or
+    ``decay[b, h, t]`` (per token). Non-causal:
     ``o = scale * Q (K^T V)``. Apply a feature map (e.g. `elu_plus_one`) to ``q`` and ``k``
     first for the classic kernelised attention.
 
@@ -72,8 +100,10 @@ def linear_attention(q, k, v, causal: bool = True, decay=None, scale=None, initi
         k (torch.Tensor): keys ``[B, H, T, K]``.
         v (torch.Tensor): values ``[B, H, T, V]``.
         causal (bool): the recurrent form (default) or the non-causal one.
-        decay (torch.Tensor, optional): log-decays ``[H]``, finite and <= 0 (RetNet, simple gated
-            linear attention); ``None`` means no decay. Causal only; no gradient flows to it.
+        decay (torch.Tensor, optional): log-decays <= 0, per head ``[H]`` (RetNet) or per token
+            ``[B, H, T]`` (Mamba-2/SSD, gated RetNet, the scalar form of GLA); ``None`` means no
+            decay. Causal only. Gradients flow to it. Its values are checked (finite, <= 0) only
+            on CPU tensors, where reading them costs no wait for a GPU.
         scale (float, optional): default ``K ** -0.5``.
         initial_state (torch.Tensor, optional): ``S_{-1}`` of shape ``[B, H, K, V]``; gradients flow to it.
         return_final_state (bool): also return ``S_{T-1}`` ``[B, H, K, V]`` (float32) to continue from.
@@ -81,10 +111,12 @@ def linear_attention(q, k, v, causal: bool = True, decay=None, scale=None, initi
             computed with the same kernel by appending a column of ones to ``v``. Meant for positive
             features; a small epsilon (1e-6) keeps the division finite.
 
-    ``q``, ``k``, ``v`` share a dtype (float16, bfloat16 or float32) and a device; K and V are
-    multiples of 8 up to 256; any length ``T >= 1``.
+    ``q``, ``k``, ``v`` share a dtype (float16, bfloat16 or float32) and a device; any head dims
+    K and V and any length ``T >= 1``.
 
-    Where it runs: the causal form runs the chunk-wise Triton kernels on CUDA tensors, and on CPU
+    Where it runs: the causal form runs the chunk-parallel Triton kernels (each chunk's
+    contribution to the state, a pass over the chunks that sums them, then every chunk's output
+    at once; the backward mirrors it) on CUDA tensors, and on CPU
     tensors in Triton's interpreter when ``TRITON_INTERPRET=1`` was set before ``kernels`` was
     imported (except bfloat16); otherwise the PyTorch reference `linear_attention_quadratic`.
     The non-causal form is two matrix products in PyTorch everywhere.
@@ -94,8 +126,8 @@ def linear_attention(q, k, v, causal: bool = True, decay=None, scale=None, initi
 
     Raises:
         TypeError: a non-tensor, an unsupported or mixed dtype, a flag that is not a bool.
-        ValueError: wrong dims or shapes, head dims, an empty tensor, different devices, a decay that
-            is not ``[H]``, positive, non-finite or requires grad, an initial state of the wrong
+        ValueError: wrong dims or shapes, an empty tensor, different devices, a decay that is not
+            ``[H]`` or ``[B, H, T]`` (or, on the CPU, positive or non-finite), an initial state of the wrong
             shape, or decay / initial_state / return_final_state with ``causal=False``.
 
     Examples:
@@ -119,8 +151,12 @@ def _run(q, k, v, causal, decay, scale, initial_state):
     if not causal:
         return linear_attention_quadratic(q, k, v, causal=False, scale=scale)
     if uses_triton(q):
-        log_decay = (torch.zeros(q.shape[1], device=q.device) if decay is None else decay).float().contiguous()
-        return ChunkLinearAttention.apply(q, k, v, log_decay, scale, initial_state)
+        B, H, T, _ = q.shape
+        if decay is None:
+            g = torch.zeros(B, H, T, device=q.device, dtype=torch.float32)
+        else:
+            g = (decay[None, :, None] if decay.dim() == 1 else decay).float().expand(B, H, T)
+        return ChunkLinearAttention.apply(q, k, v, g, scale, initial_state)
     o, final = linear_attention_quadratic(q, k, v, decay=decay, scale=scale, initial_state=initial_state)
     return o, (final if final.dtype == torch.float64 else final.float())
 
@@ -137,9 +173,9 @@ def linear_attention_step(q, k, v, state, decay=None, scale=None):
         v (torch.Tensor): the new value ``[B, H, V]``.
         state (torch.Tensor): ``S_{t-1}`` of shape ``[B, H, K, V]``, e.g. the final state returned by
             ``linear_attention(..., return_final_state=True)`` for the prompt.
-        decay (torch.Tensor, optional): log-decays ``[H]`` (each <= 0), as in ``linear_attention``.
-            Only its shape, dtype and device are checked here: reading its values back would make
-            every decoding step wait for the GPU.
+        decay (torch.Tensor, optional): this token's log-decays (each <= 0), per head ``[H]`` or
+            per sequence and head ``[B, H]``, as in ``linear_attention``. Its values are checked
+            only on CPU tensors: reading them back would make every decoding step wait for the GPU.
         scale (float, optional): default ``K ** -0.5``.
 
     Returns:
@@ -173,8 +209,9 @@ def linear_attention_step(q, k, v, state, decay=None, scale=None):
     acc = torch.float64 if state.dtype == torch.float64 else torch.float32
     S = state.to(acc)
     if decay is not None:
-        check_decay(decay, H, q.device, check_values=False)
-        S = torch.exp(decay.to(acc))[None, :, None, None] * S
+        check_log_decay(decay, B, H, None, q.device, per_token="[B, H]")
+        g = decay.to(acc)[None, :] if decay.dim() == 1 else decay.to(acc)
+        S = torch.exp(g)[:, :, None, None] * S
     S = S + k.to(acc)[..., :, None] * v.to(acc)[..., None, :]  # k^T v: [B, H, K, V]
     o = scale * torch.einsum("bhk,bhkv->bhv", q.to(acc), S)
     return o.to(q.dtype), S
