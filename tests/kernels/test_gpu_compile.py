@@ -65,16 +65,23 @@ def flash_attention():
 
 
 def linear_attention():
-    import triton
     la = import_module("kernels.linear_attention.triton")
-    for DAB, DC in ((64, 64), (128, 129), (256, 256)):
-        BLOCK_AB = max(16, triton.next_power_of_2(DAB))
-        BLOCK_C = min(64, max(16, triton.next_power_of_2(DC)))
-        for kernel, flags in ((la._chunk_fwd_kernel, ("HAS_S0", "STORE_SN")),
-                              (la._chunk_rev_kernel, ("HAS_G0", "STORE_GN"))):
-            constexprs = {flags[0]: True, flags[1]: True, "CHUNK": 64, "BLOCK_AB": BLOCK_AB, "BLOCK_C": BLOCK_C,
-                          "PRECISION": "tf32"}
-            compile_for_hopper(kernel, constexprs, {"A", "B", "C", "OUT"}, {"T", "DAB", "DC", "H"}, torch.bfloat16, 4 if BLOCK_AB <= 64 else 8)
+    sizes = {"T", "DAB", "DC", "H", "NT", "NT", "SIZE"}
+    for DAB, DC in ((64, 64), (128, 128), (100, 60), (256, 512)):
+        for dtype in (torch.bfloat16, torch.float32):
+            for a, c in ((DAB, DC), (DC, DAB)):  # the forward and dq/dk shapes
+                config = la._config(a, c, dtype, interpret=False)
+                num_warps, num_stages = config.pop("num_warps"), config.pop("num_stages")
+                for reverse in (False, True):
+                    compile_for_hopper(la._chunk_state_kernel, dict(REVERSE=reverse, **config),
+                                       {"Bp", "Cp"}, sizes, dtype, num_warps, num_stages)
+                    compile_for_hopper(la._chunk_out_kernel, dict(REVERSE=reverse, **config),
+                                       {"Ap", "Bp", "Cp", "OUT"}, sizes, dtype, num_warps, num_stages)
+    pconf = la._pass_config(interpret=False)
+    for reverse in (False, True):
+        compile_for_hopper(la._state_pass_kernel, dict(HAS_S0=True, STORE_SN=True, REVERSE=reverse, CHUNK=64,
+                                                       BLOCK=pconf["BLOCK"]), set(), sizes, torch.float32,
+                           pconf["num_warps"], 1)
 
 
 def selective_scan():
