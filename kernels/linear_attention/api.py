@@ -12,10 +12,10 @@ import torch
 from .._backend import HAS_TRITON, uses_triton
 from .._checks import (check_bool, check_dim, check_float_dtypes, check_same_device, check_scale,
                        check_tensor)
-from .naive import linear_attention_quadratic
+from .naive import linear_attention_chunk_states, linear_attention_quadratic
 
 if HAS_TRITON:
-    from .triton import ChunkLinearAttention
+    from .triton import ChunkLinearAttention, _config
 
 def check_log_decay(decay, B: int, H: int, T: int, device, per_token: str = "[B, H, T]") -> None:
     """``decay`` must be a floating tensor of log-decays, ``[H]`` or ``per_token``, on ``device``.
@@ -44,14 +44,18 @@ def check_log_decay(decay, B: int, H: int, T: int, device, per_token: str = "[B,
                                  f"got values in [{decay.min().item()}, {decay.max().item()}]")
 
 
-def _check_inputs(q, k, v, causal, decay, scale, initial_state, return_final_state, normalize):
+def _check_inputs(q, k, v, causal, decay, scale, initial_state, return_final_state, normalize,
+                  return_chunk_states=False, chunk_size=64):
     check_tensor("q", q, 4, "[B, H, T, K]")
     check_tensor("k", k, 4, "[B, H, T, K]")
     check_tensor("v", v, 4, "[B, H, T, V]")
     check_float_dtypes({"q": q, "k": k, "v": v})
     check_same_device({"q": q, "k": k, "v": v})
-    for name, flag in (("causal", causal), ("return_final_state", return_final_state), ("normalize", normalize)):
+    for name, flag in (("causal", causal), ("return_final_state", return_final_state), ("normalize", normalize),
+                       ("return_chunk_states", return_chunk_states)):
         check_bool(name, flag)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1 or chunk_size % 64:
+        raise ValueError(f"chunk_size must be a positive multiple of 64 (the kernels' chunk), got {chunk_size!r}")
     check_scale("scale", scale)
     B, H, T, K = q.shape
     if k.shape != q.shape:
@@ -67,8 +71,9 @@ def _check_inputs(q, k, v, causal, decay, scale, initial_state, return_final_sta
         for name, value in (("decay", decay), ("initial_state", initial_state)):
             if value is not None:
                 raise ValueError(f"{name} needs causal=True: non-causal linear attention has no recurrence")
-        if return_final_state:
-            raise ValueError("return_final_state needs causal=True: non-causal linear attention has no state")
+        for name, flag in (("return_final_state", return_final_state), ("return_chunk_states", return_chunk_states)):
+            if flag:
+                raise ValueError(f"{name} needs causal=True: non-causal linear attention has no state")
     if decay is not None:
         check_log_decay(decay, B, H, T, q.device)
     if initial_state is not None:
@@ -80,13 +85,14 @@ def _check_inputs(q, k, v, causal, decay, scale, initial_state, return_final_sta
         if not initial_state.is_floating_point():
             raise TypeError(f"initial_state must be a floating-point tensor, got {initial_state.dtype}")
         check_same_device({"q": q, "initial_state": initial_state})
-    if normalize and (initial_state is not None or return_final_state):
+    if normalize and (initial_state is not None or return_final_state or return_chunk_states):
         raise ValueError("normalize=True does not carry the normaliser's state: "
-                         "initial_state and return_final_state are not supported with it")
+                         "initial_state, return_final_state and return_chunk_states are not supported with it")
 
 
 def linear_attention(q, k, v, causal: bool = True, decay=None, scale=None, initial_state=None,
-                     return_final_state: bool = False, normalize: bool = False):
+                     return_final_state: bool = False, normalize: bool = False, return_chunk_states: bool = False,
+                     chunk_size: int = 64):
     """Causal (or non-causal) linear attention with an optional per-head or per-token decay.
 
     Causal: the state ``S_t = exp(g_t) * S_{t-1} + k_t^T v_t`` (``S_{-1}`` = ``initial_state`` or 0)
@@ -110,6 +116,10 @@ def linear_attention(q, k, v, causal: bool = True, decay=None, scale=None, initi
         normalize (bool): divide by ``scale * q_t . sum_s gamma^(t-s) k_s`` ("Transformers are RNNs"),
             computed with the same kernel by appending a column of ones to ``v``. Meant for positive
             features; a small epsilon (1e-6) keeps the division finite.
+        return_chunk_states (bool): also return the state before each chunk of ``chunk_size``
+            positions, ``[B, H, ceil(T / chunk_size), K, V]`` (float32; the first is the initial
+            state or 0), as FLASH-style and hybrid layers need; gradients flow through them.
+        chunk_size (int): the chunk length of ``return_chunk_states``, a multiple of 64.
 
     ``q``, ``k``, ``v`` share a dtype (float16, bfloat16 or float32) and a device; any head dims
     K and V and any length ``T >= 1``.
@@ -122,7 +132,8 @@ def linear_attention(q, k, v, causal: bool = True, decay=None, scale=None, initi
     The non-causal form is two matrix products in PyTorch everywhere.
 
     Returns:
-        ``o [B, H, T, V]`` in the dtype of ``q``, or ``(o, S_{T-1})`` with ``return_final_state=True``.
+        ``o [B, H, T, V]`` in the dtype of ``q``; ``(o, S_{T-1})`` with ``return_final_state=True``;
+        the chunk states appended last with ``return_chunk_states=True``.
 
     Raises:
         TypeError: a non-tensor, an unsupported or mixed dtype, a flag that is not a bool.
@@ -136,18 +147,23 @@ def linear_attention(q, k, v, causal: bool = True, decay=None, scale=None, initi
         >>> o.shape, S.shape
         (torch.Size([1, 2, 100, 32]), torch.Size([1, 2, 16, 32]))
     """
-    _check_inputs(q, k, v, causal, decay, scale, initial_state, return_final_state, normalize)
+    _check_inputs(q, k, v, causal, decay, scale, initial_state, return_final_state, normalize,
+                  return_chunk_states, chunk_size)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if normalize:
         ones = torch.ones(*v.shape[:-1], 1, dtype=v.dtype, device=v.device)
         out, _ = _run(q, k, torch.cat([v, ones], dim=-1), causal, decay, scale, None)
         return out[..., :-1] / (out[..., -1:] + 1e-6)  # numerator over denominator: the scale cancels
+    if return_chunk_states:
+        o, final, states = _run(q, k, v, causal, decay, scale, initial_state, chunk_size)
+        return (o, final, states) if return_final_state else (o, states)
     o, final = _run(q, k, v, causal, decay, scale, initial_state)
     return (o, final) if return_final_state else o
 
 
-def _run(q, k, v, causal, decay, scale, initial_state):
-    """``(o, final_state)`` of validated inputs, from the kernel or the reference."""
+def _run(q, k, v, causal, decay, scale, initial_state, chunk_size=None):
+    """``(o, final_state)`` of validated inputs, from the kernel or the reference, and the states
+    before each chunk of ``chunk_size`` positions when it is given."""
     if not causal:
         return linear_attention_quadratic(q, k, v, causal=False, scale=scale)
     if uses_triton(q):
@@ -156,9 +172,17 @@ def _run(q, k, v, causal, decay, scale, initial_state):
             g = torch.zeros(B, H, T, device=q.device, dtype=torch.float32)
         else:
             g = (decay[None, :, None] if decay.dim() == 1 else decay).float().expand(B, H, T)
-        return ChunkLinearAttention.apply(q, k, v, g, scale, initial_state)
+        if chunk_size is None:
+            return ChunkLinearAttention.apply(q, k, v, g, scale, initial_state)[:2]
+        o, final, states = ChunkLinearAttention.apply(q, k, v, g, scale, initial_state, True)
+        every = chunk_size // _config(q.shape[-1], v.shape[-1], v.dtype)["CHUNK"]  # kernel chunks per chunk
+        return o, final, states[:, :, ::every]
     o, final = linear_attention_quadratic(q, k, v, decay=decay, scale=scale, initial_state=initial_state)
-    return o, (final if final.dtype == torch.float64 else final.float())
+    final = final if final.dtype == torch.float64 else final.float()
+    if chunk_size is None:
+        return o, final
+    states = linear_attention_chunk_states(k, v, decay, initial_state, chunk_size)
+    return o, final, (states if states.dtype == torch.float64 else states.float())
 
 
 def linear_attention_step(q, k, v, state, decay=None, scale=None):

@@ -96,6 +96,37 @@ def linear_attention_recurrent(q, k, v, decay=None, scale=None, initial_state=No
     return torch.stack(outputs, dim=2).to(dtype), S
 
 
+def linear_attention_chunk_states(k, v, decay=None, initial_state=None, chunk_size: int = 64):
+    """The state before each chunk of ``chunk_size`` positions, from the decayed sums.
+
+    ``S_before(t0) = sum_{s < t0} exp(G_{t0-1} - G_s) k_s^T v_s + exp(G_{t0-1}) S_{-1}`` for the
+    chunk starts ``t0 = 0, C, 2C, ...`` (``S_{-1}`` itself at ``t0 = 0``).
+
+    Args:
+        k (torch.Tensor): keys ``[B, H, T, K]``.
+        v (torch.Tensor): values ``[B, H, T, V]``.
+        decay (torch.Tensor, optional): log-decays ``[H]`` or ``[B, H, T]``.
+        initial_state (torch.Tensor, optional): ``S_{-1}`` ``[B, H, K, V]``.
+        chunk_size (int): the chunk length ``C``.
+
+    Returns:
+        torch.Tensor: ``[B, H, ceil(T / C), K, V]`` in float32 (float64 stays float64).
+    """
+    k, v, s0 = _upcast(k), _upcast(v), _upcast(initial_state)
+    B, H, T, K = k.shape
+    G = _log_decays(decay, B, H, T, k).cumsum(-1)  # [B, H, T]
+    states = []
+    for t0 in range(0, T, chunk_size):
+        S = torch.zeros(B, H, K, v.shape[-1], dtype=k.dtype, device=k.device) if s0 is None else s0
+        if t0 > 0:
+            w = torch.exp(G[..., t0 - 1, None] - G[..., :t0])[..., None]  # [B, H, t0, 1]
+            S = (k[:, :, :t0] * w).transpose(-1, -2) @ v[:, :, :t0]
+            if s0 is not None:
+                S = S + torch.exp(G[..., t0 - 1])[..., None, None] * s0
+        states.append(S)
+    return torch.stack(states, dim=2)
+
+
 def _check_mixed_chunk(q_quad, k_quad, q_lin, k_lin, v, chunk, scale):
     """Validation for `mixed_chunk_attention` (messages name the argument, as elsewhere)."""
     from .._checks import check_float_dtypes, check_same_device, check_scale

@@ -78,15 +78,17 @@ def _chunk_state_kernel(Bp, Cp, GC, HC, stride_bb, stride_bh, stride_bt, stride_
 
 
 @triton.jit
-def _state_pass_kernel(HC, GC, S0, SN, NT, SIZE,
-                       HAS_S0: tl.constexpr, STORE_SN: tl.constexpr, REVERSE: tl.constexpr,
+def _state_pass_kernel(HC, GC, S0, SN, DS, NT, SIZE,
+                       HAS_S0: tl.constexpr, STORE_SN: tl.constexpr, REVERSE: tl.constexpr, HAS_DS: tl.constexpr,
                        CHUNK: tl.constexpr, BLOCK: tl.constexpr):
     """Turn each chunk's contribution HC[bh, n] into the state it meets, in place.
 
     Forward: ``S_0 = S0``; ``HC[n] <- S_n``; ``S_{n+1} = exp(c_L(n)) S_n + contribution_n``.
     Reverse: the same over ``n = NT-1 .. 0``, starting from S0 (the gradient of the final state),
-    so that ``HC[n]`` receives the gradient of the state after chunk n. SN receives the last
-    ``S`` (the final state, or the gradient of the initial state). All float32, ``SIZE = DAB DC``.
+    so that ``HC[n]`` receives the gradient of the state after chunk n; with ``HAS_DS``, DS[n]
+    (the gradient of the returned state before chunk n) joins the sweep there. SN receives the
+    last ``S`` (the final state, or the gradient of the initial state). All float32,
+    ``SIZE = DAB DC``.
     """
     pid = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -104,6 +106,8 @@ def _state_pass_kernel(HC, GC, S0, SN, NT, SIZE,
         contribution = tl.load(p, mask=m, other=0.0)
         tl.store(p, s, mask=m)
         s = s * tl.exp(tl.load(GC + (bh * NT + n) * CHUNK + CHUNK - 1)) + contribution
+        if HAS_DS:
+            s += tl.load(DS + (bh * NT + n) * SIZE + offs, mask=m, other=0.0)
     if STORE_SN:
         tl.store(SN + bh * SIZE + offs, s, mask=m)
 
@@ -217,9 +221,10 @@ def _last_dim_contiguous(x):
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
-def _states(b, c, gc, s0, scale, reverse, want_last, config):
+def _states(b, c, gc, s0, scale, reverse, want_last, config, extra=None):
     """States before each chunk ``[B H, NT, DAB, DC]`` (or, reverse, the gradients after each
-    chunk) and the last one ``[B, H, DAB, DC]`` when ``want_last``: kernels (a) and (b)."""
+    chunk) and the last one ``[B, H, DAB, DC]`` when ``want_last``: kernels (a) and (b).
+    ``extra`` (reverse only): the gradients of the states before each chunk, ``[B H, NT, DAB, DC]``."""
     Bsz, H, T, DAB = b.shape
     DC = c.shape[-1]
     CHUNK = config["CHUNK"]
@@ -232,8 +237,8 @@ def _states(b, c, gc, s0, scale, reverse, want_last, config):
     s0 = None if s0 is None else s0.float().contiguous()
     pconf = _pass_config()
     _state_pass_kernel[(triton.cdiv(DAB * DC, pconf["BLOCK"]), Bsz * H)](
-        hc, gc, s0 if s0 is not None else hc, last, NT, DAB * DC, HAS_S0=s0 is not None, STORE_SN=want_last,
-        REVERSE=reverse, CHUNK=CHUNK, **pconf)
+        hc, gc, s0 if s0 is not None else hc, last, extra if extra is not None else hc, NT, DAB * DC,
+        HAS_S0=s0 is not None, STORE_SN=want_last, REVERSE=reverse, HAS_DS=extra is not None, CHUNK=CHUNK, **pconf)
     return hc, (last if want_last else None)
 
 
@@ -256,12 +261,14 @@ class ChunkLinearAttention(torch.autograd.Function):
     """Autograd for chunk-parallel causal linear attention.
 
     Inputs: ``q, k [B, H, T, K]``, ``v [B, H, T, V]``, ``g`` the float32 per-token log-decays
-    ``[B, H, T]``, ``scale``, ``initial_state [B, H, K, V]`` or None. Returns ``o [B, H, T, V]``
-    and the float32 final state ``[B, H, K, V]``.
+    ``[B, H, T]``, ``scale``, ``initial_state [B, H, K, V]`` or None, ``want_states``. Returns
+    ``o [B, H, T, V]``, the float32 final state ``[B, H, K, V]`` and, with ``want_states``, the
+    float32 states before each chunk of ``CHUNK`` (`_config`) positions ``[B, H, NT, K, V]``
+    (else None).
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, g, scale, initial_state):
+    def forward(ctx, q, k, v, g, scale, initial_state, want_states=False):
         q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
         K, V = q.shape[-1], v.shape[-1]
         config = _config(K, V, v.dtype)
@@ -270,10 +277,14 @@ class ChunkLinearAttention(torch.autograd.Function):
         o = _outputs(q, k, v, states, False, gc, scale, False, config, v.dtype)
         ctx.save_for_backward(q, k, v, g, initial_state, final)
         ctx.scale = scale
-        return o, final
+        ctx.want_states = want_states
+        if not want_states:
+            return o, final, None
+        Bsz, H, T, _ = q.shape
+        return o, final, states.reshape(Bsz, H, -1, K, V)
 
     @staticmethod
-    def backward(ctx, do, dfinal):
+    def backward(ctx, do, dfinal, dstates=None):
         q, k, v, g, s0, final = ctx.saved_tensors
         scale = ctx.scale
         do = _last_dim_contiguous(do.to(v.dtype))
@@ -281,7 +292,10 @@ class ChunkLinearAttention(torch.autograd.Function):
         config = _config(K, V, v.dtype)
         gc = chunk_cumsum(g, config["CHUNK"])
         states, _ = _states(k, v, gc, s0, 1.0, False, False, config)  # recomputed: [BH, NT, K, V]
-        grads, ds0 = _states(q, do, gc, dfinal, scale, True, s0 is not None, config)  # after each chunk
+        extra = None
+        if ctx.want_states and dstates is not None:
+            extra = dstates.float().reshape(states.shape).contiguous()
+        grads, ds0 = _states(q, do, gc, dfinal, scale, True, s0 is not None, config, extra)  # after each chunk
         # dq and dk in float32 whenever the decay needs a gradient: it is built from q . dq - k . dk.
         wide = torch.float32 if ctx.needs_input_grad[3] else q.dtype
         kconf = _config(V, K, v.dtype)
@@ -297,6 +311,11 @@ class ChunkLinearAttention(torch.autograd.Function):
             dG = (q.float() * dq).sum(-1) - (k.float() * dk).sum(-1)
             if dfinal is not None:
                 dG[..., -1] += (dfinal.float() * final).sum((-1, -2))
+            if extra is not None:  # the state before chunk n >= 1 holds exp(G_{nC-1} - G_s) like a final state
+                Bsz, H, T, _ = q.shape
+                CHUNK = config["CHUNK"]
+                inner = (extra * states).sum((-1, -2)).reshape(Bsz, H, -1)[..., 1:]  # [B, H, NT - 1]
+                dG[..., CHUNK - 1::CHUNK][..., :inner.shape[-1]] += inner
             dg = dG.flip(-1).cumsum(-1).flip(-1)
         ds0 = None if ds0 is None else ds0.to(s0.dtype)
-        return dq.to(q.dtype), dk.to(k.dtype), dv, dg, None, ds0
+        return dq.to(q.dtype), dk.to(k.dtype), dv, dg, None, ds0, None

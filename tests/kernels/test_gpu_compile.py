@@ -79,7 +79,7 @@ def linear_attention():
                                        {"Ap", "Bp", "Cp", "OUT"}, sizes, dtype, num_warps, num_stages)
     pconf = la._pass_config(interpret=False)
     for reverse in (False, True):
-        compile_for_hopper(la._state_pass_kernel, dict(HAS_S0=True, STORE_SN=True, REVERSE=reverse, CHUNK=64,
+        compile_for_hopper(la._state_pass_kernel, dict(HAS_S0=True, STORE_SN=True, REVERSE=reverse, HAS_DS=reverse, CHUNK=64,
                                                        BLOCK=pconf["BLOCK"]), set(), sizes, torch.float32,
                            pconf["num_warps"], 1)
 

@@ -9,7 +9,8 @@ import torch
 
 from _compare import assert_close
 from kernels import linear_attention, linear_attention_step, uses_triton
-from kernels.linear_attention import (elu_plus_one, gaussian_projection, linear_attention_quadratic,
+from kernels.linear_attention import (elu_plus_one, gaussian_projection, linear_attention_chunk_states,
+                                      linear_attention_quadratic,
                                       linear_attention_recurrent, orthogonal_gaussian,
                                       positive_random_features, trigonometric_random_features)
 
@@ -180,6 +181,39 @@ def test_strong_decays_stay_finite():
     assert_close("final state", final64, final, 1e-5, 1e-4)
 
 
+@pytest.mark.parametrize("T, chunk_size", [(150, 64), (64, 64), (1, 128), (200, 128)])
+def test_chunk_states_and_their_gradients(T, chunk_size):
+    """The state before each chunk, against the float64 reference, with gradients flowing through
+    the chunk states into q, k, v, the per-token decay and the initial state."""
+    q, k, v, decay, s0, do, dfinal = make_inputs((1, 2, T, 16, 24, 2.0, True, True), torch.float32, seed=T)
+    inputs = [q, k, v, decay, s0]
+    for x in inputs:
+        x.requires_grad_()
+    o, final, states = linear_attention(q, k, v, decay=decay, initial_state=s0, return_final_state=True,
+                                        return_chunk_states=True, chunk_size=chunk_size)
+    assert states.shape == (1, 2, -(-T // chunk_size), 16, 24) and states.dtype == torch.float32
+    dstates = torch.randn(states.shape, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    ((o * do).sum() + (final * dfinal).sum() + (states * dstates).sum()).backward()
+    refs = [x.detach().double().requires_grad_() for x in inputs]
+    o64, final64 = linear_attention_quadratic(refs[0], refs[1], refs[2], decay=refs[3], initial_state=refs[4])
+    states64 = linear_attention_chunk_states(refs[1], refs[2], refs[3], refs[4], chunk_size)
+    ((o64 * do.double()).sum() + (final64 * dfinal.double()).sum() + (states64 * dstates.double()).sum()).backward()
+    assert_close("chunk states", states64, states, 5e-5, 1e-4)
+    assert_close("first chunk state", s0, states[:, :, 0], 0, 0)
+    for name, x, x64 in zip(("dq", "dk", "dv", "d decay", "d initial_state"), inputs, refs):
+        assert_close(name, x64.grad, x.grad, 5e-5 * max(1.0, x64.grad.abs().max().item()), 1e-4)
+
+
+def test_chunk_states_match_the_recurrence():
+    q, k, v, decay, s0, _, _ = make_inputs((2, 1, 130, 8, 8, 0.5, True, True), torch.float32)
+    _, states = linear_attention(q, k, v, decay=decay, initial_state=s0, return_chunk_states=True, chunk_size=64)
+    q, k, v, decay, s0 = (x.double() for x in (q, k, v, decay, s0))
+    for i, t0 in enumerate((0, 64, 128)):
+        S = s0 if t0 == 0 else linear_attention_recurrent(q[:, :, :t0], k[:, :, :t0], v[:, :, :t0],
+                                                         decay=decay[..., :t0], initial_state=s0)[1]
+        assert_close(f"state before {t0}", S, states[:, :, i], 2e-5, 1e-4)
+
+
 def test_decay_checks_read_no_values():
     """The decay's shape, dtype and device are checked everywhere; its values only on CPU tensors
     (a meta tensor has none: reading one would raise)."""
@@ -232,6 +266,8 @@ BAD_INPUTS = {
     "state not causal": (lambda q, k, v: (q, k, v, {"initial_state": torch.zeros(1, 2, 16, 8), "causal": False}), ValueError, "initial_state needs causal=True"),
     "final not causal": (lambda q, k, v: (q, k, v, {"return_final_state": True, "causal": False}), ValueError, "return_final_state needs causal=True"),
     "state shape": (lambda q, k, v: (q, k, v, {"initial_state": torch.zeros(1, 2, 8, 16)}), ValueError, r"initial_state must have shape \[B, H, K, V\] = \(1, 2, 16, 8\), got \(1, 2, 8, 16\)"),
+    "chunk_size": (lambda q, k, v: (q, k, v, {"return_chunk_states": True, "chunk_size": 48}), ValueError, "chunk_size must be a positive multiple of 64"),
+    "chunk states not causal": (lambda q, k, v: (q, k, v, {"return_chunk_states": True, "causal": False}), ValueError, "return_chunk_states needs causal=True"),
     "state dims": (lambda q, k, v: (q, k, v, {"initial_state": torch.zeros(2, 16, 8)}), ValueError, "initial_state must have 4 dimensions"),
     "normalize with state": (lambda q, k, v: (q, k, v, {"normalize": True, "return_final_state": True}), ValueError, "normalize=True"),
     "scale": (lambda q, k, v: (q, k, v, {"scale": -2.0}), ValueError, "scale must be a positive finite number"),
