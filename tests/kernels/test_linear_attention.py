@@ -214,6 +214,18 @@ def test_chunk_states_match_the_recurrence():
         assert_close(f"state before {t0}", S, states[:, :, i], 2e-5, 1e-4)
 
 
+def test_no_value_is_read_on_a_device_without_data():
+    """On meta tensors (shapes without values) every check passes and the call runs: nothing in
+    it reads a value back, which on a GPU would make the host wait for the device."""
+    m = dict(device="meta")
+    q, v = torch.empty(2, 3, 50, 16, **m), torch.empty(2, 3, 50, 8, **m)
+    o, S, states = linear_attention(q, q, v, decay=torch.empty(2, 3, 50, **m), initial_state=torch.empty(2, 3, 16, 8, **m),
+                                    return_final_state=True, return_chunk_states=True)
+    assert o.shape == v.shape and S.shape == (2, 3, 16, 8) and states.shape == (2, 3, 1, 16, 8)
+    o1, _ = linear_attention_step(q[:, :, 0], q[:, :, 0], v[:, :, 0], S, decay=torch.empty(2, 3, **m))
+    assert o1.shape == (2, 3, 8)
+
+
 def test_decay_checks_read_no_values():
     """The decay's shape, dtype and device are checked everywhere; its values only on CPU tensors
     (a meta tensor has none: reading one would raise)."""

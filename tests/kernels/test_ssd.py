@@ -158,3 +158,12 @@ def test_bad_input(change, error, message):
     change(args)
     with pytest.raises(error, match=message):
         ssd(**args)
+
+
+def test_no_value_is_read_on_a_device_without_data():
+    """On meta tensors every check passes and the call runs: no value is read back to the host."""
+    m = dict(device="meta")
+    y, final = ssd(torch.empty(1, 20, 4, 8, **m), torch.empty(1, 20, 4, **m), torch.empty(4, **m),
+                   torch.empty(1, 20, 2, 16, **m), torch.empty(1, 20, 2, 16, **m), 64, D=torch.empty(4, **m),
+                   initial_states=torch.empty(1, 4, 8, 16, **m), return_final_states=True)
+    assert y.shape == (1, 20, 4, 8) and final.shape == (1, 4, 8, 16)
