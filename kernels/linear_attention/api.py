@@ -45,7 +45,7 @@ def check_log_decay(decay, B: int, H: int, T: int, device, per_token: str = "[B,
 
 
 def _check_inputs(q, k, v, causal, decay, scale, initial_state, return_final_state, normalize,
-                  return_chunk_states=False, chunk_size=64):
+                  return_chunk_states=False, chunk_size=64, seq_idx=None):
     check_tensor("q", q, 4, "[B, H, T, K]")
     check_tensor("k", k, 4, "[B, H, T, K]")
     check_tensor("v", v, 4, "[B, H, T, V]")
@@ -76,6 +76,17 @@ def _check_inputs(q, k, v, causal, decay, scale, initial_state, return_final_sta
                 raise ValueError(f"{name} needs causal=True: non-causal linear attention has no state")
     if decay is not None:
         check_log_decay(decay, B, H, T, q.device)
+    if seq_idx is not None:
+        check_tensor("seq_idx", seq_idx, 2, "[B, T]")
+        if seq_idx.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"seq_idx must hold int32 or int64 sequence ids, got {seq_idx.dtype}")
+        if tuple(seq_idx.shape) != (B, T):
+            raise ValueError(f"seq_idx must have shape [B, T] = {(B, T)}, got {tuple(seq_idx.shape)}")
+        check_same_device({"q": q, "seq_idx": seq_idx})
+        if seq_idx.device.type == "cpu" and T > 1 and (seq_idx[:, 1:] < seq_idx[:, :-1]).any():
+            raise ValueError("seq_idx must be nondecreasing along T: each sequence is one contiguous run of positions")
+        if not causal:
+            raise ValueError("seq_idx needs causal=True")
     if initial_state is not None:
         check_tensor("initial_state", initial_state, 4, "[B, H, K, V]")
         expected = (B, H, K, v.shape[-1])
@@ -92,7 +103,7 @@ def _check_inputs(q, k, v, causal, decay, scale, initial_state, return_final_sta
 
 def linear_attention(q, k, v, causal: bool = True, decay=None, scale=None, initial_state=None,
                      return_final_state: bool = False, normalize: bool = False, return_chunk_states: bool = False,
-                     chunk_size: int = 64):
+                     chunk_size: int = 64, seq_idx=None):
     """Causal (or non-causal) linear attention with an optional per-head or per-token decay.
 
     Causal: the state ``S_t = exp(g_t) * S_{t-1} + k_t^T v_t`` (``S_{-1}`` = ``initial_state`` or 0)
@@ -120,6 +131,12 @@ def linear_attention(q, k, v, causal: bool = True, decay=None, scale=None, initi
             positions, ``[B, H, ceil(T / chunk_size), K, V]`` (float32; the first is the initial
             state or 0), as FLASH-style and hybrid layers need; gradients flow through them.
         chunk_size (int): the chunk length of ``return_chunk_states``, a multiple of 64.
+        seq_idx (torch.Tensor, optional): int32 or int64 sequence ids ``[B, T]`` for sequences
+            packed into one row: a position attends only to earlier positions with the same id
+            (the state restarts from zero where the id changes). The initial state belongs to the
+            sequence of position 0, the final state is that of the last position. Ids are
+            nondecreasing along ``T``, as mamba_ssm's ``seq_idx`` (checked on CPU tensors only).
+            Causal only.
 
     ``q``, ``k``, ``v`` share a dtype (float16, bfloat16 or float32) and a device; any head dims
     K and V and any length ``T >= 1``.
@@ -148,20 +165,20 @@ def linear_attention(q, k, v, causal: bool = True, decay=None, scale=None, initi
         (torch.Size([1, 2, 100, 32]), torch.Size([1, 2, 16, 32]))
     """
     _check_inputs(q, k, v, causal, decay, scale, initial_state, return_final_state, normalize,
-                  return_chunk_states, chunk_size)
+                  return_chunk_states, chunk_size, seq_idx)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if normalize:
         ones = torch.ones(*v.shape[:-1], 1, dtype=v.dtype, device=v.device)
-        out, _ = _run(q, k, torch.cat([v, ones], dim=-1), causal, decay, scale, None)
+        out, _ = _run(q, k, torch.cat([v, ones], dim=-1), causal, decay, scale, None, seq_idx=seq_idx)
         return out[..., :-1] / (out[..., -1:] + 1e-6)  # numerator over denominator: the scale cancels
     if return_chunk_states:
-        o, final, states = _run(q, k, v, causal, decay, scale, initial_state, chunk_size)
+        o, final, states = _run(q, k, v, causal, decay, scale, initial_state, chunk_size, seq_idx)
         return (o, final, states) if return_final_state else (o, states)
-    o, final = _run(q, k, v, causal, decay, scale, initial_state)
+    o, final = _run(q, k, v, causal, decay, scale, initial_state, seq_idx=seq_idx)
     return (o, final) if return_final_state else o
 
 
-def _run(q, k, v, causal, decay, scale, initial_state, chunk_size=None):
+def _run(q, k, v, causal, decay, scale, initial_state, chunk_size=None, seq_idx=None):
     """``(o, final_state)`` of validated inputs, from the kernel or the reference, and the states
     before each chunk of ``chunk_size`` positions when it is given."""
     if not causal:
@@ -173,15 +190,16 @@ def _run(q, k, v, causal, decay, scale, initial_state, chunk_size=None):
         else:
             g = (decay[None, :, None] if decay.dim() == 1 else decay).float().expand(B, H, T)
         if chunk_size is None:
-            return ChunkLinearAttention.apply(q, k, v, g, scale, initial_state)[:2]
-        o, final, states = ChunkLinearAttention.apply(q, k, v, g, scale, initial_state, True)
+            return ChunkLinearAttention.apply(q, k, v, g, scale, initial_state, False, seq_idx)[:2]
+        o, final, states = ChunkLinearAttention.apply(q, k, v, g, scale, initial_state, True, seq_idx)
         every = chunk_size // _config(q.shape[-1], v.shape[-1], v.dtype)["CHUNK"]  # kernel chunks per chunk
         return o, final, states[:, :, ::every]
-    o, final = linear_attention_quadratic(q, k, v, decay=decay, scale=scale, initial_state=initial_state)
+    o, final = linear_attention_quadratic(q, k, v, decay=decay, scale=scale, initial_state=initial_state,
+                                          seq_idx=seq_idx)
     final = final if final.dtype == torch.float64 else final.float()
     if chunk_size is None:
         return o, final
-    states = linear_attention_chunk_states(k, v, decay, initial_state, chunk_size)
+    states = linear_attention_chunk_states(k, v, decay, initial_state, chunk_size, seq_idx)
     return o, final, (states if states.dtype == torch.float64 else states.float())
 
 

@@ -37,7 +37,15 @@ def _log_decays(decay, B, H, T, like):
     return decay.to(like.dtype)
 
 
-def linear_attention_quadratic(q, k, v, causal: bool = True, decay=None, scale=None, initial_state=None):
+def _same_sequence(seq_idx, T, device):
+    """``[B or 1, T, T]`` bool: positions t and s belong to the same sequence (all True without ids)."""
+    if seq_idx is None:
+        return torch.ones(1, T, T, dtype=torch.bool, device=device)
+    return seq_idx[:, :, None] == seq_idx[:, None, :]
+
+
+def linear_attention_quadratic(q, k, v, causal: bool = True, decay=None, scale=None, initial_state=None,
+                               seq_idx=None):
     """Linear attention through the ``[T, T]`` matrix of decayed scores.
 
     With the cumulative log-decays ``G_t = g_0 + ... + g_t``, the decay from ``s`` to ``t`` is
@@ -53,6 +61,9 @@ def linear_attention_quadratic(q, k, v, causal: bool = True, decay=None, scale=N
             ``[B, H, T]`` (causal only).
         scale (float, optional): default ``K ** -0.5``.
         initial_state (torch.Tensor, optional): ``S_{-1}`` of shape ``[B, H, K, V]`` (causal only).
+        seq_idx (torch.Tensor, optional): sequence ids ``[B, T]`` (causal only): positions attend
+            only within their sequence, the initial state belongs to the sequence of position 0
+            and the final state is that of the last sequence.
 
     Returns:
         ``(o [B, H, T, V], final_state [B, H, K, V])``; the final state is ``None`` when not causal.
@@ -65,18 +76,20 @@ def linear_attention_quadratic(q, k, v, causal: bool = True, decay=None, scale=N
     B, H, T, _ = q.shape
     G = _log_decays(decay, B, H, T, q).cumsum(-1)  # [B, H, T]
     lag = G[..., :, None] - G[..., None, :]  # G_t - G_s: [B, H, T, T]
-    causal_mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
-    D = torch.exp(lag.masked_fill(~causal_mask, float("-inf")))  # the masked entries never overflow
+    same = _same_sequence(seq_idx, T, q.device)  # [B or 1, T, T]
+    mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril() & same
+    D = torch.exp(lag.masked_fill(~mask[:, None], float("-inf")))  # the masked entries never overflow
     o = scale * ((q @ k.transpose(-1, -2)) * D) @ v  # [B, H, T, V]
-    w = torch.exp(G[..., -1:] - G)[..., None]  # [B, H, T, 1]: decay from s to the end
+    in_last, in_first = same[:, -1, :, None].to(q.dtype), same[:, 0, :, None].to(q.dtype)  # [B or 1, T, 1]
+    w = torch.exp(G[..., -1:] - G)[..., None] * in_last[:, None]  # [B, H, T, 1]: decay from s to the end
     final = (k * w).transpose(-1, -2) @ v  # [B, H, K, V]
     if s0 is not None:
-        o = o + scale * (q * torch.exp(G)[..., None]) @ s0  # exp(G_t) q_t S_{-1}
-        final = final + torch.exp(G[..., -1])[..., None, None] * s0
+        o = o + scale * (q * (torch.exp(G)[..., None] * in_first[:, None])) @ s0  # exp(G_t) q_t S_{-1}
+        final = final + (torch.exp(G[..., -1]) * in_last[:, None, 0, 0])[..., None, None] * s0
     return o.to(dtype), final
 
 
-def linear_attention_recurrent(q, k, v, decay=None, scale=None, initial_state=None):
+def linear_attention_recurrent(q, k, v, decay=None, scale=None, initial_state=None, seq_idx=None):
     """Causal linear attention as an RNN: ``S_t = exp(g_t) S_{t-1} + k_t^T v_t``, ``o_t = scale q_t S_t``.
 
     Same arguments and result as `linear_attention_quadratic` with ``causal=True``.
@@ -91,12 +104,14 @@ def linear_attention_recurrent(q, k, v, decay=None, scale=None, initial_state=No
         S = _upcast(initial_state).clone()
     outputs = []
     for t in range(T):
+        if seq_idx is not None and t > 0:  # a new sequence starts from a zero state
+            S = S * (seq_idx[:, t] == seq_idx[:, t - 1]).to(S.dtype)[:, None, None, None]
         S = gamma[:, :, t, None, None] * S + k[:, :, t, :, None] * v[:, :, t, None, :]  # k_t^T v_t
         outputs.append(scale * torch.einsum("bhk,bhkv->bhv", q[:, :, t], S))
     return torch.stack(outputs, dim=2).to(dtype), S
 
 
-def linear_attention_chunk_states(k, v, decay=None, initial_state=None, chunk_size: int = 64):
+def linear_attention_chunk_states(k, v, decay=None, initial_state=None, chunk_size: int = 64, seq_idx=None):
     """The state before each chunk of ``chunk_size`` positions, from the decayed sums.
 
     ``S_before(t0) = sum_{s < t0} exp(G_{t0-1} - G_s) k_s^T v_s + exp(G_{t0-1}) S_{-1}`` for the
@@ -108,6 +123,7 @@ def linear_attention_chunk_states(k, v, decay=None, initial_state=None, chunk_si
         decay (torch.Tensor, optional): log-decays ``[H]`` or ``[B, H, T]``.
         initial_state (torch.Tensor, optional): ``S_{-1}`` ``[B, H, K, V]``.
         chunk_size (int): the chunk length ``C``.
+        seq_idx (torch.Tensor, optional): sequence ids ``[B, T]``, as in `linear_attention_quadratic`.
 
     Returns:
         torch.Tensor: ``[B, H, ceil(T / C), K, V]`` in float32 (float64 stays float64).
@@ -119,10 +135,11 @@ def linear_attention_chunk_states(k, v, decay=None, initial_state=None, chunk_si
     for t0 in range(0, T, chunk_size):
         S = torch.zeros(B, H, K, v.shape[-1], dtype=k.dtype, device=k.device) if s0 is None else s0
         if t0 > 0:
-            w = torch.exp(G[..., t0 - 1, None] - G[..., :t0])[..., None]  # [B, H, t0, 1]
-            S = (k[:, :, :t0] * w).transpose(-1, -2) @ v[:, :, :t0]
+            same = _same_sequence(None if seq_idx is None else seq_idx[:, :t0], t0, k.device)[:, -1]  # [B or 1, t0]
+            w = torch.exp(G[..., t0 - 1, None] - G[..., :t0]) * same[:, None].to(k.dtype)  # [B, H, t0]
+            S = (k[:, :, :t0] * w[..., None]).transpose(-1, -2) @ v[:, :, :t0]
             if s0 is not None:
-                S = S + torch.exp(G[..., t0 - 1])[..., None, None] * s0
+                S = S + (torch.exp(G[..., t0 - 1]) * same[:, None, 0].to(k.dtype))[..., None, None] * s0
         states.append(S)
     return torch.stack(states, dim=2)
 

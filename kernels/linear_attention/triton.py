@@ -39,16 +39,18 @@ from .._backend import INTERPRET
 
 
 @triton.jit
-def _chunk_state_kernel(Bp, Cp, GC, HC, stride_bb, stride_bh, stride_bt, stride_cb, stride_ch, stride_ct,
+def _chunk_state_kernel(Bp, Cp, GC, HC, SEG, SEGP, stride_bb, stride_bh, stride_bt, stride_cb, stride_ch, stride_ct,
                         T, DAB, DC, H, NT, scale,
-                        REVERSE: tl.constexpr, CHUNK: tl.constexpr, BLOCK_AB: tl.constexpr,
+                        REVERSE: tl.constexpr, HAS_SEG: tl.constexpr, CHUNK: tl.constexpr, BLOCK_AB: tl.constexpr,
                         BLOCK_C: tl.constexpr, PRECISION: tl.constexpr):
     """HC[bh, n] = scale * (w * B_n)^T C_n ``[DAB, DC]`` for chunk n, float32.
 
     Forward (``REVERSE=False``): ``w_j = exp(c_L - c_j)``, the decay from j to the chunk's end;
     reverse: ``w_i = exp(c_i)``, the decay from the chunk's start to i. B: ``[B, H, T, DAB]``,
     C: ``[B, H, T, DC]`` (last dim contiguous); GC: ``[B H, NT CHUNK]`` the in-chunk cumulative
-    log-decays (zero past T); HC: ``[B H, NT, DAB, DC]``.
+    log-decays (zero past T); HC: ``[B H, NT, DAB, DC]``. With ``HAS_SEG``, SEG ``[B, NT CHUNK]``
+    holds each position's sequence id and SEGP ``[B, NT]`` that of the state before each chunk:
+    only positions of the chunk's last sequence (forward) or of the state's sequence (reverse) count.
     """
     pid = tl.program_id(0)
     n = tl.program_id(1)
@@ -72,15 +74,23 @@ def _chunk_state_kernel(Bp, Cp, GC, HC, stride_bb, stride_bh, stride_bt, stride_
     else:
         w = tl.exp(tl.load(p_gc + CHUNK - 1) - gc)
     w = tl.where(m_t, w, 0.0)
+    if HAS_SEG:
+        p_seg = SEG + b * NT * CHUNK + start
+        seg = tl.load(p_seg + offs_t)
+        if REVERSE:
+            ref = tl.load(SEGP + b * NT + n)
+        else:
+            ref = tl.load(p_seg + CHUNK - 1)
+        w = tl.where(seg == ref, w, 0.0)
     acc = tl.dot(tl.trans((b_b * w[:, None]).to(b_c.dtype)), b_c, input_precision=PRECISION) * scale
     p_h = HC + (bh * NT + n) * DAB * DC + offs_ab[:, None] * DC + offs_c[None, :]
     tl.store(p_h, acc, mask=m_ab[:, None] & m_c[None, :])
 
 
 @triton.jit
-def _state_pass_kernel(HC, GC, S0, SN, DS, NT, SIZE,
+def _state_pass_kernel(HC, GC, S0, SN, DS, KEEP, NT, SIZE, H,
                        HAS_S0: tl.constexpr, STORE_SN: tl.constexpr, REVERSE: tl.constexpr, HAS_DS: tl.constexpr,
-                       CHUNK: tl.constexpr, BLOCK: tl.constexpr):
+                       HAS_SEG: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr):
     """Turn each chunk's contribution HC[bh, n] into the state it meets, in place.
 
     Forward: ``S_0 = S0``; ``HC[n] <- S_n``; ``S_{n+1} = exp(c_L(n)) S_n + contribution_n``.
@@ -88,7 +98,8 @@ def _state_pass_kernel(HC, GC, S0, SN, DS, NT, SIZE,
     so that ``HC[n]`` receives the gradient of the state after chunk n; with ``HAS_DS``, DS[n]
     (the gradient of the returned state before chunk n) joins the sweep there. SN receives the
     last ``S`` (the final state, or the gradient of the initial state). All float32,
-    ``SIZE = DAB DC``.
+    ``SIZE = DAB DC``. With ``HAS_SEG``, KEEP ``[B, NT]`` is 1 where chunk n continues the
+    sequence of the state before it and 0 where a new one starts in it (the state is dropped).
     """
     pid = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -105,7 +116,10 @@ def _state_pass_kernel(HC, GC, S0, SN, DS, NT, SIZE,
         p = HC + (bh * NT + n) * SIZE + offs
         contribution = tl.load(p, mask=m, other=0.0)
         tl.store(p, s, mask=m)
-        s = s * tl.exp(tl.load(GC + (bh * NT + n) * CHUNK + CHUNK - 1)) + contribution
+        factor = tl.exp(tl.load(GC + (bh * NT + n) * CHUNK + CHUNK - 1))
+        if HAS_SEG:
+            factor = factor * tl.load(KEEP + (bh // H) * NT + n)
+        s = s * factor + contribution
         if HAS_DS:
             s += tl.load(DS + (bh * NT + n) * SIZE + offs, mask=m, other=0.0)
     if STORE_SN:
@@ -113,11 +127,11 @@ def _state_pass_kernel(HC, GC, S0, SN, DS, NT, SIZE,
 
 
 @triton.jit
-def _chunk_out_kernel(Ap, Bp, Cp, ST, GC, OUT,
+def _chunk_out_kernel(Ap, Bp, Cp, ST, GC, OUT, SEG, SEGP,
                       stride_ab, stride_ah, stride_at, stride_bb, stride_bh, stride_bt,
                       stride_cb, stride_ch, stride_ct, stride_ob, stride_oh, stride_ot,
                       stride_sr, stride_sc, T, DAB, DC, H, NT, scale,
-                      REVERSE: tl.constexpr, CHUNK: tl.constexpr, BLOCK_AB: tl.constexpr,
+                      REVERSE: tl.constexpr, HAS_SEG: tl.constexpr, CHUNK: tl.constexpr, BLOCK_AB: tl.constexpr,
                       BLOCK_C: tl.constexpr, PRECISION: tl.constexpr):
     """One chunk's output from its intra-chunk products and the state ST[bh, n].
 
@@ -125,7 +139,9 @@ def _chunk_out_kernel(Ap, Bp, Cp, ST, GC, OUT,
     Reverse: ``out_j = scale * sum_{i>=j} exp(c_i - c_j) (a_i . b_j) c_i + exp(c_L - c_j) b_j S``.
     A, B: ``[B, H, T, DAB]``; C, OUT: ``[B, H, T, DC]``; ST: float32 ``[B H, NT, ., .]`` whose
     ``[DAB, DC]`` tile is read with the strides ``stride_sr, stride_sc`` (a transposed state is
-    a swap of the two). Loops over DAB in tiles of BLOCK_AB, so any width fits.
+    a swap of the two). Loops over DAB in tiles of BLOCK_AB, so any width fits. With ``HAS_SEG``
+    (see `_chunk_state_kernel`), pairs of positions in different sequences and positions outside
+    the state's sequence (forward) or the chunk's last sequence (reverse) are masked.
     """
     pid_c = tl.program_id(0)
     n = tl.program_id(1)
@@ -165,6 +181,14 @@ def _chunk_out_kernel(Ap, Bp, Cp, ST, GC, OUT,
         lag = gc[:, None] - gc[None, :]  # [i, j]
         keep = offs_t[:, None] >= offs_t[None, :]
         to_state = tl.exp(gc)
+    if HAS_SEG:
+        p_seg = SEG + b * NT * CHUNK + start
+        seg = tl.load(p_seg + offs_t)
+        keep = keep & (seg[:, None] == seg[None, :])
+        if REVERSE:
+            to_state = tl.where(seg == tl.load(p_seg + CHUNK - 1), to_state, 0.0)
+        else:
+            to_state = tl.where(seg == tl.load(SEGP + b * NT + n), to_state, 0.0)
     scores = scores * tl.exp(tl.where(keep, lag, float("-inf")))
     out = tl.dot(scores.to(b_c.dtype), b_c, input_precision=PRECISION) * scale
     if REVERSE:
@@ -225,7 +249,24 @@ def _last_dim_contiguous(x):
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
-def _states(b, c, gc, s0, scale, reverse, want_last, config, extra=None):
+def segments(seq_idx, T: int, chunk: int):
+    """``(SEG [B, NT chunk], SEGP [B, NT], KEEP [B, NT])`` from the sequence ids ``[B, T]``, or None.
+
+    SEG pads the ids with the last one; SEGP is the id of the position before each chunk (that of
+    position 0 for the first chunk: the initial state belongs to the first sequence); KEEP is 1.0
+    where every position of the chunk has the id of SEGP. No value is read back to the host.
+    """
+    if seq_idx is None:
+        return None
+    NT = triton.cdiv(T, chunk)
+    seg = seq_idx.to(torch.int32)
+    seg = torch.cat([seg, seg[:, -1:].expand(-1, NT * chunk - T)], dim=1).contiguous()
+    prev = torch.cat([seg[:, :1], seg[:, chunk - 1:(NT - 1) * chunk:chunk]], dim=1).contiguous()  # [B, NT]
+    keep = (seg.reshape(-1, NT, chunk) == prev[..., None]).all(-1).float().contiguous()
+    return seg, prev, keep
+
+
+def _states(b, c, gc, s0, scale, reverse, want_last, config, extra=None, seg=None):
     """States before each chunk ``[B H, NT, DAB, DC]`` (or, reverse, the gradients after each
     chunk) and the last one ``[B, H, DAB, DC]`` when ``want_last``: kernels (a) and (b).
     ``extra`` (reverse only): the gradients of the states before each chunk, ``[B H, NT, DAB, DC]``."""
@@ -235,18 +276,20 @@ def _states(b, c, gc, s0, scale, reverse, want_last, config, extra=None):
     NT = triton.cdiv(T, CHUNK)
     hc = torch.empty(Bsz * H, NT, DAB, DC, device=c.device, dtype=torch.float32)
     grid = (triton.cdiv(DAB, config["BLOCK_AB"]) * triton.cdiv(DC, config["BLOCK_C"]), NT, Bsz * H)
-    _chunk_state_kernel[grid](b, c, gc, hc, *b.stride()[:3], *c.stride()[:3], T, DAB, DC, H, NT, scale,
-                              REVERSE=reverse, **config)
+    SEG, SEGP, KEEP = seg if seg is not None else (hc, hc, hc)
+    _chunk_state_kernel[grid](b, c, gc, hc, SEG, SEGP, *b.stride()[:3], *c.stride()[:3], T, DAB, DC, H, NT, scale,
+                              REVERSE=reverse, HAS_SEG=seg is not None, **config)
     last = torch.empty(Bsz, H, DAB, DC, device=c.device, dtype=torch.float32) if want_last else hc
     s0 = None if s0 is None else s0.float().contiguous()
     pconf = _pass_config()
     _state_pass_kernel[(triton.cdiv(DAB * DC, pconf["BLOCK"]), Bsz * H)](
-        hc, gc, s0 if s0 is not None else hc, last, extra if extra is not None else hc, NT, DAB * DC,
-        HAS_S0=s0 is not None, STORE_SN=want_last, REVERSE=reverse, HAS_DS=extra is not None, CHUNK=CHUNK, **pconf)
+        hc, gc, s0 if s0 is not None else hc, last, extra if extra is not None else hc, KEEP, NT, DAB * DC, H,
+        HAS_S0=s0 is not None, STORE_SN=want_last, REVERSE=reverse, HAS_DS=extra is not None,
+        HAS_SEG=seg is not None, CHUNK=CHUNK, **pconf)
     return hc, (last if want_last else None)
 
 
-def _outputs(a, b, c, states, transpose, gc, scale, reverse, config, out_dtype):
+def _outputs(a, b, c, states, transpose, gc, scale, reverse, config, out_dtype, seg=None):
     """Kernel (c) over ``a, b [B, H, T, DAB]``, ``c [B, H, T, DC]`` and the per-chunk states
     (``transpose``: the stored ``[DC, DAB]`` states read as ``[DAB, DC]``)."""
     Bsz, H, T, DAB = a.shape
@@ -255,9 +298,10 @@ def _outputs(a, b, c, states, transpose, gc, scale, reverse, config, out_dtype):
     out = torch.empty(Bsz, H, T, DC, device=c.device, dtype=out_dtype)
     stride_sr, stride_sc = (1, DAB) if transpose else (DC, 1)
     grid = (triton.cdiv(DC, config["BLOCK_C"]), NT, Bsz * H)
-    _chunk_out_kernel[grid](a, b, c, states, gc, out, *a.stride()[:3], *b.stride()[:3], *c.stride()[:3],
+    SEG, SEGP = seg[:2] if seg is not None else (states, states)
+    _chunk_out_kernel[grid](a, b, c, states, gc, out, SEG, SEGP, *a.stride()[:3], *b.stride()[:3], *c.stride()[:3],
                             *out.stride()[:3], stride_sr, stride_sc, T, DAB, DC, H, NT, scale,
-                            REVERSE=reverse, **config)
+                            REVERSE=reverse, HAS_SEG=seg is not None, **config)
     return out
 
 
@@ -272,14 +316,15 @@ class ChunkLinearAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, g, scale, initial_state, want_states=False):
+    def forward(ctx, q, k, v, g, scale, initial_state, want_states=False, seq_idx=None):
         q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
         K, V = q.shape[-1], v.shape[-1]
         config = _config(K, V, v.dtype)
         gc = chunk_cumsum(g, config["CHUNK"])
-        states, final = _states(k, v, gc, initial_state, 1.0, False, True, config)
-        o = _outputs(q, k, v, states, False, gc, scale, False, config, v.dtype)
-        ctx.save_for_backward(q, k, v, g, initial_state, final)
+        seg = segments(seq_idx, q.shape[2], config["CHUNK"])
+        states, final = _states(k, v, gc, initial_state, 1.0, False, True, config, seg=seg)
+        o = _outputs(q, k, v, states, False, gc, scale, False, config, v.dtype, seg)
+        ctx.save_for_backward(q, k, v, g, initial_state, final, seq_idx)
         ctx.scale = scale
         ctx.want_states = want_states
         if not want_states:
@@ -289,23 +334,24 @@ class ChunkLinearAttention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, do, dfinal, dstates=None):
-        q, k, v, g, s0, final = ctx.saved_tensors
+        q, k, v, g, s0, final, seq_idx = ctx.saved_tensors
         scale = ctx.scale
         do = _last_dim_contiguous(do.to(v.dtype))
         K, V = q.shape[-1], v.shape[-1]
         config = _config(K, V, v.dtype)
         gc = chunk_cumsum(g, config["CHUNK"])
-        states, _ = _states(k, v, gc, s0, 1.0, False, False, config)  # recomputed: [BH, NT, K, V]
+        seg = segments(seq_idx, q.shape[2], config["CHUNK"])
+        states, _ = _states(k, v, gc, s0, 1.0, False, False, config, seg=seg)  # recomputed: [BH, NT, K, V]
         extra = None
         if ctx.want_states and dstates is not None:
             extra = dstates.float().reshape(states.shape).contiguous()
-        grads, ds0 = _states(q, do, gc, dfinal, scale, True, s0 is not None, config, extra)  # after each chunk
+        grads, ds0 = _states(q, do, gc, dfinal, scale, True, s0 is not None, config, extra, seg)  # after each chunk
         # dq and dk in float32 whenever the decay needs a gradient: it is built from q . dq - k . dk.
         wide = torch.float32 if ctx.needs_input_grad[3] else q.dtype
         kconf = _config(V, K, v.dtype)
-        dq = _outputs(do, v, k, states, True, gc, scale, False, kconf, wide)
-        dk = _outputs(do, v, q, grads, True, gc, scale, True, kconf, wide)
-        dv = _outputs(q, k, do, grads, False, gc, scale, True, config, v.dtype)
+        dq = _outputs(do, v, k, states, True, gc, scale, False, kconf, wide, seg)
+        dk = _outputs(do, v, q, grads, True, gc, scale, True, kconf, wide, seg)
+        dv = _outputs(q, k, do, grads, False, gc, scale, True, config, v.dtype, seg)
         dg = None
         if ctx.needs_input_grad[3]:
             # o_i depends on the log-decays through exp(G_i - G_j), G the cumulative sum over the
@@ -322,4 +368,4 @@ class ChunkLinearAttention(torch.autograd.Function):
                 dG[..., CHUNK - 1::CHUNK][..., :inner.shape[-1]] += inner
             dg = dG.flip(-1).cumsum(-1).flip(-1)
         ds0 = None if ds0 is None else ds0.to(s0.dtype)
-        return dq.to(q.dtype), dk.to(k.dtype), dv, dg, None, ds0, None
+        return dq.to(q.dtype), dk.to(k.dtype), dv, dg, None, ds0, None, None

@@ -62,9 +62,15 @@ def _check_ssd_inputs(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states,
         _check_float("initial_states", initial_states, "[b, h, p, n]")
         check_shape("initial_states", initial_states, (b, h, p, n), "[b, h, p, n]")
         tensors["initial_states"] = initial_states
-    if seq_idx is not None or cu_seqlens is not None or return_varlen_states:
-        raise NotImplementedError("ssd does not support seq_idx, cu_seqlens or return_varlen_states yet: "
-                                  "run each sequence in its own call (with initial_states to continue one)")
+    if seq_idx is not None:
+        check_tensor("seq_idx", seq_idx, 2, "[b, L]")
+        if seq_idx.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"seq_idx must hold int32 or int64 sequence ids, got {seq_idx.dtype}")
+        check_shape("seq_idx", seq_idx, (b, L), "[b, L]")
+        tensors["seq_idx"] = seq_idx
+    if cu_seqlens is not None or return_varlen_states:
+        raise NotImplementedError("ssd does not support return_varlen_states (and cu_seqlens, which only "
+                                  "serves it) yet: the final state of each packed sequence is not returned")
     if (not isinstance(dt_limit, (tuple, list)) or len(dt_limit) != 2
             or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in dt_limit)
             or math.isnan(dt_limit[0]) or math.isnan(dt_limit[1]) or dt_limit[0] > dt_limit[1]):
@@ -108,12 +114,16 @@ def ssd(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, initial_st
         z (torch.Tensor, optional): gate ``[b, L, h, p]``.
         dt_bias (torch.Tensor, optional): ``[h]``, added to ``dt``.
         initial_states (torch.Tensor, optional): the state before the first token ``[b, h, p, n]``.
-        seq_idx, cu_seqlens: not supported yet (``NotImplementedError`` when given).
+        seq_idx (torch.Tensor, optional): int32 or int64 sequence ids ``[b, L]``, nondecreasing
+            along ``L``, for sequences packed into one row: the state restarts from zero where the
+            id changes (the initial state belongs to the sequence of the first token).
+        cu_seqlens: not supported yet (``NotImplementedError``); mamba_ssm uses it only for
+            ``return_varlen_states``.
         dt_softplus (bool): apply softplus to ``dt`` after the bias (the identity above 20, as in mamba_ssm).
         dt_limit (tuple): ``(dt_min, dt_max)`` the step is clamped to, ``dt_min >= 0``; no gradient
             flows through a clamped step.
         return_final_states (bool): also return the state after the last token ``[b, h, p, n]``.
-        return_varlen_states (bool): not supported yet.
+        return_varlen_states (bool): not supported yet (``NotImplementedError`` when True).
         state_dtype: accepted for compatibility; the states are float32.
 
     Where it runs: as `kernels.linear_attention` (Triton on CUDA, Triton's interpreter on CPU
@@ -127,7 +137,7 @@ def ssd(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, initial_st
         TypeError: a non-tensor, a dtype that is not floating point, a flag that is not a bool.
         ValueError: wrong dims or shapes, groups that do not divide the heads, a bad chunk_size or
             dt_limit, different devices, positive ``A`` (on CPU).
-        NotImplementedError: seq_idx, cu_seqlens or return_varlen_states.
+        NotImplementedError: cu_seqlens or return_varlen_states.
 
     Examples:
         >>> b, L, h, p, n = 1, 10, 2, 4, 8
@@ -157,7 +167,7 @@ def ssd(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, initial_st
     v = (x.float() * step[..., None]).to(x.dtype).transpose(1, 2)  # dt x: [b, h, L, p]
     s0 = None if initial_states is None else initial_states.float().transpose(-1, -2)  # [b, h, n, p]
     o, final = linear_attention(per_head(C), per_head(B), v, decay=log_decay, scale=1.0, initial_state=s0,
-                                return_final_state=True)
+                                return_final_state=True, seq_idx=seq_idx)
     y = o.transpose(1, 2).float()  # [b, L, h, p]
     if D is not None:
         y = y + (D.float()[:, None] if D.dim() == 1 else D.float()) * x.float()

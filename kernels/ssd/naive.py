@@ -15,7 +15,7 @@ from ..selective_scan.naive import _acc
 
 
 def ssd_ref(x, dt, A, B, C, D=None, z=None, dt_bias=None, initial_states=None, dt_softplus=False,
-            dt_limit=(0.0, float("inf")), return_final_states=False):
+            dt_limit=(0.0, float("inf")), return_final_states=False, seq_idx=None):
     """SSD (Mamba-2's scalar-decay state space model) in its quadratic, attention-like form.
 
     Args:
@@ -31,6 +31,8 @@ def ssd_ref(x, dt, A, B, C, D=None, z=None, dt_bias=None, initial_states=None, d
         dt_softplus (bool): apply softplus to ``dt`` (after the bias; the identity above 20).
         dt_limit (tuple): ``(dt_min, dt_max)``: the step is clamped to it after the softplus.
         return_final_states (bool): also return the state after the last token ``[b, h, p, n]``.
+        seq_idx (torch.Tensor, optional): sequence ids ``[b, L]``: ``M[t, s] = 0`` across sequences;
+            the initial state reaches only the first sequence, the final state is the last one's.
 
     Returns:
         ``y [b, L, h, p]`` in the dtype of ``x``, or ``(y, final_state [b, h, p, n])`` in float32
@@ -51,13 +53,17 @@ def ssd_ref(x, dt, A, B, C, D=None, z=None, dt_bias=None, initial_states=None, d
     cum = a.cumsum(-1)  # [b, h, L]
     seg = cum[..., :, None] - cum[..., None, :]  # Σ_{s < r <= t} a_r: [b, h, L(t), L(s)]
     causal = torch.ones(L, L, dtype=torch.bool, device=x.device).tril()
+    same = torch.ones(1, L, L, dtype=torch.bool, device=x.device)  # same sequence
+    if seq_idx is not None:
+        same = seq_idx[:, :, None] == seq_idx[:, None, :]  # [b, L, L]
+    causal = causal & same[:, None]  # [b or 1, 1, L, L]
     M = torch.exp(seg.masked_fill(~causal, float("-inf")))  # the decay mask [b, h, L, L]
     scores = torch.einsum("bthn,bshn->bhts", Ch, Bh) * M  # (M ∘ C B^T): [b, h, L, L]
     v = xf * dt[..., None]  # dt x: [b, L, h, p]
     y = torch.einsum("bhts,bshp->bthp", scores, v)  # [b, L, h, p]
     if initial_states is not None:  # C_t . (decay from the start to t) s_{-1}
         s0 = initial_states.to(acc)
-        y = y + torch.einsum("bthn,bht,bhpn->bthp", Ch, torch.exp(cum), s0)
+        y = y + torch.einsum("bthn,bht,bhpn->bthp", Ch, torch.exp(cum) * same[:, None, 0].to(acc), s0)
     if D is not None:
         y = y + (D.to(acc)[:, None] if D.dim() == 1 else D.to(acc)) * xf
     if z is not None:
@@ -65,8 +71,9 @@ def ssd_ref(x, dt, A, B, C, D=None, z=None, dt_bias=None, initial_states=None, d
     y = y.to(x.dtype)
     if not return_final_states:
         return y
-    last = torch.exp(cum[..., -1:] - cum)  # decay from each token to the end: [b, h, L]
+    last = torch.exp(cum[..., -1:] - cum) * same[:, None, -1].to(acc)  # decay from each token to the end: [b, h, L]
     final = torch.einsum("bhs,bshp,bshn->bhpn", last, v, Bh)  # [b, h, p, n]
     if initial_states is not None:
-        final = final + torch.exp(cum[..., -1])[..., None, None] * initial_states.to(acc)
+        from_start = torch.exp(cum[..., -1]) * same[:, None, -1, 0].to(acc)  # [b, h]
+        final = final + from_start[..., None, None] * initial_states.to(acc)
     return y, final

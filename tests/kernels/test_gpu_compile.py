@@ -28,9 +28,10 @@ def test_kernels_compile_for_hopper(family):
     assert f"{family}: compiled" in done.stdout, done.stdout
 
 
-def compile_for_hopper(kernel, constexprs, io, sizes, dtype, num_warps, num_stages=3):
+def compile_for_hopper(kernel, constexprs, io, sizes, dtype, num_warps, num_stages=3, int_pointers=()):
     """Compile ``kernel`` to a cubin: ``sizes`` and strides are int32, ``scale`` float32, the rest
-    pointers, of ``dtype`` for those named in ``io`` and of float32 for the others."""
+    pointers, of ``dtype`` for those named in ``io``, int32 for ``int_pointers`` and float32 for
+    the others."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -45,6 +46,8 @@ def compile_for_hopper(kernel, constexprs, io, sizes, dtype, num_warps, num_stag
             signature[name] = "fp32"
         elif name == "MASK":
             signature[name] = "*u8"
+        elif name in int_pointers:
+            signature[name] = "*i32"
         else:
             signature[name] = "*" + (TRITON_TYPES[dtype] if name in io else "fp32")
     compiled = triton.compile(ASTSource(kernel, signature, constexprs), target=GPUTarget("cuda", 90, 32),
@@ -73,15 +76,16 @@ def linear_attention():
                 config = la._config(a, c, dtype, interpret=False)
                 num_warps, num_stages = config.pop("num_warps"), config.pop("num_stages")
                 for reverse in (False, True):
-                    compile_for_hopper(la._chunk_state_kernel, dict(REVERSE=reverse, **config),
-                                       {"Bp", "Cp"}, sizes, dtype, num_warps, num_stages)
-                    compile_for_hopper(la._chunk_out_kernel, dict(REVERSE=reverse, **config),
-                                       {"Ap", "Bp", "Cp", "OUT"}, sizes, dtype, num_warps, num_stages)
+                    flags = dict(REVERSE=reverse, HAS_SEG=reverse, **config)  # both branches of each flag
+                    compile_for_hopper(la._chunk_state_kernel, flags, {"Bp", "Cp"}, sizes, dtype, num_warps,
+                                       num_stages, int_pointers={"SEG", "SEGP"})
+                    compile_for_hopper(la._chunk_out_kernel, flags, {"Ap", "Bp", "Cp", "OUT"}, sizes, dtype,
+                                       num_warps, num_stages, int_pointers={"SEG", "SEGP"})
     pconf = la._pass_config(interpret=False)
     for reverse in (False, True):
-        compile_for_hopper(la._state_pass_kernel, dict(HAS_S0=True, STORE_SN=True, REVERSE=reverse, HAS_DS=reverse, CHUNK=64,
-                                                       BLOCK=pconf["BLOCK"]), set(), sizes, torch.float32,
-                           pconf["num_warps"], 1)
+        compile_for_hopper(la._state_pass_kernel, dict(HAS_S0=True, STORE_SN=True, REVERSE=reverse, HAS_DS=reverse,
+                                                       HAS_SEG=True, CHUNK=64, BLOCK=pconf["BLOCK"]),
+                           set(), sizes, torch.float32, pconf["num_warps"], 1)
 
 
 def selective_scan():

@@ -214,6 +214,38 @@ def test_chunk_states_match_the_recurrence():
         assert_close(f"state before {t0}", S, states[:, :, i], 2e-5, 1e-4)
 
 
+@pytest.mark.parametrize("starts", [(5, 65, 68), (16, 32, 33)], ids=["inside-chunks", "at-chunk-starts"])
+def test_packed_sequences_with_seq_idx(starts):
+    """Sequences packed into one row restart from a zero state: outputs, final and chunk states and
+    all gradients against the float64 reference; row 2 is one sequence. The reference itself is
+    checked against the recurrence, which zeroes the state where the id changes."""
+    q, k, v, decay, s0, do, dfinal = make_inputs((2, 2, 70, 16, 8, 1.0, True, True), torch.float32, seed=7)
+    seq_idx = torch.zeros(2, 70, dtype=torch.int64)
+    for start in starts:
+        seq_idx[0, start:] += 1
+    seq_idx = seq_idx.to(DEVICE)
+    inputs = [q, k, v, decay, s0]
+    for x in inputs:
+        x.requires_grad_()
+    o, final, states = linear_attention(q, k, v, decay=decay, initial_state=s0, return_final_state=True,
+                                        return_chunk_states=True, seq_idx=seq_idx)
+    gen = torch.Generator().manual_seed(3)
+    dstates = torch.randn(states.shape, generator=gen).to(DEVICE)
+    ((o * do).sum() + (final * dfinal).sum() + (states * dstates).sum()).backward()
+    refs = [x.detach().double().requires_grad_() for x in inputs]
+    o64, final64 = linear_attention_quadratic(*refs[:3], decay=refs[3], initial_state=refs[4], seq_idx=seq_idx)
+    states64 = linear_attention_chunk_states(refs[1], refs[2], refs[3], refs[4], 64, seq_idx)
+    ((o64 * do.double()).sum() + (final64 * dfinal.double()).sum() + (states64 * dstates.double()).sum()).backward()
+    q64, k64, v64, decay64, s064 = (x.detach() for x in refs)
+    o_rec, final_rec = linear_attention_recurrent(q64, k64, v64, decay=decay64, initial_state=s064, seq_idx=seq_idx)
+    assert_close("recurrence vs quadratic", o_rec, o64, 1e-10, 1e-10)
+    assert_close("recurrence vs quadratic, final", final_rec, final64, 1e-10, 1e-10)
+    for name, ref, got in (("o", o64, o), ("final state", final64, final), ("chunk states", states64, states)):
+        assert_close(name, ref, got, 5e-5, 1e-4)
+    for name, x, x64 in zip(("dq", "dk", "dv", "d decay", "d initial_state"), inputs, refs):
+        assert_close(name, x64.grad, x.grad, 5e-5 * max(1.0, x64.grad.abs().max().item()), 1e-4)
+
+
 def test_no_value_is_read_on_a_device_without_data():
     """On meta tensors (shapes without values) every check passes and the call runs: nothing in
     it reads a value back, which on a GPU would make the host wait for the device."""
@@ -280,6 +312,9 @@ BAD_INPUTS = {
     "state shape": (lambda q, k, v: (q, k, v, {"initial_state": torch.zeros(1, 2, 8, 16)}), ValueError, r"initial_state must have shape \[B, H, K, V\] = \(1, 2, 16, 8\), got \(1, 2, 8, 16\)"),
     "chunk_size": (lambda q, k, v: (q, k, v, {"return_chunk_states": True, "chunk_size": 48}), ValueError, "chunk_size must be a positive multiple of 64"),
     "chunk states not causal": (lambda q, k, v: (q, k, v, {"return_chunk_states": True, "causal": False}), ValueError, "return_chunk_states needs causal=True"),
+    "seq_idx shape": (lambda q, k, v: (q, k, v, {"seq_idx": torch.zeros(1, 7, dtype=torch.int64)}), ValueError, r"seq_idx must have shape \[B, T\] = \(1, 8\), got \(1, 7\)"),
+    "seq_idx dtype": (lambda q, k, v: (q, k, v, {"seq_idx": torch.zeros(1, 8)}), TypeError, "seq_idx must hold int32 or int64"),
+    "seq_idx order": (lambda q, k, v: (q, k, v, {"seq_idx": torch.tensor([[0, 0, 1, 1, 0, 2, 2, 2]])}), ValueError, "seq_idx must be nondecreasing"),
     "state dims": (lambda q, k, v: (q, k, v, {"initial_state": torch.zeros(2, 16, 8)}), ValueError, "initial_state must have 4 dimensions"),
     "normalize with state": (lambda q, k, v: (q, k, v, {"normalize": True, "return_final_state": True}), ValueError, "normalize=True"),
     "scale": (lambda q, k, v: (q, k, v, {"scale": -2.0}), ValueError, "scale must be a positive finite number"),

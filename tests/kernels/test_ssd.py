@@ -125,6 +125,24 @@ def test_initial_states_continue_a_sequence():
     assert_close("pieces", whole, torch.cat([first, second], dim=1), 1e-5, 1e-5)
 
 
+def test_seq_idx_restarts_the_state_at_each_packed_sequence():
+    """Packed sequences against the reference with every option and gradient, and against
+    separate calls: the first sequence continues the initial state, the others start from zero."""
+    b, L, h, p, n, g = 1, 40, 4, 4, 8, 2
+    inputs = {**ssd_inputs(b, L, h, p, n, g, seed=3), **extras(b, L, h, p, n)}
+    seq_idx = torch.tensor([[0] * 7 + [1] * 25 + [2] * 8], device=DEVICE)
+    compare_with_reference(inputs, torch.float32, 1e-4, 1e-4, dt_softplus=True, seq_idx=seq_idx)
+    y, final = ssd(**inputs, dt_softplus=True, seq_idx=seq_idx, return_final_states=True)
+    pieces, state = [], inputs["initial_states"]
+    for start, end in ((0, 7), (7, 32), (32, 40)):
+        part = {k: (v[:, start:end] if v.dim() > 1 and v.shape[1] == L else v) for k, v in inputs.items()}
+        out, state = ssd(**{**part, "initial_states": state if start == 0 else None}, dt_softplus=True,
+                         return_final_states=True)
+        pieces.append(out)
+    assert_close("packed vs separate", torch.cat(pieces, dim=1), y, 1e-5, 1e-4)
+    assert_close("final state of the last sequence", state, final, 1e-5, 1e-4)
+
+
 def test_chunk_size_is_positional_as_in_mamba_ssm():
     inp = ssd_inputs(1, 9, 2, 4, 8, 1)
     D = torch.ones(2, device=DEVICE)
@@ -146,7 +164,8 @@ BAD = [
     (lambda a: a.update(A=torch.ones(4)), ValueError, "A must hold finite decay rates <= 0"),
     (lambda a: a.update(dt=a["dt"].long()), TypeError, "dt must be a real floating-point tensor"),
     (lambda a: a.update(return_final_states=1), TypeError, "return_final_states must be True or False"),
-    (lambda a: a.update(seq_idx=torch.zeros(1, 5, dtype=torch.int32)), NotImplementedError, "seq_idx"),
+    (lambda a: a.update(seq_idx=torch.zeros(1, 4, dtype=torch.int32)), ValueError, r"seq_idx must have shape \[b, L\]"),
+    (lambda a: a.update(cu_seqlens=torch.tensor([0, 5])), NotImplementedError, "return_varlen_states"),
 ]
 
 
