@@ -1,9 +1,9 @@
 """Linear attention's public functions and their argument checks.
 
 `linear_attention` runs the chunk-parallel Triton kernels (``triton.py``) or the reference;
-`linear_attention_step` advances a state by one token in plain PyTorch: decoding one token
-needs no kernel, the state update is an outer product and the read-out a vector-matrix
-product, ``O(K V)`` work per head.
+`linear_attention_step` advances a state by one token: the state update is an outer product
+and the read-out a vector-matrix product, ``O(K V)`` work per head, fused into one Triton kernel
+(``_step_kernel``) when no gradient is needed, plain PyTorch otherwise.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from .._checks import (check_bool, check_dim, check_float_dtypes, check_same_dev
 from .naive import linear_attention_chunk_states, linear_attention_quadratic
 
 if HAS_TRITON:
-    from .triton import ChunkLinearAttention, _config
+    from .triton import ChunkLinearAttention, _config, linear_attention_step_fused
 
 def check_log_decay(decay, B: int, H: int, T: int, device, per_token: str = "[B, H, T]") -> None:
     """``decay`` must be a floating tensor of log-decays, ``[H]`` or ``per_token``, on ``device``.
@@ -220,6 +220,10 @@ def linear_attention_step(q, k, v, state, decay=None, scale=None):
             only on CPU tensors: reading them back would make every decoding step wait for the GPU.
         scale (float, optional): default ``K ** -0.5``.
 
+    Where it runs: one fused Triton kernel (state update and read-out in one pass over the
+    state) on CUDA tensors, and on CPU tensors under ``TRITON_INTERPRET=1`` (except bfloat16),
+    when no gradient is needed and the state is not float64; PyTorch otherwise.
+
     Returns:
         ``(o [B, H, V], S_t [B, H, K, V])``: ``o`` in the dtype of ``q``, the state in float32
         (float64 stays float64).
@@ -248,10 +252,15 @@ def linear_attention_step(q, k, v, state, decay=None, scale=None):
     if not state.is_floating_point():
         raise TypeError(f"state must be a floating-point tensor, got {state.dtype}")
     scale = K ** -0.5 if scale is None else float(scale)
-    acc = torch.float64 if state.dtype == torch.float64 else torch.float32
-    S = state.to(acc)
     if decay is not None:
         check_log_decay(decay, B, H, None, q.device, per_token="[B, H]")
+    acc = torch.float64 if state.dtype == torch.float64 else torch.float32
+    needs_grad = torch.is_grad_enabled() and any(
+        x is not None and x.requires_grad for x in (q, k, v, state, decay))
+    if uses_triton(q) and acc == torch.float32 and not needs_grad:
+        return linear_attention_step_fused(q, k, v, state, decay, scale)
+    S = state.to(acc)
+    if decay is not None:
         g = decay.to(acc)[None, :] if decay.dim() == 1 else decay.to(acc)
         S = torch.exp(g)[:, :, None, None] * S
     S = S + k.to(acc)[..., :, None] * v.to(acc)[..., None, :]  # k^T v: [B, H, K, V]

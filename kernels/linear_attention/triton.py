@@ -369,3 +369,60 @@ class ChunkLinearAttention(torch.autograd.Function):
             dg = dG.flip(-1).cumsum(-1).flip(-1)
         ds0 = None if ds0 is None else ds0.to(s0.dtype)
         return dq.to(q.dtype), dk.to(k.dtype), dv, dg, None, ds0, None, None
+
+
+@triton.jit
+def _step_kernel(Q, K_, V_, S, G, O, SN, DK, DV, H, scale,
+                 HAS_G: tl.constexpr, G_PER_BATCH: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr):
+    """One decoding step: ``S' = exp(g) S + k^T v`` and ``o = scale * q S'``, fused.
+
+    Q, K_: ``[B H, DK]``; V_, O: ``[B H, DV]``; S: ``[B H, DK, DV]`` (any float dtype); SN: the
+    float32 new state; G: log-decays ``[H]`` or, with ``G_PER_BATCH``, ``[B H]``. One program per
+    (batch, head, block of value columns) loops over the key dimension in tiles of BLOCK_K.
+    """
+    pid_v = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    offs_v = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
+    m_v = offs_v < DV
+    v = tl.load(V_ + bh * DV + offs_v, mask=m_v, other=0.0).to(tl.float32)
+    gamma = 1.0
+    if HAS_G:
+        if G_PER_BATCH:
+            gamma = tl.exp(tl.load(G + bh).to(tl.float32))
+        else:
+            gamma = tl.exp(tl.load(G + bh % H).to(tl.float32))
+    o = tl.zeros([BLOCK_V], dtype=tl.float32)
+    for kb in range(0, DK, BLOCK_K):
+        offs_k = kb + tl.arange(0, BLOCK_K)
+        m_k = offs_k < DK
+        q = tl.load(Q + bh * DK + offs_k, mask=m_k, other=0.0).to(tl.float32)
+        k = tl.load(K_ + bh * DK + offs_k, mask=m_k, other=0.0).to(tl.float32)
+        p_s = bh * DK * DV + offs_k[:, None] * DV + offs_v[None, :]
+        m_s = m_k[:, None] & m_v[None, :]
+        s = tl.load(S + p_s, mask=m_s, other=0.0).to(tl.float32) * gamma + k[:, None] * v[None, :]
+        tl.store(SN + p_s, s, mask=m_s)
+        o += tl.sum(q[:, None] * s, axis=0)
+    tl.store(O + bh * DV + offs_v, (o * scale).to(O.dtype.element_ty), mask=m_v)
+
+
+def _step_config(DK: int, DV: int, interpret: bool = INTERPRET) -> dict:
+    """Launch settings of `_step_kernel`: tiles of the ``[DK, DV]`` state."""
+    BLOCK_V = min(64, max(16, triton.next_power_of_2(DV)))
+    BLOCK_K = min(64, max(16, triton.next_power_of_2(DK)))
+    return dict(BLOCK_K=BLOCK_K, BLOCK_V=BLOCK_V, num_warps=1 if interpret else 4)
+
+
+def linear_attention_step_fused(q, k, v, state, decay, scale):
+    """`_step_kernel` on ``q, k [B, H, K]``, ``v [B, H, V]``, ``state [B, H, K, V]`` and
+    ``decay`` (``[H]``, ``[B, H]`` or None): ``(o [B, H, V], new state [B, H, K, V] float32)``."""
+    B, H, DK = q.shape
+    DV = v.shape[-1]
+    q, k, v, state = (x.contiguous() for x in (q, k, v, state))
+    o = torch.empty(B, H, DV, device=q.device, dtype=q.dtype)
+    new = torch.empty(B, H, DK, DV, device=q.device, dtype=torch.float32)
+    g = o if decay is None else decay.contiguous()
+    config = _step_config(DK, DV)
+    _step_kernel[(triton.cdiv(DV, config["BLOCK_V"]), B * H)](
+        q, k, v, state, g, o, new, DK, DV, H, scale, HAS_G=decay is not None,
+        G_PER_BATCH=decay is not None and decay.dim() == 2, **config)
+    return o, new

@@ -81,6 +81,12 @@ def linear_attention():
                                        num_stages, int_pointers={"SEG", "SEGP"})
                     compile_for_hopper(la._chunk_out_kernel, flags, {"Ap", "Bp", "Cp", "OUT"}, sizes, dtype,
                                        num_warps, num_stages, int_pointers={"SEG", "SEGP"})
+    for DK, DV in ((64, 64), (128, 128), (100, 512)):
+        step = la._step_config(DK, DV, interpret=False)
+        num_warps = step.pop("num_warps")
+        for dtype in (torch.bfloat16, torch.float32):
+            compile_for_hopper(la._step_kernel, dict(HAS_G=True, G_PER_BATCH=False, **step), {"Q", "K_", "V_", "O"},
+                               sizes | {"DK", "DV"}, dtype, num_warps, 1)
     pconf = la._pass_config(interpret=False)
     for reverse in (False, True):
         compile_for_hopper(la._state_pass_kernel, dict(HAS_S0=True, STORE_SN=True, REVERSE=reverse, HAS_DS=reverse,

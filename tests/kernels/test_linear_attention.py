@@ -246,6 +246,28 @@ def test_packed_sequences_with_seq_idx(starts):
         assert_close(name, x64.grad, x.grad, 5e-5 * max(1.0, x64.grad.abs().max().item()), 1e-4)
 
 
+@pytest.mark.parametrize("decay_shape", [None, "per-head", "per-batch"])
+@pytest.mark.parametrize("dims", [(2, 3, 16, 24), (1, 1, 100, 72)], ids=["K16-V24", "K100-V72"])
+def test_fused_step_matches_the_plain_step(dims, decay_shape):
+    """The fused decoding kernel against the plain PyTorch step (under autograd, which takes the
+    PyTorch path), float16 inputs with a float32 state."""
+    B, H, K, V = dims
+    g = torch.Generator().manual_seed(K)
+    q, k = (torch.randn(B, H, K, generator=g) * K ** -0.25 for _ in range(2))
+    v, state = torch.randn(B, H, V, generator=g), torch.randn(B, H, K, V, generator=g)
+    decay = {None: None, "per-head": -torch.rand(H, generator=g), "per-batch": -torch.rand(B, H, generator=g)}[decay_shape]
+    q, k, v = (x.to(DEVICE, torch.float16) for x in (q, k, v))
+    state = state.to(DEVICE)
+    decay = None if decay is None else decay.to(DEVICE)
+    assert uses_triton(q), "the test would compare the plain step with itself"
+    o, new = linear_attention_step(q, k, v, state, decay=decay)
+    q_ref = q.clone().requires_grad_()  # a gradient is needed: the PyTorch step runs
+    o_ref, new_ref = linear_attention_step(q_ref, k, v, state, decay=decay)
+    assert o.dtype == torch.float16 and new.dtype == torch.float32
+    assert_close("new state", new_ref.detach(), new, 1e-6, 1e-6)
+    assert_close("o", o_ref.detach(), o, 2e-3, 2e-3)
+
+
 def test_no_value_is_read_on_a_device_without_data():
     """On meta tensors (shapes without values) every check passes and the call runs: nothing in
     it reads a value back, which on a GPU would make the host wait for the device."""
