@@ -1,30 +1,61 @@
 """Linear attention's public functions and their argument checks.
 
-`linear_attention` runs the chunk-wise Triton kernels (``triton.py``) or the reference;
-`linear_attention_step` advances a state by one token in plain PyTorch: decoding one token
-needs no kernel, the state update is an outer product and the read-out a vector-matrix
-product, ``O(K V)`` work per head.
+`linear_attention` runs the chunk-parallel Triton kernels (``triton.py``) or the reference;
+`linear_attention_step` advances a state by one token: the state update is an outer product
+and the read-out a vector-matrix product, ``O(K V)`` work per head, fused into one Triton kernel
+(``_step_kernel``) when no gradient is needed, plain PyTorch otherwise.
 """
 from __future__ import annotations
 
 import torch
 
 from .._backend import HAS_TRITON, uses_triton
-from .._checks import (HEAD_DIMS, check_bool, check_decay, check_dim, check_float_dtypes, check_same_device,
-                       check_scale, check_tensor)
-from .naive import linear_attention_quadratic
+from .._checks import (check_bool, check_dim, check_float_dtypes, check_same_device, check_scale,
+                       check_tensor)
+from .naive import linear_attention_chunk_states, linear_attention_quadratic
 
 if HAS_TRITON:
-    from .triton import ChunkLinearAttention
+    from .triton import ChunkLinearAttention, _config, linear_attention_step_fused
 
-def _check_inputs(q, k, v, causal, decay, scale, initial_state, return_final_state, normalize):
+def check_log_decay(decay, B: int, H: int, T: int, device, per_token: str = "[B, H, T]") -> None:
+    """``decay`` must be a floating tensor of log-decays, ``[H]`` or ``per_token``, on ``device``.
+
+    Its values (finite, <= 0) are checked only on CPU tensors: reading a CUDA tensor back would
+    make the host wait for the GPU on every call and break CUDA graph capture.
+    """
+    if not isinstance(decay, torch.Tensor):
+        raise TypeError(f"decay must be a torch.Tensor of log-decays [H] or {per_token}, got {type(decay).__name__}")
+    if not decay.is_floating_point():
+        raise TypeError(f"decay must be a floating-point tensor of log-decays, got {decay.dtype}")
+    if decay.dim() == 1:
+        if decay.shape[0] != H:
+            raise ValueError(f"decay must have one log-decay per head, shape [{H}], got {tuple(decay.shape)}")
+    else:
+        expected = (B, H) if T is None else (B, H, T)
+        if tuple(decay.shape) != expected:
+            raise ValueError(f"decay must have shape [H] = ({H},) or {per_token} = {expected}, "
+                             f"got {tuple(decay.shape)}")
+    if decay.device != device:
+        raise ValueError(f"decay must be on the device of q ({device}), got {decay.device}")
+    if decay.device.type == "cpu" and not decay.is_meta:
+        with torch.no_grad():
+            if not torch.isfinite(decay).all() or (decay > 0).any():
+                raise ValueError("decay must hold finite log-decays <= 0 (gamma = exp(decay) in (0, 1]), "
+                                 f"got values in [{decay.min().item()}, {decay.max().item()}]")
+
+
+def _check_inputs(q, k, v, causal, decay, scale, initial_state, return_final_state, normalize,
+                  return_chunk_states=False, chunk_size=64, seq_idx=None):
     check_tensor("q", q, 4, "[B, H, T, K]")
     check_tensor("k", k, 4, "[B, H, T, K]")
     check_tensor("v", v, 4, "[B, H, T, V]")
     check_float_dtypes({"q": q, "k": k, "v": v})
     check_same_device({"q": q, "k": k, "v": v})
-    for name, flag in (("causal", causal), ("return_final_state", return_final_state), ("normalize", normalize)):
+    for name, flag in (("causal", causal), ("return_final_state", return_final_state), ("normalize", normalize),
+                       ("return_chunk_states", return_chunk_states)):
         check_bool(name, flag)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1 or chunk_size % 64:
+        raise ValueError(f"chunk_size must be a positive multiple of 64 (the kernels' chunk), got {chunk_size!r}")
     check_scale("scale", scale)
     B, H, T, K = q.shape
     if k.shape != q.shape:
@@ -32,18 +63,30 @@ def _check_inputs(q, k, v, causal, decay, scale, initial_state, return_final_sta
     for dim, what, size in ((0, "batch size", B), (1, "number of heads", H), (2, "length", T)):
         check_dim("v", v, dim, f"{what} (that of q)", size)
     for name, size in (("K (head dim of q and k)", K), ("V (head dim of v)", v.shape[-1])):
-        if size not in HEAD_DIMS:
-            raise ValueError(f"{name} must be a multiple of 8 between 8 and 256, got {size}")
+        if size < 1:
+            raise ValueError(f"{name} must be at least 1, got {size}")
     if B == 0 or H == 0 or T == 0:
         raise ValueError(f"q must have at least one batch element, head and position, got shape {tuple(q.shape)}")
     if not causal:
         for name, value in (("decay", decay), ("initial_state", initial_state)):
             if value is not None:
                 raise ValueError(f"{name} needs causal=True: non-causal linear attention has no recurrence")
-        if return_final_state:
-            raise ValueError("return_final_state needs causal=True: non-causal linear attention has no state")
+        for name, flag in (("return_final_state", return_final_state), ("return_chunk_states", return_chunk_states)):
+            if flag:
+                raise ValueError(f"{name} needs causal=True: non-causal linear attention has no state")
     if decay is not None:
-        check_decay(decay, H, q.device)
+        check_log_decay(decay, B, H, T, q.device)
+    if seq_idx is not None:
+        check_tensor("seq_idx", seq_idx, 2, "[B, T]")
+        if seq_idx.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"seq_idx must hold int32 or int64 sequence ids, got {seq_idx.dtype}")
+        if tuple(seq_idx.shape) != (B, T):
+            raise ValueError(f"seq_idx must have shape [B, T] = {(B, T)}, got {tuple(seq_idx.shape)}")
+        check_same_device({"q": q, "seq_idx": seq_idx})
+        if seq_idx.device.type == "cpu" and T > 1 and (seq_idx[:, 1:] < seq_idx[:, :-1]).any():
+            raise ValueError("seq_idx must be nondecreasing along T: each sequence is one contiguous run of positions")
+        if not causal:
+            raise ValueError("seq_idx needs causal=True")
     if initial_state is not None:
         check_tensor("initial_state", initial_state, 4, "[B, H, K, V]")
         expected = (B, H, K, v.shape[-1])
@@ -53,17 +96,19 @@ def _check_inputs(q, k, v, causal, decay, scale, initial_state, return_final_sta
         if not initial_state.is_floating_point():
             raise TypeError(f"initial_state must be a floating-point tensor, got {initial_state.dtype}")
         check_same_device({"q": q, "initial_state": initial_state})
-    if normalize and (initial_state is not None or return_final_state):
+    if normalize and (initial_state is not None or return_final_state or return_chunk_states):
         raise ValueError("normalize=True does not carry the normaliser's state: "
-                         "initial_state and return_final_state are not supported with it")
+                         "initial_state, return_final_state and return_chunk_states are not supported with it")
 
 
 def linear_attention(q, k, v, causal: bool = True, decay=None, scale=None, initial_state=None,
-                     return_final_state: bool = False, normalize: bool = False):
-    """Causal (or non-causal) linear attention with an optional per-head decay.
+                     return_final_state: bool = False, normalize: bool = False, return_chunk_states: bool = False,
+                     chunk_size: int = 64, seq_idx=None):
+    """Causal (or non-causal) linear attention with an optional per-head or per-token decay.
 
-    Causal: the state ``S_t = gamma_h * S_{t-1} + k_t^T v_t`` (``S_{-1}`` = ``initial_state`` or 0)
-    and the output ``o_t = scale * q_t S_t``, with ``gamma_h = exp(decay[h])``. Non-causal:
+    Causal: the state ``S_t = exp(g_t) * S_{t-1} + k_t^T v_t`` (``S_{-1}`` = ``initial_state`` or 0)
+    and the output ``o_t = scale * q_t S_t``, with the log-decay ``g_t = decay[h]`` (per head) or
+    ``decay[b, h, t]`` (per token). Non-causal:
     ``o = scale * Q (K^T V)``. Apply a feature map (e.g. `elu_plus_one`) to ``q`` and ``k``
     first for the classic kernelised attention.
 
@@ -72,30 +117,45 @@ def linear_attention(q, k, v, causal: bool = True, decay=None, scale=None, initi
         k (torch.Tensor): keys ``[B, H, T, K]``.
         v (torch.Tensor): values ``[B, H, T, V]``.
         causal (bool): the recurrent form (default) or the non-causal one.
-        decay (torch.Tensor, optional): log-decays ``[H]``, finite and <= 0 (RetNet, simple gated
-            linear attention); ``None`` means no decay. Causal only; no gradient flows to it.
+        decay (torch.Tensor, optional): log-decays <= 0, per head ``[H]`` (RetNet) or per token
+            ``[B, H, T]`` (Mamba-2/SSD, gated RetNet, the scalar form of GLA); ``None`` means no
+            decay. Causal only. Gradients flow to it. Its values are checked (finite, <= 0) only
+            on CPU tensors, where reading them costs no wait for a GPU.
         scale (float, optional): default ``K ** -0.5``.
         initial_state (torch.Tensor, optional): ``S_{-1}`` of shape ``[B, H, K, V]``; gradients flow to it.
         return_final_state (bool): also return ``S_{T-1}`` ``[B, H, K, V]`` (float32) to continue from.
         normalize (bool): divide by ``scale * q_t . sum_s gamma^(t-s) k_s`` ("Transformers are RNNs"),
             computed with the same kernel by appending a column of ones to ``v``. Meant for positive
             features; a small epsilon (1e-6) keeps the division finite.
+        return_chunk_states (bool): also return the state before each chunk of ``chunk_size``
+            positions, ``[B, H, ceil(T / chunk_size), K, V]`` (float32; the first is the initial
+            state or 0), as FLASH-style and hybrid layers need; gradients flow through them.
+        chunk_size (int): the chunk length of ``return_chunk_states``, a multiple of 64.
+        seq_idx (torch.Tensor, optional): int32 or int64 sequence ids ``[B, T]`` for sequences
+            packed into one row: a position attends only to earlier positions with the same id
+            (the state restarts from zero where the id changes). The initial state belongs to the
+            sequence of position 0, the final state is that of the last position. Ids are
+            nondecreasing along ``T``, as mamba_ssm's ``seq_idx`` (checked on CPU tensors only).
+            Causal only.
 
-    ``q``, ``k``, ``v`` share a dtype (float16, bfloat16 or float32) and a device; K and V are
-    multiples of 8 up to 256; any length ``T >= 1``.
+    ``q``, ``k``, ``v`` share a dtype (float16, bfloat16 or float32) and a device; any head dims
+    K and V and any length ``T >= 1``.
 
-    Where it runs: the causal form runs the chunk-wise Triton kernels on CUDA tensors, and on CPU
+    Where it runs: the causal form runs the chunk-parallel Triton kernels (each chunk's
+    contribution to the state, a pass over the chunks that sums them, then every chunk's output
+    at once; the backward mirrors it) on CUDA tensors, and on CPU
     tensors in Triton's interpreter when ``TRITON_INTERPRET=1`` was set before ``kernels`` was
     imported (except bfloat16); otherwise the PyTorch reference `linear_attention_quadratic`.
     The non-causal form is two matrix products in PyTorch everywhere.
 
     Returns:
-        ``o [B, H, T, V]`` in the dtype of ``q``, or ``(o, S_{T-1})`` with ``return_final_state=True``.
+        ``o [B, H, T, V]`` in the dtype of ``q``; ``(o, S_{T-1})`` with ``return_final_state=True``;
+        the chunk states appended last with ``return_chunk_states=True``.
 
     Raises:
         TypeError: a non-tensor, an unsupported or mixed dtype, a flag that is not a bool.
-        ValueError: wrong dims or shapes, head dims, an empty tensor, different devices, a decay that
-            is not ``[H]``, positive, non-finite or requires grad, an initial state of the wrong
+        ValueError: wrong dims or shapes, an empty tensor, different devices, a decay that is not
+            ``[H]`` or ``[B, H, T]`` (or, on the CPU, positive or non-finite), an initial state of the wrong
             shape, or decay / initial_state / return_final_state with ``causal=False``.
 
     Examples:
@@ -104,25 +164,43 @@ def linear_attention(q, k, v, causal: bool = True, decay=None, scale=None, initi
         >>> o.shape, S.shape
         (torch.Size([1, 2, 100, 32]), torch.Size([1, 2, 16, 32]))
     """
-    _check_inputs(q, k, v, causal, decay, scale, initial_state, return_final_state, normalize)
+    _check_inputs(q, k, v, causal, decay, scale, initial_state, return_final_state, normalize,
+                  return_chunk_states, chunk_size, seq_idx)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if normalize:
         ones = torch.ones(*v.shape[:-1], 1, dtype=v.dtype, device=v.device)
-        out, _ = _run(q, k, torch.cat([v, ones], dim=-1), causal, decay, scale, None)
+        out, _ = _run(q, k, torch.cat([v, ones], dim=-1), causal, decay, scale, None, seq_idx=seq_idx)
         return out[..., :-1] / (out[..., -1:] + 1e-6)  # numerator over denominator: the scale cancels
-    o, final = _run(q, k, v, causal, decay, scale, initial_state)
+    if return_chunk_states:
+        o, final, states = _run(q, k, v, causal, decay, scale, initial_state, chunk_size, seq_idx)
+        return (o, final, states) if return_final_state else (o, states)
+    o, final = _run(q, k, v, causal, decay, scale, initial_state, seq_idx=seq_idx)
     return (o, final) if return_final_state else o
 
 
-def _run(q, k, v, causal, decay, scale, initial_state):
-    """``(o, final_state)`` of validated inputs, from the kernel or the reference."""
+def _run(q, k, v, causal, decay, scale, initial_state, chunk_size=None, seq_idx=None):
+    """``(o, final_state)`` of validated inputs, from the kernel or the reference, and the states
+    before each chunk of ``chunk_size`` positions when it is given."""
     if not causal:
         return linear_attention_quadratic(q, k, v, causal=False, scale=scale)
     if uses_triton(q):
-        log_decay = (torch.zeros(q.shape[1], device=q.device) if decay is None else decay).float().contiguous()
-        return ChunkLinearAttention.apply(q, k, v, log_decay, scale, initial_state)
-    o, final = linear_attention_quadratic(q, k, v, decay=decay, scale=scale, initial_state=initial_state)
-    return o, (final if final.dtype == torch.float64 else final.float())
+        B, H, T, _ = q.shape
+        if decay is None:
+            g = torch.zeros(B, H, T, device=q.device, dtype=torch.float32)
+        else:
+            g = (decay[None, :, None] if decay.dim() == 1 else decay).float().expand(B, H, T)
+        if chunk_size is None:
+            return ChunkLinearAttention.apply(q, k, v, g, scale, initial_state, False, seq_idx)[:2]
+        o, final, states = ChunkLinearAttention.apply(q, k, v, g, scale, initial_state, True, seq_idx)
+        every = chunk_size // _config(q.shape[-1], v.shape[-1], v.dtype)["CHUNK"]  # kernel chunks per chunk
+        return o, final, states[:, :, ::every]
+    o, final = linear_attention_quadratic(q, k, v, decay=decay, scale=scale, initial_state=initial_state,
+                                          seq_idx=seq_idx)
+    final = final if final.dtype == torch.float64 else final.float()
+    if chunk_size is None:
+        return o, final
+    states = linear_attention_chunk_states(k, v, decay, initial_state, chunk_size, seq_idx)
+    return o, final, (states if states.dtype == torch.float64 else states.float())
 
 
 def linear_attention_step(q, k, v, state, decay=None, scale=None):
@@ -137,10 +215,14 @@ def linear_attention_step(q, k, v, state, decay=None, scale=None):
         v (torch.Tensor): the new value ``[B, H, V]``.
         state (torch.Tensor): ``S_{t-1}`` of shape ``[B, H, K, V]``, e.g. the final state returned by
             ``linear_attention(..., return_final_state=True)`` for the prompt.
-        decay (torch.Tensor, optional): log-decays ``[H]`` (each <= 0), as in ``linear_attention``.
-            Only its shape, dtype and device are checked here: reading its values back would make
-            every decoding step wait for the GPU.
+        decay (torch.Tensor, optional): this token's log-decays (each <= 0), per head ``[H]`` or
+            per sequence and head ``[B, H]``, as in ``linear_attention``. Its values are checked
+            only on CPU tensors: reading them back would make every decoding step wait for the GPU.
         scale (float, optional): default ``K ** -0.5``.
+
+    Where it runs: one fused Triton kernel (state update and read-out in one pass over the
+    state) on CUDA tensors, and on CPU tensors under ``TRITON_INTERPRET=1`` (except bfloat16),
+    when no gradient is needed and the state is not float64; PyTorch otherwise.
 
     Returns:
         ``(o [B, H, V], S_t [B, H, K, V])``: ``o`` in the dtype of ``q``, the state in float32
@@ -170,11 +252,17 @@ def linear_attention_step(q, k, v, state, decay=None, scale=None):
     if not state.is_floating_point():
         raise TypeError(f"state must be a floating-point tensor, got {state.dtype}")
     scale = K ** -0.5 if scale is None else float(scale)
+    if decay is not None:
+        check_log_decay(decay, B, H, None, q.device, per_token="[B, H]")
     acc = torch.float64 if state.dtype == torch.float64 else torch.float32
+    needs_grad = torch.is_grad_enabled() and any(
+        x is not None and x.requires_grad for x in (q, k, v, state, decay))
+    if uses_triton(q) and acc == torch.float32 and not needs_grad:
+        return linear_attention_step_fused(q, k, v, state, decay, scale)
     S = state.to(acc)
     if decay is not None:
-        check_decay(decay, H, q.device, check_values=False)
-        S = torch.exp(decay.to(acc))[None, :, None, None] * S
+        g = decay.to(acc)[None, :] if decay.dim() == 1 else decay.to(acc)
+        S = torch.exp(g)[:, :, None, None] * S
     S = S + k.to(acc)[..., :, None] * v.to(acc)[..., None, :]  # k^T v: [B, H, K, V]
     o = scale * torch.einsum("bhk,bhkv->bhv", q.to(acc), S)
     return o.to(q.dtype), S

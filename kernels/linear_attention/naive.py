@@ -1,16 +1,17 @@
-"""Plain PyTorch references for linear attention with an optional per-head decay.
+"""Plain PyTorch references for linear attention with an optional decay.
 
 Causal linear attention keeps a matrix state per head,
 
-    S_t = gamma * S_{t-1} + k_t^T v_t          (S_{-1} = initial_state, or 0)
+    S_t = exp(g_t) * S_{t-1} + k_t^T v_t          (S_{-1} = initial_state, or 0)
     o_t = scale * q_t S_t
 
-with ``gamma = exp(decay[h])`` (``decay`` a log-decay <= 0, ``None`` meaning gamma = 1). Two
-references compute it:
+with the log-decay ``g_t <= 0`` one number per head (``decay [H]``, ``g_t = decay[h]``: RetNet)
+or per token (``decay [B, H, T]``: Mamba-2/SSD, gated RetNet, scalar GLA); ``None`` means no
+decay. Two references compute it:
 
 * `linear_attention_quadratic`, the masked quadratic form
-  ``o = scale * ((Q K^T) * D) V + scale * gamma^(t+1) Q S_{-1}``, with ``D[t, s] = gamma^(t-s)``
-  for ``s <= t`` and 0 above the diagonal;
+  ``o = scale * ((Q K^T) * D) V + scale * exp(G_t) Q S_{-1}``, with ``G`` the cumulative sum of
+  the log-decays, ``D[t, s] = exp(G_t - G_s)`` for ``s <= t`` and 0 above the diagonal;
 * `linear_attention_recurrent`, the recurrence above, one token at a time.
 
 Non-causal linear attention is ``o = scale * Q (K^T V)``. Shapes: ``q, k [B, H, T, K]``,
@@ -26,24 +27,43 @@ def _upcast(x):
     return None if x is None else (x if x.dtype == torch.float64 else x.float())
 
 
-def _log_decay(decay, H, like):
-    """Per-head log-decay as a ``[H, 1, 1]`` tensor (zeros when ``decay`` is None)."""
+def _log_decays(decay, B, H, T, like):
+    """Per-token log-decays ``[B, H, T]`` in the dtype of ``like``: a per-head ``[H]`` is
+    repeated over the batch and the positions, ``None`` gives zeros."""
     if decay is None:
-        return torch.zeros(H, 1, 1, dtype=like.dtype, device=like.device)
-    return decay.to(like.dtype).reshape(H, 1, 1)
+        return torch.zeros(B, H, T, dtype=like.dtype, device=like.device)
+    if decay.dim() == 1:
+        return decay.to(like.dtype)[None, :, None].expand(B, H, T)
+    return decay.to(like.dtype)
 
 
-def linear_attention_quadratic(q, k, v, causal: bool = True, decay=None, scale=None, initial_state=None):
+def _same_sequence(seq_idx, T, device):
+    """``[B or 1, T, T]`` bool: positions t and s belong to the same sequence (all True without ids)."""
+    if seq_idx is None:
+        return torch.ones(1, T, T, dtype=torch.bool, device=device)
+    return seq_idx[:, :, None] == seq_idx[:, None, :]
+
+
+def linear_attention_quadratic(q, k, v, causal: bool = True, decay=None, scale=None, initial_state=None,
+                               seq_idx=None):
     """Linear attention through the ``[T, T]`` matrix of decayed scores.
+
+    With the cumulative log-decays ``G_t = g_0 + ... + g_t``, the decay from ``s`` to ``t`` is
+    ``D[t, s] = exp(G_t - G_s)`` for ``s <= t`` (``gamma^(t-s)`` for a per-head decay) and 0
+    above the diagonal; ``o = scale * ((Q K^T) * D) V + scale * exp(G_t) Q S_{-1}``.
 
     Args:
         q (torch.Tensor): queries ``[B, H, T, K]``.
         k (torch.Tensor): keys ``[B, H, T, K]``.
         v (torch.Tensor): values ``[B, H, T, V]``.
         causal (bool): causal (recurrent) form, or ``o = scale * Q (K^T V)``.
-        decay (torch.Tensor, optional): log-decays ``[H]``, each <= 0 (causal only).
+        decay (torch.Tensor, optional): log-decays, each <= 0, per head ``[H]`` or per token
+            ``[B, H, T]`` (causal only).
         scale (float, optional): default ``K ** -0.5``.
         initial_state (torch.Tensor, optional): ``S_{-1}`` of shape ``[B, H, K, V]`` (causal only).
+        seq_idx (torch.Tensor, optional): sequence ids ``[B, T]`` (causal only): positions attend
+            only within their sequence, the initial state belongs to the sequence of position 0
+            and the final state is that of the last sequence.
 
     Returns:
         ``(o [B, H, T, V], final_state [B, H, K, V])``; the final state is ``None`` when not causal.
@@ -53,22 +73,24 @@ def linear_attention_quadratic(q, k, v, causal: bool = True, decay=None, scale=N
     q, k, v, s0 = _upcast(q), _upcast(k), _upcast(v), _upcast(initial_state)
     if not causal:
         return (scale * q @ (k.transpose(-1, -2) @ v)).to(dtype), None
-    T = q.shape[2]
-    g = _log_decay(decay, q.shape[1], q)  # [H, 1, 1]
-    t = torch.arange(T, device=q.device, dtype=q.dtype)
-    lag = t[:, None] - t[None, :]  # t - s
-    D = torch.where(lag >= 0, torch.exp(g * lag.clamp_min(0)), torch.zeros((), dtype=q.dtype, device=q.device))
+    B, H, T, _ = q.shape
+    G = _log_decays(decay, B, H, T, q).cumsum(-1)  # [B, H, T]
+    lag = G[..., :, None] - G[..., None, :]  # G_t - G_s: [B, H, T, T]
+    same = _same_sequence(seq_idx, T, q.device)  # [B or 1, T, T]
+    mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril() & same
+    D = torch.exp(lag.masked_fill(~mask[:, None], float("-inf")))  # the masked entries never overflow
     o = scale * ((q @ k.transpose(-1, -2)) * D) @ v  # [B, H, T, V]
-    w = torch.exp(g[:, 0] * (T - 1 - t))[..., None]  # [H, T, 1]: gamma^(T-1-s)
+    in_last, in_first = same[:, -1, :, None].to(q.dtype), same[:, 0, :, None].to(q.dtype)  # [B or 1, T, 1]
+    w = torch.exp(G[..., -1:] - G)[..., None] * in_last[:, None]  # [B, H, T, 1]: decay from s to the end
     final = (k * w).transpose(-1, -2) @ v  # [B, H, K, V]
     if s0 is not None:
-        o = o + scale * (q * torch.exp(g[:, 0] * (t + 1))[..., None]) @ s0  # gamma^(t+1) q_t S_{-1}
-        final = final + torch.exp(g * T) * s0
+        o = o + scale * (q * (torch.exp(G)[..., None] * in_first[:, None])) @ s0  # exp(G_t) q_t S_{-1}
+        final = final + (torch.exp(G[..., -1]) * in_last[:, None, 0, 0])[..., None, None] * s0
     return o.to(dtype), final
 
 
-def linear_attention_recurrent(q, k, v, decay=None, scale=None, initial_state=None):
-    """Causal linear attention as an RNN: one state update and one read-out per token.
+def linear_attention_recurrent(q, k, v, decay=None, scale=None, initial_state=None, seq_idx=None):
+    """Causal linear attention as an RNN: ``S_t = exp(g_t) S_{t-1} + k_t^T v_t``, ``o_t = scale q_t S_t``.
 
     Same arguments and result as `linear_attention_quadratic` with ``causal=True``.
     """
@@ -76,15 +98,50 @@ def linear_attention_recurrent(q, k, v, decay=None, scale=None, initial_state=No
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     q, k, v = _upcast(q), _upcast(k), _upcast(v)
     B, H, T, K = q.shape
-    gamma = torch.exp(_log_decay(decay, H, q))  # [H, 1, 1]
+    gamma = torch.exp(_log_decays(decay, B, H, T, q))  # [B, H, T]
     S = torch.zeros(B, H, K, v.shape[-1], dtype=q.dtype, device=q.device)
     if initial_state is not None:
         S = _upcast(initial_state).clone()
     outputs = []
     for t in range(T):
-        S = gamma * S + k[:, :, t, :, None] * v[:, :, t, None, :]  # k_t^T v_t: [B, H, K, V]
+        if seq_idx is not None and t > 0:  # a new sequence starts from a zero state
+            S = S * (seq_idx[:, t] == seq_idx[:, t - 1]).to(S.dtype)[:, None, None, None]
+        S = gamma[:, :, t, None, None] * S + k[:, :, t, :, None] * v[:, :, t, None, :]  # k_t^T v_t
         outputs.append(scale * torch.einsum("bhk,bhkv->bhv", q[:, :, t], S))
     return torch.stack(outputs, dim=2).to(dtype), S
+
+
+def linear_attention_chunk_states(k, v, decay=None, initial_state=None, chunk_size: int = 64, seq_idx=None):
+    """The state before each chunk of ``chunk_size`` positions, from the decayed sums.
+
+    ``S_before(t0) = sum_{s < t0} exp(G_{t0-1} - G_s) k_s^T v_s + exp(G_{t0-1}) S_{-1}`` for the
+    chunk starts ``t0 = 0, C, 2C, ...`` (``S_{-1}`` itself at ``t0 = 0``).
+
+    Args:
+        k (torch.Tensor): keys ``[B, H, T, K]``.
+        v (torch.Tensor): values ``[B, H, T, V]``.
+        decay (torch.Tensor, optional): log-decays ``[H]`` or ``[B, H, T]``.
+        initial_state (torch.Tensor, optional): ``S_{-1}`` ``[B, H, K, V]``.
+        chunk_size (int): the chunk length ``C``.
+        seq_idx (torch.Tensor, optional): sequence ids ``[B, T]``, as in `linear_attention_quadratic`.
+
+    Returns:
+        torch.Tensor: ``[B, H, ceil(T / C), K, V]`` in float32 (float64 stays float64).
+    """
+    k, v, s0 = _upcast(k), _upcast(v), _upcast(initial_state)
+    B, H, T, K = k.shape
+    G = _log_decays(decay, B, H, T, k).cumsum(-1)  # [B, H, T]
+    states = []
+    for t0 in range(0, T, chunk_size):
+        S = torch.zeros(B, H, K, v.shape[-1], dtype=k.dtype, device=k.device) if s0 is None else s0
+        if t0 > 0:
+            same = _same_sequence(None if seq_idx is None else seq_idx[:, :t0], t0, k.device)[:, -1]  # [B or 1, t0]
+            w = torch.exp(G[..., t0 - 1, None] - G[..., :t0]) * same[:, None].to(k.dtype)  # [B, H, t0]
+            S = (k[:, :, :t0] * w[..., None]).transpose(-1, -2) @ v[:, :, :t0]
+            if s0 is not None:
+                S = S + (torch.exp(G[..., t0 - 1]) * same[:, None, 0].to(k.dtype))[..., None, None] * s0
+        states.append(S)
+    return torch.stack(states, dim=2)
 
 
 def _check_mixed_chunk(q_quad, k_quad, q_lin, k_lin, v, chunk, scale):

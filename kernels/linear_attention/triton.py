@@ -1,25 +1,33 @@
-"""Chunk-wise causal linear attention in Triton: quadratic inside a chunk, a state between chunks.
+"""Chunk-parallel causal linear attention in Triton, with a per-token log-decay.
 
-For a chunk of ``L <= CHUNK`` positions (local index ``i``) that starts with the state
-``S_prev`` (the state after the previous chunk) and a per-head decay ``gamma = exp(g)``:
+The sequence is cut into chunks of ``CHUNK`` positions. Inside chunk ``n`` let ``c_i`` be the
+cumulative log-decay up to position ``i`` *within the chunk* (``c_i = g_0 + ... + g_i``, each
+``g <= 0``) and ``c_L`` its last value. With ``S_n`` the state before the chunk:
 
-    o_i    = scale * ( sum_{j <= i} gamma^(i-j) (q_i . k_j) v_j  +  gamma^(i+1) q_i S_prev )
-    S_next = gamma^L S_prev + sum_j gamma^(L-1-j) k_j^T v_j
+    o_i     = scale * ( sum_{j <= i} exp(c_i - c_j) (q_i . k_j) v_j  +  exp(c_i) q_i S_n )
+    S_{n+1} = exp(c_L) S_n + sum_j exp(c_L - c_j) k_j^T v_j
 
-The first line is a masked ``[CHUNK, CHUNK]`` product (the quadratic form, restricted to the
-chunk); the second carries everything before the chunk in a ``[K, V]`` matrix. The whole
-computation is one sweep over the chunks.
+Every exponent is a difference ``c_i - c_j`` with ``j <= i`` or a partial sum, so it is <= 0:
+the cumulative sums stay in log space inside a chunk and no decay, however strong, overflows.
+Three kernels compute it (the ``chunk`` algorithm of flash-linear-attention):
 
-The backward needs nothing else. With ``S^T`` in place of ``S``, the gradient of ``q`` is the
-same forward sweep run on ``(do, v, k)``; the gradients of ``v`` and ``k`` are one reverse sweep,
-run on ``(q, k, do)`` and ``(do, v, q)``, that carries the gradient of the state backwards:
+(a) `_chunk_state_kernel`, one program per chunk and tile: the chunk's own contribution
+    ``sum_j exp(c_L - c_j) k_j^T v_j``;
+(b) `_state_pass_kernel`, a sweep over the chunks that is elementwise on the ``[K, V]`` states:
+    ``S_{n+1} = exp(c_L) S_n + contribution_n``, storing each ``S_n`` in place of the contribution;
+(c) `_chunk_out_kernel`, one program per chunk: the masked ``[CHUNK, CHUNK]`` product plus the
+    read-out of ``S_n``.
 
-    out_j  = scale * sum_{i >= j} gamma^(i-j) (a_i . b_j) c_i  +  gamma^(L-1-j) b_j G
-    G_prev = gamma^L G + scale * sum_i gamma^(i+1) a_i^T c_i
+The backward runs the same three kernels. The gradient of ``q`` is (c) on ``(do, v, k)`` with the
+transposed states. The gradient ``G_n`` of the state after chunk ``n`` runs backwards:
+``G_{n-1} = exp(c_L) G_n + scale * sum_i exp(c_i) q_i^T do_i``, which is (a) with the weights
+``exp(c_i)`` and (b) in reverse order, starting from the gradient of the final state; the gradients
+of ``v`` and ``k`` are the reverse form of (c),
 
-So two kernels, `_chunk_fwd_kernel` and `_chunk_rev_kernel`, serve the forward
-and all three gradients (and the gradient of the initial state, the last ``G``). Each program
-owns one block of the last operand's columns and the full width of the first two.
+    out_j = scale * sum_{i >= j} exp(c_i - c_j) (a_i . b_j) c_i  +  exp(c_L - c_j) b_j G_n
+
+on ``(q, k, do)`` with ``G`` and on ``(do, v, q)`` with ``G^T``. The gradient of the log-decay
+needs no kernel (see `ChunkLinearAttention.backward`).
 """
 from __future__ import annotations
 
@@ -31,197 +39,390 @@ from .._backend import INTERPRET
 
 
 @triton.jit
-def _load_chunk(A, B, C, bh, start, offs_t, offs_ab, offs_c, m_t, m_ab, m_c,
-                stride_ab, stride_at, stride_bb, stride_bt, stride_cb, stride_ct):
-    """The chunk's rows of A, B ``[CHUNK, BLOCK_AB]`` and C ``[CHUNK, BLOCK_C]``, zero past T and the dims.
+def _chunk_state_kernel(Bp, Cp, GC, HC, SEG, SEGP, stride_bb, stride_bh, stride_bt, stride_cb, stride_ch, stride_ct,
+                        T, DAB, DC, H, NT, scale,
+                        REVERSE: tl.constexpr, HAS_SEG: tl.constexpr, CHUNK: tl.constexpr, BLOCK_AB: tl.constexpr,
+                        BLOCK_C: tl.constexpr, PRECISION: tl.constexpr):
+    """HC[bh, n] = scale * (w * B_n)^T C_n ``[DAB, DC]`` for chunk n, float32.
 
-    ``bh`` and ``start`` (the chunk's first row) are 64-bit: their products with the strides can
-    pass 2^31; the offsets inside the chunk stay 32-bit.
+    Forward (``REVERSE=False``): ``w_j = exp(c_L - c_j)``, the decay from j to the chunk's end;
+    reverse: ``w_i = exp(c_i)``, the decay from the chunk's start to i. B: ``[B, H, T, DAB]``,
+    C: ``[B, H, T, DC]`` (last dim contiguous); GC: ``[B H, NT CHUNK]`` the in-chunk cumulative
+    log-decays (zero past T); HC: ``[B H, NT, DAB, DC]``. With ``HAS_SEG``, SEG ``[B, NT CHUNK]``
+    holds each position's sequence id and SEGP ``[B, NT]`` that of the state before each chunk:
+    only positions of the chunk's last sequence (forward) or of the state's sequence (reverse) count.
     """
-    m_rows_ab = m_t[:, None] & m_ab[None, :]
-    b_a = tl.load(A + bh * stride_ab + start * stride_at + offs_t[:, None] * stride_at + offs_ab[None, :],
-                  mask=m_rows_ab, other=0.0)
-    b_b = tl.load(B + bh * stride_bb + start * stride_bt + offs_t[:, None] * stride_bt + offs_ab[None, :],
-                  mask=m_rows_ab, other=0.0)
-    b_c = tl.load(C + bh * stride_cb + start * stride_ct + offs_t[:, None] * stride_ct + offs_c[None, :],
+    pid = tl.program_id(0)
+    n = tl.program_id(1)
+    bh = tl.program_id(2).to(tl.int64)
+    n_c = tl.cdiv(DC, BLOCK_C)
+    offs_ab = (pid // n_c) * BLOCK_AB + tl.arange(0, BLOCK_AB)
+    offs_c = (pid % n_c) * BLOCK_C + tl.arange(0, BLOCK_C)
+    offs_t = tl.arange(0, CHUNK)
+    start = n.to(tl.int64) * CHUNK
+    m_t = (start + offs_t) < T
+    m_ab, m_c = offs_ab < DAB, offs_c < DC
+    b, h = bh // H, bh % H
+    b_b = tl.load(Bp + b * stride_bb + h * stride_bh + (start + offs_t[:, None]) * stride_bt + offs_ab[None, :],
+                  mask=m_t[:, None] & m_ab[None, :], other=0.0)
+    b_c = tl.load(Cp + b * stride_cb + h * stride_ch + (start + offs_t[:, None]) * stride_ct + offs_c[None, :],
                   mask=m_t[:, None] & m_c[None, :], other=0.0)
-    return b_a, b_b, b_c
+    p_gc = GC + bh * NT * CHUNK + start
+    gc = tl.load(p_gc + offs_t)
+    if REVERSE:
+        w = tl.exp(gc)
+    else:
+        w = tl.exp(tl.load(p_gc + CHUNK - 1) - gc)
+    w = tl.where(m_t, w, 0.0)
+    if HAS_SEG:
+        p_seg = SEG + b * NT * CHUNK + start
+        seg = tl.load(p_seg + offs_t)
+        if REVERSE:
+            ref = tl.load(SEGP + b * NT + n)
+        else:
+            ref = tl.load(p_seg + CHUNK - 1)
+        w = tl.where(seg == ref, w, 0.0)
+    acc = tl.dot(tl.trans((b_b * w[:, None]).to(b_c.dtype)), b_c, input_precision=PRECISION) * scale
+    p_h = HC + (bh * NT + n) * DAB * DC + offs_ab[:, None] * DC + offs_c[None, :]
+    tl.store(p_h, acc, mask=m_ab[:, None] & m_c[None, :])
 
 
 @triton.jit
-def _chunk_fwd_kernel(A, B, C, S0, OUT, SN, G,
-                      stride_ab, stride_at, stride_bb, stride_bt, stride_cb, stride_ct,
-                      stride_ob, stride_ot, T, DAB, DC, H, scale,
-                      HAS_S0: tl.constexpr, STORE_SN: tl.constexpr, CHUNK: tl.constexpr,
-                      BLOCK_AB: tl.constexpr, BLOCK_C: tl.constexpr, PRECISION: tl.constexpr):
-    """out = scale * (masked decayed (A B^T) C + decayed A S), S the running sum of B^T C.
+def _state_pass_kernel(HC, GC, S0, SN, DS, KEEP, NT, SIZE, H,
+                       HAS_S0: tl.constexpr, STORE_SN: tl.constexpr, REVERSE: tl.constexpr, HAS_DS: tl.constexpr,
+                       HAS_SEG: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr):
+    """Turn each chunk's contribution HC[bh, n] into the state it meets, in place.
 
-    A, B: [BH, T, DAB]; C, OUT: [BH, T, DC] (last dim contiguous); S0, SN: [BH, DAB, DC] float32.
+    Forward: ``S_0 = S0``; ``HC[n] <- S_n``; ``S_{n+1} = exp(c_L(n)) S_n + contribution_n``.
+    Reverse: the same over ``n = NT-1 .. 0``, starting from S0 (the gradient of the final state),
+    so that ``HC[n]`` receives the gradient of the state after chunk n; with ``HAS_DS``, DS[n]
+    (the gradient of the returned state before chunk n) joins the sweep there. SN receives the
+    last ``S`` (the final state, or the gradient of the initial state). All float32,
+    ``SIZE = DAB DC``. With ``HAS_SEG``, KEEP ``[B, NT]`` is 1 where chunk n continues the
+    sequence of the state before it and 0 where a new one starts in it (the state is dropped).
     """
-    pid_c = tl.program_id(0)
+    pid = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
-    offs_t = tl.arange(0, CHUNK)
-    offs_ab = tl.arange(0, BLOCK_AB)
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    m_ab, m_c = offs_ab < DAB, offs_c < DC
-    g = tl.load(G + bh % H)  # log-decay of this head
-    p_s = bh * DAB * DC + offs_ab[:, None] * DC + offs_c[None, :]
-    state = tl.zeros([BLOCK_AB, BLOCK_C], dtype=tl.float32)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    m = offs < SIZE
+    s = tl.zeros([BLOCK], dtype=tl.float32)
     if HAS_S0:
-        state = tl.load(S0 + p_s, mask=m_ab[:, None] & m_c[None, :], other=0.0)
-    lag = (offs_t[:, None] - offs_t[None, :]).to(tl.float32)  # i - j
-    intra = tl.where(lag >= 0, tl.exp(g * tl.maximum(lag, 0.0)), 0.0)  # gamma^(i-j), causal
-    to_query = tl.exp(g * (offs_t + 1).to(tl.float32))  # gamma^(i+1)
-    for start in range(0, T, CHUNK):
-        rows = start + offs_t
-        m_t = rows < T
-        b_a, b_b, b_c = _load_chunk(A, B, C, bh, tl.cast(start, tl.int64), offs_t, offs_ab, offs_c, m_t, m_ab,
-                                    m_c, stride_ab, stride_at, stride_bb, stride_bt, stride_cb, stride_ct)
-        scores = tl.dot(b_a, tl.trans(b_b), input_precision=PRECISION) * intra  # [CHUNK, CHUNK]
-        out = tl.dot(scores.to(b_c.dtype), b_c, input_precision=PRECISION)
-        out += tl.dot((b_a * to_query[:, None]).to(b_c.dtype), state.to(b_c.dtype), input_precision=PRECISION)
-        tl.store(OUT + bh * stride_ob + tl.cast(start, tl.int64) * stride_ot + offs_t[:, None] * stride_ot
-                 + offs_c[None, :], (out * scale).to(OUT.dtype.element_ty), mask=m_t[:, None] & m_c[None, :])
-        length = tl.minimum(T - start, CHUNK)
-        to_end = tl.where(m_t, tl.exp(g * (length - 1 - offs_t).to(tl.float32)), 0.0)  # gamma^(L-1-j)
-        state = state * tl.exp(g * length.to(tl.float32)) + tl.dot(
-            tl.trans((b_b * to_end[:, None]).to(b_c.dtype)), b_c, input_precision=PRECISION)
+        s = tl.load(S0 + bh * SIZE + offs, mask=m, other=0.0)
+    for idx in range(0, NT):
+        if REVERSE:
+            n = NT - 1 - idx
+        else:
+            n = idx
+        p = HC + (bh * NT + n) * SIZE + offs
+        contribution = tl.load(p, mask=m, other=0.0)
+        tl.store(p, s, mask=m)
+        factor = tl.exp(tl.load(GC + (bh * NT + n) * CHUNK + CHUNK - 1))
+        if HAS_SEG:
+            factor = factor * tl.load(KEEP + (bh // H) * NT + n)
+        s = s * factor + contribution
+        if HAS_DS:
+            s += tl.load(DS + (bh * NT + n) * SIZE + offs, mask=m, other=0.0)
     if STORE_SN:
-        tl.store(SN + p_s, state, mask=m_ab[:, None] & m_c[None, :])
+        tl.store(SN + bh * SIZE + offs, s, mask=m)
 
 
 @triton.jit
-def _chunk_rev_kernel(A, B, C, G0, OUT, GN, G,
-                      stride_ab, stride_at, stride_bb, stride_bt, stride_cb, stride_ct,
-                      stride_ob, stride_ot, T, DAB, DC, H, scale,
-                      HAS_G0: tl.constexpr, STORE_GN: tl.constexpr, CHUNK: tl.constexpr,
-                      BLOCK_AB: tl.constexpr, BLOCK_C: tl.constexpr, PRECISION: tl.constexpr):
-    """out_j = scale * sum_{i>=j} decayed (a_i . b_j) c_i + decayed b_j Gs, sweeping chunks backwards.
+def _chunk_out_kernel(Ap, Bp, Cp, ST, GC, OUT, SEG, SEGP,
+                      stride_ab, stride_ah, stride_at, stride_bb, stride_bh, stride_bt,
+                      stride_cb, stride_ch, stride_ct, stride_ob, stride_oh, stride_ot,
+                      stride_sr, stride_sc, T, DAB, DC, H, NT, scale,
+                      REVERSE: tl.constexpr, HAS_SEG: tl.constexpr, CHUNK: tl.constexpr, BLOCK_AB: tl.constexpr,
+                      BLOCK_C: tl.constexpr, PRECISION: tl.constexpr):
+    """One chunk's output from its intra-chunk products and the state ST[bh, n].
 
-    Gs is the gradient of the state, carried from the end: G0 (the gradient of the final state)
-    and scale * decayed A^T C of every later position. GN receives the Gs before the first chunk.
+    Forward: ``out_i = scale * (sum_{j<=i} exp(c_i - c_j) (a_i . b_j) c_j + exp(c_i) a_i S)``.
+    Reverse: ``out_j = scale * sum_{i>=j} exp(c_i - c_j) (a_i . b_j) c_i + exp(c_L - c_j) b_j S``.
+    A, B: ``[B, H, T, DAB]``; C, OUT: ``[B, H, T, DC]``; ST: float32 ``[B H, NT, ., .]`` whose
+    ``[DAB, DC]`` tile is read with the strides ``stride_sr, stride_sc`` (a transposed state is
+    a swap of the two). Loops over DAB in tiles of BLOCK_AB, so any width fits. With ``HAS_SEG``
+    (see `_chunk_state_kernel`), pairs of positions in different sequences and positions outside
+    the state's sequence (forward) or the chunk's last sequence (reverse) are masked.
     """
     pid_c = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
+    n = tl.program_id(1)
+    bh = tl.program_id(2).to(tl.int64)
     offs_t = tl.arange(0, CHUNK)
-    offs_ab = tl.arange(0, BLOCK_AB)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    m_ab, m_c = offs_ab < DAB, offs_c < DC
-    g = tl.load(G + bh % H)
-    p_s = bh * DAB * DC + offs_ab[:, None] * DC + offs_c[None, :]
-    grad = tl.zeros([BLOCK_AB, BLOCK_C], dtype=tl.float32)
-    if HAS_G0:
-        grad = tl.load(G0 + p_s, mask=m_ab[:, None] & m_c[None, :], other=0.0)
-    lag = (offs_t[None, :] - offs_t[:, None]).to(tl.float32)  # [j, i]: i - j
-    intra = tl.where(lag >= 0, tl.exp(g * tl.maximum(lag, 0.0)), 0.0)  # gamma^(i-j) for i >= j
-    to_query = tl.exp(g * (offs_t + 1).to(tl.float32))
-    n_chunks = tl.cdiv(T, CHUNK)
-    for idx in range(0, n_chunks):
-        start = (n_chunks - 1 - idx) * CHUNK
-        rows = start + offs_t
-        m_t = rows < T
-        b_a, b_b, b_c = _load_chunk(A, B, C, bh, tl.cast(start, tl.int64), offs_t, offs_ab, offs_c, m_t, m_ab,
-                                    m_c, stride_ab, stride_at, stride_bb, stride_bt, stride_cb, stride_ct)
-        length = tl.minimum(T - start, CHUNK)
-        to_end = tl.where(m_t, tl.exp(g * (length - 1 - offs_t).to(tl.float32)), 0.0)
-        scores = tl.dot(b_b, tl.trans(b_a), input_precision=PRECISION) * intra  # [CHUNK (j), CHUNK (i)]
-        out = tl.dot(scores.to(b_c.dtype), b_c, input_precision=PRECISION) * scale
-        out += tl.dot((b_b * to_end[:, None]).to(b_c.dtype), grad.to(b_c.dtype), input_precision=PRECISION)
-        tl.store(OUT + bh * stride_ob + tl.cast(start, tl.int64) * stride_ot + offs_t[:, None] * stride_ot
-                 + offs_c[None, :], out.to(OUT.dtype.element_ty), mask=m_t[:, None] & m_c[None, :])
-        grad = grad * tl.exp(g * length.to(tl.float32)) + scale * tl.dot(
-            tl.trans((b_a * to_query[:, None]).to(b_c.dtype)), b_c, input_precision=PRECISION)
-    if STORE_GN:
-        tl.store(GN + p_s, grad, mask=m_ab[:, None] & m_c[None, :])
-
-
-MAX_BLOCK_AB = 256  # widest A and B one program holds; wider operands are split (see `_launch`)
+    start = n.to(tl.int64) * CHUNK
+    m_t = (start + offs_t) < T
+    m_c = offs_c < DC
+    b, h = bh // H, bh % H
+    rows_a = Ap + b * stride_ab + h * stride_ah + (start + offs_t[:, None]) * stride_at
+    rows_b = Bp + b * stride_bb + h * stride_bh + (start + offs_t[:, None]) * stride_bt
+    p_s = ST + (bh * NT + n) * DAB * DC + offs_c[None, :] * stride_sc
+    p_gc = GC + bh * NT * CHUNK + start
+    gc = tl.load(p_gc + offs_t)
+    scores = tl.zeros([CHUNK, CHUNK], dtype=tl.float32)
+    from_state = tl.zeros([CHUNK, BLOCK_C], dtype=tl.float32)
+    for kb in range(0, DAB, BLOCK_AB):
+        offs_ab = kb + tl.arange(0, BLOCK_AB)
+        m_ab = offs_ab < DAB
+        b_a = tl.load(rows_a + offs_ab[None, :], mask=m_t[:, None] & m_ab[None, :], other=0.0)
+        b_b = tl.load(rows_b + offs_ab[None, :], mask=m_t[:, None] & m_ab[None, :], other=0.0)
+        s = tl.load(p_s + offs_ab[:, None] * stride_sr, mask=m_ab[:, None] & m_c[None, :], other=0.0)
+        if REVERSE:
+            scores += tl.dot(b_b, tl.trans(b_a), input_precision=PRECISION)  # [j, i]
+            from_state += tl.dot(b_b, s.to(b_b.dtype), input_precision=PRECISION)
+        else:
+            scores += tl.dot(b_a, tl.trans(b_b), input_precision=PRECISION)  # [i, j]
+            from_state += tl.dot(b_a, s.to(b_a.dtype), input_precision=PRECISION)
+    b_c = tl.load(Cp + b * stride_cb + h * stride_ch + (start + offs_t[:, None]) * stride_ct + offs_c[None, :],
+                  mask=m_t[:, None] & m_c[None, :], other=0.0)
+    if REVERSE:
+        lag = gc[None, :] - gc[:, None]  # [j, i]: c_i - c_j
+        keep = (offs_t[None, :] >= offs_t[:, None]) & m_t[None, :]
+        to_state = tl.exp(tl.load(p_gc + CHUNK - 1) - gc)
+    else:
+        lag = gc[:, None] - gc[None, :]  # [i, j]
+        keep = offs_t[:, None] >= offs_t[None, :]
+        to_state = tl.exp(gc)
+    if HAS_SEG:
+        p_seg = SEG + b * NT * CHUNK + start
+        seg = tl.load(p_seg + offs_t)
+        keep = keep & (seg[:, None] == seg[None, :])
+        if REVERSE:
+            to_state = tl.where(seg == tl.load(p_seg + CHUNK - 1), to_state, 0.0)
+        else:
+            to_state = tl.where(seg == tl.load(SEGP + b * NT + n), to_state, 0.0)
+    scores = scores * tl.exp(tl.where(keep, lag, float("-inf")))
+    out = tl.dot(scores.to(b_c.dtype), b_c, input_precision=PRECISION) * scale
+    if REVERSE:
+        out += from_state * to_state[:, None]
+    else:
+        out += from_state * (to_state * scale)[:, None]
+    tl.store(OUT + b * stride_ob + h * stride_oh + (start + offs_t[:, None]) * stride_ot + offs_c[None, :],
+             out.to(OUT.dtype.element_ty), mask=m_t[:, None] & m_c[None, :])
 
 
 def _config(DAB: int, DC: int, dtype: torch.dtype, interpret: bool = INTERPRET) -> dict:
-    """Launch settings of `_chunk_fwd_kernel` and `_chunk_rev_kernel`.
+    """Launch settings shared by `_chunk_state_kernel` and `_chunk_out_kernel`.
 
-    The one place the tiles are chosen: `_launch` passes the result to the kernels as keyword
+    The one place the tiles are chosen: the launchers pass the result to the kernels as keyword
     arguments, and the ahead-of-time compile test compiles every configuration it can return.
 
     Args:
-        DAB (int): width of the operands A and B (1 to ``MAX_BLOCK_AB``).
-        DC (int): width of the operand C.
+        DAB (int): width of the operands A and B (any; wider than ``BLOCK_AB`` is looped over).
+        DC (int): width of the operand C (any; split over programs in tiles of ``BLOCK_C``).
         dtype (torch.dtype): dtype of the operands.
         interpret (bool): settings for Triton's interpreter (default: whether it is on).
 
     Returns:
-        dict: ``CHUNK``, ``BLOCK_AB`` (``DAB`` padded to a power of two), ``BLOCK_C``,
-        ``PRECISION``, ``num_warps`` and ``num_stages``.
+        dict: ``CHUNK``, ``BLOCK_AB``, ``BLOCK_C``, ``PRECISION``, ``num_warps`` and ``num_stages``.
     """
-    BLOCK_AB = max(16, triton.next_power_of_2(DAB))
+    BLOCK_AB = min(128 if dtype != torch.float32 else 64, max(16, triton.next_power_of_2(DAB)))
     BLOCK_C = min(64, max(16, triton.next_power_of_2(DC)))
     # float32 operands get exact float32 products; TF32 would lose 3 decimal digits.
     PRECISION = "ieee" if dtype == torch.float32 else "tf32"
     if interpret:
         return dict(CHUNK=16, BLOCK_AB=BLOCK_AB, BLOCK_C=BLOCK_C, PRECISION=PRECISION, num_warps=1, num_stages=1)
-    # Pipelining the chunk loop keeps num_stages copies of the A, B and C tiles in shared memory.
-    # Float32 tiles of width 128 fit twice, those of width 256 once and only in chunks of 32
-    # (A100: 163 KiB per block, H100: 227 KiB): tests/kernels/test_gpu_compile.py checks each.
-    CHUNK, num_stages = 64, 3
-    if dtype == torch.float32 and BLOCK_AB >= 128:
-        CHUNK, num_stages = (64, 2) if BLOCK_AB == 128 else (32, 1)
-    return dict(CHUNK=CHUNK, BLOCK_AB=BLOCK_AB, BLOCK_C=BLOCK_C, PRECISION=PRECISION,
-                num_warps=4 if BLOCK_AB <= 64 else 8, num_stages=num_stages)
+    return dict(CHUNK=64, BLOCK_AB=BLOCK_AB, BLOCK_C=BLOCK_C, PRECISION=PRECISION,
+                num_warps=4 if BLOCK_AB <= 64 else 8, num_stages=2)
 
 
-def _launch(kernel, a, b, c, state_in, log_decay, scale, want_state):
-    """Run ``kernel`` over ``a, b [B, H, T, DAB]`` and ``c [B, H, T, DC]``.
+def _pass_config(interpret: bool = INTERPRET) -> dict:
+    """Launch settings of `_state_pass_kernel`: ``BLOCK`` state entries per program.
 
-    Returns ``out`` shaped like ``c`` and, when ``want_state``, the float32 ``[B, H, DAB, DC]``
-    state (forward) or state gradient (reverse) after the sweep.
-
-    Operands wider than ``MAX_BLOCK_AB`` (the gradients under ``normalize=True``, where ``v``
-    carries an extra column of ones) are split along ``DAB``. Both kernels are sums over the
-    columns of ``a`` and ``b`` and the matching rows of the state, so the outputs of the parts add
-    up and their states stack.
+    The sweep is sequential over the chunks and elementwise on the state, so its speed is the
+    number of programs in flight: small blocks (a 128 x 128 state makes 64 programs per head).
     """
+    return dict(BLOCK=256, num_warps=1 if interpret else 2)
+
+
+def chunk_cumsum(g: torch.Tensor, chunk: int) -> torch.Tensor:
+    """In-chunk cumulative sums of the log-decays ``g [B, H, T]`` as float32 ``[B H, NT chunk]``.
+
+    ``T`` is padded with zeros up to whole chunks, so the last value of a chunk is the sum over
+    its real positions.
+    """
+    Bsz, H, T = g.shape
+    NT = triton.cdiv(T, chunk)
+    g = torch.nn.functional.pad(g.float().reshape(Bsz * H, T), (0, NT * chunk - T))
+    return g.reshape(Bsz * H, NT, chunk).cumsum(-1).reshape(Bsz * H, NT * chunk).contiguous()
+
+
+def _last_dim_contiguous(x):
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def segments(seq_idx, T: int, chunk: int):
+    """``(SEG [B, NT chunk], SEGP [B, NT], KEEP [B, NT])`` from the sequence ids ``[B, T]``, or None.
+
+    SEG pads the ids with the last one; SEGP is the id of the position before each chunk (that of
+    position 0 for the first chunk: the initial state belongs to the first sequence); KEEP is 1.0
+    where every position of the chunk has the id of SEGP. No value is read back to the host.
+    """
+    if seq_idx is None:
+        return None
+    NT = triton.cdiv(T, chunk)
+    seg = seq_idx.to(torch.int32)
+    seg = torch.cat([seg, seg[:, -1:].expand(-1, NT * chunk - T)], dim=1).contiguous()
+    prev = torch.cat([seg[:, :1], seg[:, chunk - 1:(NT - 1) * chunk:chunk]], dim=1).contiguous()  # [B, NT]
+    keep = (seg.reshape(-1, NT, chunk) == prev[..., None]).all(-1).float().contiguous()
+    return seg, prev, keep
+
+
+def _states(b, c, gc, s0, scale, reverse, want_last, config, extra=None, seg=None):
+    """States before each chunk ``[B H, NT, DAB, DC]`` (or, reverse, the gradients after each
+    chunk) and the last one ``[B, H, DAB, DC]`` when ``want_last``: kernels (a) and (b).
+    ``extra`` (reverse only): the gradients of the states before each chunk, ``[B H, NT, DAB, DC]``."""
+    Bsz, H, T, DAB = b.shape
+    DC = c.shape[-1]
+    CHUNK = config["CHUNK"]
+    NT = triton.cdiv(T, CHUNK)
+    hc = torch.empty(Bsz * H, NT, DAB, DC, device=c.device, dtype=torch.float32)
+    grid = (triton.cdiv(DAB, config["BLOCK_AB"]) * triton.cdiv(DC, config["BLOCK_C"]), NT, Bsz * H)
+    SEG, SEGP, KEEP = seg if seg is not None else (hc, hc, hc)
+    _chunk_state_kernel[grid](b, c, gc, hc, SEG, SEGP, *b.stride()[:3], *c.stride()[:3], T, DAB, DC, H, NT, scale,
+                              REVERSE=reverse, HAS_SEG=seg is not None, **config)
+    last = torch.empty(Bsz, H, DAB, DC, device=c.device, dtype=torch.float32) if want_last else hc
+    s0 = None if s0 is None else s0.float().contiguous()
+    pconf = _pass_config()
+    _state_pass_kernel[(triton.cdiv(DAB * DC, pconf["BLOCK"]), Bsz * H)](
+        hc, gc, s0 if s0 is not None else hc, last, extra if extra is not None else hc, KEEP, NT, DAB * DC, H,
+        HAS_S0=s0 is not None, STORE_SN=want_last, REVERSE=reverse, HAS_DS=extra is not None,
+        HAS_SEG=seg is not None, CHUNK=CHUNK, **pconf)
+    return hc, (last if want_last else None)
+
+
+def _outputs(a, b, c, states, transpose, gc, scale, reverse, config, out_dtype, seg=None):
+    """Kernel (c) over ``a, b [B, H, T, DAB]``, ``c [B, H, T, DC]`` and the per-chunk states
+    (``transpose``: the stored ``[DC, DAB]`` states read as ``[DAB, DC]``)."""
     Bsz, H, T, DAB = a.shape
     DC = c.shape[-1]
-    if DAB > MAX_BLOCK_AB:
-        parts = [_launch(kernel, a[..., i:i + MAX_BLOCK_AB], b[..., i:i + MAX_BLOCK_AB], c,
-                         None if state_in is None else state_in[..., i:i + MAX_BLOCK_AB, :], log_decay, scale,
-                         want_state) for i in range(0, DAB, MAX_BLOCK_AB)]
-        out = sum(part.float() for part, _ in parts).to(c.dtype)
-        return out, (torch.cat([state for _, state in parts], dim=-2) if want_state else None)
-    a, b, c = (x.reshape(Bsz * H, T, x.shape[-1]) for x in (a, b, c))  # views when possible
-    a, b, c = (x if x.stride(-1) == 1 else x.contiguous() for x in (a, b, c))
-    out = torch.empty(Bsz * H, T, DC, device=c.device, dtype=c.dtype)
-    state_out = torch.empty(Bsz, H, DAB, DC, device=c.device, dtype=torch.float32) if want_state else out
-    if state_in is not None:
-        state_in = state_in.float().contiguous()
-    config = _config(DAB, DC, c.dtype)
-    grid = (triton.cdiv(DC, config["BLOCK_C"]), Bsz * H)
-    kernel[grid](a, b, c, state_in if state_in is not None else out, out, state_out, log_decay,
-                 a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1),
-                 out.stride(0), out.stride(1), T, DAB, DC, H, scale,
-                 state_in is not None, want_state, **config)
-    return out.reshape(Bsz, H, T, DC), (state_out if want_state else None)
+    NT = states.shape[1]
+    out = torch.empty(Bsz, H, T, DC, device=c.device, dtype=out_dtype)
+    stride_sr, stride_sc = (1, DAB) if transpose else (DC, 1)
+    grid = (triton.cdiv(DC, config["BLOCK_C"]), NT, Bsz * H)
+    SEG, SEGP = seg[:2] if seg is not None else (states, states)
+    _chunk_out_kernel[grid](a, b, c, states, gc, out, SEG, SEGP, *a.stride()[:3], *b.stride()[:3], *c.stride()[:3],
+                            *out.stride()[:3], stride_sr, stride_sc, T, DAB, DC, H, NT, scale,
+                            REVERSE=reverse, HAS_SEG=seg is not None, **config)
+    return out
 
 
 class ChunkLinearAttention(torch.autograd.Function):
-    """Autograd for causal chunk-wise linear attention; ``log_decay`` is a float32 ``[H]``."""
+    """Autograd for chunk-parallel causal linear attention.
+
+    Inputs: ``q, k [B, H, T, K]``, ``v [B, H, T, V]``, ``g`` the float32 per-token log-decays
+    ``[B, H, T]``, ``scale``, ``initial_state [B, H, K, V]`` or None, ``want_states``. Returns
+    ``o [B, H, T, V]``, the float32 final state ``[B, H, K, V]`` and, with ``want_states``, the
+    float32 states before each chunk of ``CHUNK`` (`_config`) positions ``[B, H, NT, K, V]``
+    (else None).
+    """
 
     @staticmethod
-    def forward(ctx, q, k, v, log_decay, scale, initial_state):
-        o, final = _launch(_chunk_fwd_kernel, q, k, v, initial_state, log_decay, scale, want_state=True)
-        ctx.save_for_backward(q, k, v, log_decay, initial_state)
+    def forward(ctx, q, k, v, g, scale, initial_state, want_states=False, seq_idx=None):
+        q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
+        K, V = q.shape[-1], v.shape[-1]
+        config = _config(K, V, v.dtype)
+        gc = chunk_cumsum(g, config["CHUNK"])
+        seg = segments(seq_idx, q.shape[2], config["CHUNK"])
+        states, final = _states(k, v, gc, initial_state, 1.0, False, True, config, seg=seg)
+        o = _outputs(q, k, v, states, False, gc, scale, False, config, v.dtype, seg)
+        ctx.save_for_backward(q, k, v, g, initial_state, final, seq_idx)
         ctx.scale = scale
-        return o, final
+        ctx.want_states = want_states
+        if not want_states:
+            return o, final, None
+        Bsz, H, T, _ = q.shape
+        return o, final, states.reshape(Bsz, H, -1, K, V)
 
     @staticmethod
-    def backward(ctx, do, dfinal):
-        q, k, v, log_decay, s0 = ctx.saved_tensors
+    def backward(ctx, do, dfinal, dstates=None):
+        q, k, v, g, s0, final, seq_idx = ctx.saved_tensors
         scale = ctx.scale
-        s0_t = None if s0 is None else s0.transpose(-1, -2)
-        dfinal_t = None if dfinal is None else dfinal.transpose(-1, -2)
-        dq, _ = _launch(_chunk_fwd_kernel, do, v, k, s0_t, log_decay, scale, want_state=False)
-        dv, ds0 = _launch(_chunk_rev_kernel, q, k, do, dfinal, log_decay, scale, want_state=s0 is not None)
-        dk, _ = _launch(_chunk_rev_kernel, do, v, q, dfinal_t, log_decay, scale, want_state=False)
+        do = _last_dim_contiguous(do.to(v.dtype))
+        K, V = q.shape[-1], v.shape[-1]
+        config = _config(K, V, v.dtype)
+        gc = chunk_cumsum(g, config["CHUNK"])
+        seg = segments(seq_idx, q.shape[2], config["CHUNK"])
+        states, _ = _states(k, v, gc, s0, 1.0, False, False, config, seg=seg)  # recomputed: [BH, NT, K, V]
+        extra = None
+        if ctx.want_states and dstates is not None:
+            extra = dstates.float().reshape(states.shape).contiguous()
+        grads, ds0 = _states(q, do, gc, dfinal, scale, True, s0 is not None, config, extra, seg)  # after each chunk
+        # dq and dk in float32 whenever the decay needs a gradient: it is built from q . dq - k . dk.
+        wide = torch.float32 if ctx.needs_input_grad[3] else q.dtype
+        kconf = _config(V, K, v.dtype)
+        dq = _outputs(do, v, k, states, True, gc, scale, False, kconf, wide, seg)
+        dk = _outputs(do, v, q, grads, True, gc, scale, True, kconf, wide, seg)
+        dv = _outputs(q, k, do, grads, False, gc, scale, True, config, v.dtype, seg)
+        dg = None
+        if ctx.needs_input_grad[3]:
+            # o_i depends on the log-decays through exp(G_i - G_j), G the cumulative sum over the
+            # sequence: dL/dG_t = q_t . dq_t - k_t . dk_t (plus <dfinal, final> at the last
+            # position, which final depends on through exp(G_{T-1} - G_j)); g_r enters every
+            # G_t with t >= r, so dL/dg_r is the reverse cumulative sum.
+            dG = (q.float() * dq).sum(-1) - (k.float() * dk).sum(-1)
+            if dfinal is not None:
+                dG[..., -1] += (dfinal.float() * final).sum((-1, -2))
+            if extra is not None:  # the state before chunk n >= 1 holds exp(G_{nC-1} - G_s) like a final state
+                Bsz, H, T, _ = q.shape
+                CHUNK = config["CHUNK"]
+                inner = (extra * states).sum((-1, -2)).reshape(Bsz, H, -1)[..., 1:]  # [B, H, NT - 1]
+                dG[..., CHUNK - 1::CHUNK][..., :inner.shape[-1]] += inner
+            dg = dG.flip(-1).cumsum(-1).flip(-1)
         ds0 = None if ds0 is None else ds0.to(s0.dtype)
-        return dq, dk, dv, None, None, ds0
+        return dq.to(q.dtype), dk.to(k.dtype), dv, dg, None, ds0, None, None
+
+
+@triton.jit
+def _step_kernel(Q, K_, V_, S, G, O, SN, DK, DV, H, scale,
+                 HAS_G: tl.constexpr, G_PER_BATCH: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr):
+    """One decoding step: ``S' = exp(g) S + k^T v`` and ``o = scale * q S'``, fused.
+
+    Q, K_: ``[B H, DK]``; V_, O: ``[B H, DV]``; S: ``[B H, DK, DV]`` (any float dtype); SN: the
+    float32 new state; G: log-decays ``[H]`` or, with ``G_PER_BATCH``, ``[B H]``. One program per
+    (batch, head, block of value columns) loops over the key dimension in tiles of BLOCK_K.
+    """
+    pid_v = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    offs_v = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
+    m_v = offs_v < DV
+    v = tl.load(V_ + bh * DV + offs_v, mask=m_v, other=0.0).to(tl.float32)
+    gamma = 1.0
+    if HAS_G:
+        if G_PER_BATCH:
+            gamma = tl.exp(tl.load(G + bh).to(tl.float32))
+        else:
+            gamma = tl.exp(tl.load(G + bh % H).to(tl.float32))
+    o = tl.zeros([BLOCK_V], dtype=tl.float32)
+    for kb in range(0, DK, BLOCK_K):
+        offs_k = kb + tl.arange(0, BLOCK_K)
+        m_k = offs_k < DK
+        q = tl.load(Q + bh * DK + offs_k, mask=m_k, other=0.0).to(tl.float32)
+        k = tl.load(K_ + bh * DK + offs_k, mask=m_k, other=0.0).to(tl.float32)
+        p_s = bh * DK * DV + offs_k[:, None] * DV + offs_v[None, :]
+        m_s = m_k[:, None] & m_v[None, :]
+        s = tl.load(S + p_s, mask=m_s, other=0.0).to(tl.float32) * gamma + k[:, None] * v[None, :]
+        tl.store(SN + p_s, s, mask=m_s)
+        o += tl.sum(q[:, None] * s, axis=0)
+    tl.store(O + bh * DV + offs_v, (o * scale).to(O.dtype.element_ty), mask=m_v)
+
+
+def _step_config(DK: int, DV: int, interpret: bool = INTERPRET) -> dict:
+    """Launch settings of `_step_kernel`: tiles of the ``[DK, DV]`` state."""
+    BLOCK_V = min(64, max(16, triton.next_power_of_2(DV)))
+    BLOCK_K = min(64, max(16, triton.next_power_of_2(DK)))
+    return dict(BLOCK_K=BLOCK_K, BLOCK_V=BLOCK_V, num_warps=1 if interpret else 4)
+
+
+def linear_attention_step_fused(q, k, v, state, decay, scale):
+    """`_step_kernel` on ``q, k [B, H, K]``, ``v [B, H, V]``, ``state [B, H, K, V]`` and
+    ``decay`` (``[H]``, ``[B, H]`` or None): ``(o [B, H, V], new state [B, H, K, V] float32)``."""
+    B, H, DK = q.shape
+    DV = v.shape[-1]
+    q, k, v, state = (x.contiguous() for x in (q, k, v, state))
+    o = torch.empty(B, H, DV, device=q.device, dtype=q.dtype)
+    new = torch.empty(B, H, DK, DV, device=q.device, dtype=torch.float32)
+    g = o if decay is None else decay.contiguous()
+    config = _step_config(DK, DV)
+    _step_kernel[(triton.cdiv(DV, config["BLOCK_V"]), B * H)](
+        q, k, v, state, g, o, new, DK, DV, H, scale, HAS_G=decay is not None,
+        G_PER_BATCH=decay is not None and decay.dim() == 2, **config)
+    return o, new

@@ -1,7 +1,7 @@
 """Mamba-2's SSD: a state space model whose decay is one scalar per head and step.
 
-`ssd` (``api.py``) runs the selective scan's Triton kernel (``kernels/selective_scan/triton.py``)
-on a rearranged layout: SSD has no kernel of its own. `ssd_ref` (``naive.py``) is the quadratic,
+`ssd` (``api.py``) is linear attention with a per-token decay (``q = C``, ``k = B``,
+``v = dt x``, log-decay ``dt A``): it runs the chunk-parallel kernels of `kernels.linear_attention`. `ssd_ref` (``naive.py``) is the quadratic,
 attention-like reference.
 """
 from .api import ssd

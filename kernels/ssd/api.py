@@ -1,100 +1,177 @@
-"""SSD's public function and its argument checks."""
+"""SSD's public function and its argument checks.
+
+`ssd` is linear attention with a per-token decay: ``q = C``, ``k = B``, ``v = dt x`` and the
+log-decay ``dt A``, so it runs the chunk-parallel kernels of `kernels.linear_attention`. Its
+signature is that of ``mamba_ssm``'s ``mamba_chunk_scan_combined``.
+"""
 from __future__ import annotations
 
-from .._checks import (check_bool, check_float32, check_float_dtypes, check_same_device, check_shape,
-                       check_tensor)
-from ..selective_scan.api import MAX_STATE, selective_scan
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .._checks import check_bool, check_float_dtypes, check_same_device, check_shape, check_tensor
+from ..linear_attention.api import linear_attention
 
 
-def _check_ssd_inputs(x, dt, A, B, C, D, z, dt_bias, dt_softplus, return_final_state):
+def _check_float(name, x, layout):
+    check_tensor(name, x, x.dim() if isinstance(x, torch.Tensor) else 1, layout)
+    if not x.is_floating_point() or x.is_complex():
+        raise TypeError(f"{name} must be a real floating-point tensor {layout}, got {x.dtype}")
+
+
+def _check_ssd_inputs(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, cu_seqlens,
+                      dt_softplus, dt_limit, return_final_states, return_varlen_states):
     check_tensor("x", x, 4, "[b, L, h, p]")
     check_tensor("dt", dt, 3, "[b, L, h]")
     check_tensor("A", A, 1, "[h]")
     check_tensor("B", B, 4, "[b, L, g, n]")
     check_tensor("C", C, 4, "[b, L, g, n]")
-    dtype = check_float_dtypes({"x": x, "dt": dt, "B": B, "C": C})
+    check_float_dtypes({"x": x})
     b, L, h, p = x.shape
     if min(x.shape) < 1:
         raise ValueError(f"x must have at least one batch element, position, head and channel, got shape {tuple(x.shape)}")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    for name, t, layout in (("dt", dt, "[b, L, h]"), ("A", A, "[h]"), ("B", B, "[b, L, g, n]"), ("C", C, "[b, L, g, n]")):
+        _check_float(name, t, layout)
     check_shape("dt", dt, (b, L, h), "[b, L, h]")
-    check_float32("A", A, "[h]")
     check_shape("A", A, (h,), "[h]")
     g, n = B.shape[2], B.shape[3]
     if g < 1 or h % g != 0:
         raise ValueError(f"B has g = {g} groups, which must divide the number of heads h = {h} (shape {tuple(B.shape)})")
-    if not 1 <= n <= MAX_STATE:
-        raise ValueError(f"B must have a state size n between 1 and {MAX_STATE}, got {n}")
+    if n < 1:
+        raise ValueError(f"B must have a state size n of at least 1, got {n}")
     check_shape("B", B, (b, L, g, n), "[b, L, g, n]")
     check_shape("C", C, (b, L, g, n), "[b, L, g, n] (that of B)")
     tensors = {"x": x, "dt": dt, "A": A, "B": B, "C": C}
     if D is not None:
-        check_float32("D", D, "[h] or [h, p]")
+        _check_float("D", D, "[h] or [h, p]")
         check_shape("D", D, (h,) if D.dim() == 1 else (h, p), "[h]" if D.dim() == 1 else "[h, p]")
         tensors["D"] = D
     if dt_bias is not None:
-        check_tensor("dt_bias", dt_bias, 1, "[h]")
-        check_float32("dt_bias", dt_bias, "[h]")
+        _check_float("dt_bias", dt_bias, "[h]")
         check_shape("dt_bias", dt_bias, (h,), "[h]")
         tensors["dt_bias"] = dt_bias
     if z is not None:
-        check_tensor("z", z, 4, "[b, L, h, p]")
+        _check_float("z", z, "[b, L, h, p]")
         check_shape("z", z, x.shape, "[b, L, h, p]")
-        if z.dtype != dtype:
-            raise TypeError(f"z must have the dtype of x ({dtype}), got {z.dtype}")
         tensors["z"] = z
+    if initial_states is not None:
+        _check_float("initial_states", initial_states, "[b, h, p, n]")
+        check_shape("initial_states", initial_states, (b, h, p, n), "[b, h, p, n]")
+        tensors["initial_states"] = initial_states
+    if seq_idx is not None:
+        check_tensor("seq_idx", seq_idx, 2, "[b, L]")
+        if seq_idx.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"seq_idx must hold int32 or int64 sequence ids, got {seq_idx.dtype}")
+        check_shape("seq_idx", seq_idx, (b, L), "[b, L]")
+        tensors["seq_idx"] = seq_idx
+    if cu_seqlens is not None or return_varlen_states:
+        raise NotImplementedError("ssd does not support return_varlen_states (and cu_seqlens, which only "
+                                  "serves it) yet: the final state of each packed sequence is not returned")
+    if (not isinstance(dt_limit, (tuple, list)) or len(dt_limit) != 2
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in dt_limit)
+            or math.isnan(dt_limit[0]) or math.isnan(dt_limit[1]) or dt_limit[0] > dt_limit[1]):
+        raise ValueError(f"dt_limit must be a pair (dt_min, dt_max) of numbers with dt_min <= dt_max, got {dt_limit!r}")
     check_bool("dt_softplus", dt_softplus)
-    check_bool("return_final_state", return_final_state)
+    check_bool("return_final_states", return_final_states)
+    check_bool("return_varlen_states", return_varlen_states)
     check_same_device(tensors)
+    if A.device.type == "cpu" and (not torch.isfinite(A).all() or (A > 0).any()):
+        raise ValueError("A must hold finite decay rates <= 0 (the log-decay dt * A must be <= 0), "
+                         f"got values in [{A.min().item()}, {A.max().item()}]")
+    if dt_limit[0] < 0:
+        raise ValueError(f"dt_limit must keep dt >= 0 (dt_min >= 0), got {dt_limit!r}")
 
 
-def ssd(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, return_final_state=False):
+def ssd(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, initial_states=None, seq_idx=None,
+        cu_seqlens=None, dt_softplus=False, dt_limit=(0.0, float("inf")), return_final_states=False,
+        return_varlen_states=False, state_dtype=None):
     """Mamba-2's SSD: a state space model whose decay is one scalar per head and step.
 
-    Every channel ``(h, p)`` runs ``s_t = exp(dt_t A_h) s_{t-1} + dt_t B_t x_t`` on a state of ``n``
-    numbers and reads ``y_t = C_t · s_t + D x_t`` (times ``silu(z_t)`` when given), with
-    ``dt_t = softplus(dt_t + dt_bias)`` when asked. Written as attention, ``y = (M ∘ C B^T)(dt x)``
-    with ``M[t, s] = exp(Σ_{s < r <= t} dt_r A_h)``: see `ssd_ref`. With a constant ``dt`` it is
-    ``linear_attention(q=C, k=B, v=dt x, decay=dt A, scale=1)``.
+    The step is ``dt' = clamp(softplus(dt + dt_bias), *dt_limit)`` (the bias and the softplus
+    when given; the clamp always, so ``dt' >= 0``). Every channel ``(h, p)`` runs
+    ``s_t = exp(dt'_t A_h) s_{t-1} + dt'_t x_t B_t`` on a state of ``n`` numbers (``s_{-1}`` =
+    ``initial_states`` or 0) and reads ``y_t = C_t · s_t + D x_t``, times ``silu(z_t)`` when given.
+    That is linear attention with ``q = C``, ``k = B``, ``v = dt' x``, the per-token log-decay
+    ``dt' A`` and ``scale = 1``, which is how it runs: `kernels.linear_attention` with a per-token
+    decay (the chunk-parallel kernels), ``B`` and ``C`` repeated over the heads of their group.
+
+    The signature and semantics are those of ``mamba_ssm``'s ``mamba_chunk_scan_combined``.
 
     Args:
         x (torch.Tensor): inputs ``[b, L, h, p]`` (``h`` heads of ``p`` channels), float16,
-            bfloat16 or float32 (the layout of ``mamba_ssm``'s ``mamba_chunk_scan_combined``).
-        dt (torch.Tensor): step sizes ``[b, L, h]``, dtype of ``x``.
-        A (torch.Tensor): one real decay rate per head ``[h]``, float32 (negative for decay).
-        B (torch.Tensor): ``[b, L, g, n]``, dtype of ``x``; ``g`` groups of ``h / g`` heads share one.
-        C (torch.Tensor): ``[b, L, g, n]``, dtype of ``x``.
-        D (torch.Tensor, optional): skip connection ``[h]`` or ``[h, p]``, float32.
-        z (torch.Tensor, optional): gate ``[b, L, h, p]``, dtype of ``x``.
-        dt_bias (torch.Tensor, optional): ``[h]``, float32, added to ``dt``.
-        dt_softplus (bool): apply softplus to ``dt`` after the bias.
-        return_final_state (bool): also return the state after the last token ``[b, h, p, n]``.
+            bfloat16 or float32: the compute dtype.
+        dt (torch.Tensor): step sizes ``[b, L, h]``, any float dtype (float32 beside a half ``x``).
+        A (torch.Tensor): one decay rate per head ``[h]``, <= 0 (checked on CPU tensors only).
+        B (torch.Tensor): ``[b, L, g, n]``; ``g`` groups of ``h / g`` heads share one.
+        C (torch.Tensor): ``[b, L, g, n]``.
+        chunk_size (int): accepted for compatibility; the kernels choose their own chunk length,
+            and the result does not depend on it.
+        D (torch.Tensor, optional): skip connection ``[h]`` or ``[h, p]``.
+        z (torch.Tensor, optional): gate ``[b, L, h, p]``.
+        dt_bias (torch.Tensor, optional): ``[h]``, added to ``dt``.
+        initial_states (torch.Tensor, optional): the state before the first token ``[b, h, p, n]``.
+        seq_idx (torch.Tensor, optional): int32 or int64 sequence ids ``[b, L]``, nondecreasing
+            along ``L``, for sequences packed into one row: the state restarts from zero where the
+            id changes (the initial state belongs to the sequence of the first token).
+        cu_seqlens: not supported yet (``NotImplementedError``); mamba_ssm uses it only for
+            ``return_varlen_states``.
+        dt_softplus (bool): apply softplus to ``dt`` after the bias (the identity above 20, as in mamba_ssm).
+        dt_limit (tuple): ``(dt_min, dt_max)`` the step is clamped to, ``dt_min >= 0``; no gradient
+            flows through a clamped step.
+        return_final_states (bool): also return the state after the last token ``[b, h, p, n]``.
+        return_varlen_states (bool): not supported yet (``NotImplementedError`` when True).
+        state_dtype: accepted for compatibility; the states are float32.
 
-    Where it runs: the same Triton scan as `selective_scan` (every channel of a head shares the
-    head's decay), on the layout ``[b, h p, L]``; the inputs are copied into that layout. On CPU
-    tensors without ``TRITON_INTERPRET=1``, and for bfloat16 in the interpreter, the sequential
-    reference runs. Gradients flow to every tensor argument.
+    Where it runs: as `kernels.linear_attention` (Triton on CUDA, Triton's interpreter on CPU
+    under ``TRITON_INTERPRET=1`` except bfloat16, otherwise the PyTorch reference). Gradients flow
+    to every tensor argument: ``x, dt, A, B, C, D, z, dt_bias, initial_states``.
 
     Returns:
-        ``y [b, L, h, p]`` in the dtype of ``x``, or ``(y, final_state [b, h, p, n])`` (float32).
+        ``y [b, L, h, p]`` in the dtype of ``x``, or ``(y, final_states [b, h, p, n])`` (float32).
+
+    Raises:
+        TypeError: a non-tensor, a dtype that is not floating point, a flag that is not a bool.
+        ValueError: wrong dims or shapes, groups that do not divide the heads, a bad chunk_size or
+            dt_limit, different devices, positive ``A`` (on CPU).
+        NotImplementedError: cu_seqlens or return_varlen_states.
 
     Examples:
         >>> b, L, h, p, n = 1, 10, 2, 4, 8
         >>> x, dt, A = torch.randn(b, L, h, p), torch.rand(b, L, h), -torch.rand(h)
         >>> B, C = torch.randn(b, L, 1, n), torch.randn(b, L, 1, n)
-        >>> ssd(x, dt, A, B, C).shape
+        >>> ssd(x, dt, A, B, C, 64).shape
         torch.Size([1, 10, 2, 4])
     """
-    _check_ssd_inputs(x, dt, A, B, C, D, z, dt_bias, dt_softplus, return_final_state)
+    _check_ssd_inputs(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, cu_seqlens,
+                      dt_softplus, dt_limit, return_final_states, return_varlen_states)
     b, L, h, p = x.shape
-    n = B.shape[-1]
-    to_channels = lambda t: t.permute(0, 2, 3, 1).reshape(b, h * p, L)  # noqa: E731 [b, L, h, p] -> [b, h p, L]
-    u = to_channels(x)
-    delta = to_channels(dt[..., None].expand(b, L, h, p))
-    A_d = A.repeat_interleave(p)[:, None].expand(h * p, n)  # [h p, n]
-    D_d = None if D is None else (D.repeat_interleave(p) if D.dim() == 1 else D.reshape(h * p))
-    bias_d = None if dt_bias is None else dt_bias.repeat_interleave(p)
-    z_d = None if z is None else to_channels(z)
-    out, last = selective_scan(u, delta, A_d, B.permute(0, 2, 3, 1), C.permute(0, 2, 3, 1), D_d, z_d, bias_d,
-                               dt_softplus, return_last_state=True)
-    y = out.reshape(b, h, p, L).permute(0, 3, 1, 2)  # [b, L, h, p]
-    return (y, last.reshape(b, h, p, n)) if return_final_state else y
+    g, n = B.shape[2], B.shape[3]
+    step = dt.float()
+    if dt_bias is not None:
+        step = step + dt_bias.float()
+    if dt_softplus:
+        step = F.softplus(step, threshold=20.0)
+    step = step.clamp(dt_limit[0], dt_limit[1])  # always, as mamba_ssm: a negative step becomes 0
+    log_decay = (step * A.float()).transpose(1, 2)  # [b, h, L]
+
+    def per_head(t):  # [b, L, g, n] -> [b, h, L, n] in the dtype of x
+        t = t.to(x.dtype)
+        if g != h:
+            t = t[:, :, :, None, :].expand(b, L, g, h // g, n).reshape(b, L, h, n)
+        return t.transpose(1, 2)
+
+    v = (x.float() * step[..., None]).to(x.dtype).transpose(1, 2)  # dt x: [b, h, L, p]
+    s0 = None if initial_states is None else initial_states.float().transpose(-1, -2)  # [b, h, n, p]
+    o, final = linear_attention(per_head(C), per_head(B), v, decay=log_decay, scale=1.0, initial_state=s0,
+                                return_final_state=True, seq_idx=seq_idx)
+    y = o.transpose(1, 2).float()  # [b, L, h, p]
+    if D is not None:
+        y = y + (D.float()[:, None] if D.dim() == 1 else D.float()) * x.float()
+    if z is not None:
+        y = y * F.silu(z.float())
+    y = y.to(x.dtype)
+    return (y, final.transpose(-1, -2)) if return_final_states else y

@@ -1,12 +1,11 @@
 """SSD's two faces: a recurrence with a scalar decay, and masked linear attention.
 
 You will see:
-* ``ssd`` (the scan, run by the Triton kernel) against ``ssd_ref``, which never runs a
+* ``ssd`` (the chunk-parallel Triton kernels) against ``ssd_ref``, which never runs a
   recurrence: it builds the matrix ``M ∘ (C B^T)`` and multiplies it by ``dt x``, like
   attention; outputs, final states and gradients agree, with every option on;
-* with a step size dt that is constant per head, SSD is exactly ``linear_attention`` with
-  ``q = C``, ``k = B``, ``v = dt x``, ``decay = dt A`` and ``scale = 1``: same outputs, and the
-  same final state up to a transpose.
+* SSD is exactly ``linear_attention`` with ``q = C``, ``k = B``, ``v = dt x``, the per-token
+  log-decay ``dt A`` and ``scale = 1``: same outputs, and the same final state up to a transpose.
 """
 # %%
 import json
@@ -41,32 +40,30 @@ dy, dfinal = torch.randn(b, L, h, p, device=DEVICE), torch.randn(b, h, p, n, dev
 runs = []
 for fn in (ssd, ssd_ref):
     y, final = fn(*inputs[:5], D=inputs[5], z=inputs[6], dt_bias=inputs[7], dt_softplus=True,
-                  return_final_state=True)
+                  return_final_states=True)
     runs.append((y, final, torch.autograd.grad((y * dy).sum() + (final * dfinal).sum(), inputs)))
 (y, final, grads), (y_ref, final_ref, grads_ref) = runs
 dual = {"y": max_diff(y, y_ref), "final_state": max_diff(final, final_ref),
         "grad": {name: max_diff(a, r) for name, a, r in zip(NAMES, grads, grads_ref)}}
-print(f"ssd (scan) vs ssd_ref (matrix form): max |diff| y {dual['y']:.1e}, final state {dual['final_state']:.1e}, "
+print(f"ssd (chunk kernels) vs ssd_ref (matrix form): max |diff| y {dual['y']:.1e}, final state {dual['final_state']:.1e}, "
       f"gradients {max(dual['grad'].values()):.1e}")
 
 # %% [markdown]
-# Constant step size per head: then the decay `exp(dt_h A_h)` is a constant per head, RetNet's
-# gamma, and SSD is linear attention with a decay. The layout changes from `[b, L, h, ·]` to
-# `[b, h, L, ·]`, each group's B and C are repeated for its heads, and dt moves into the values.
+# The decay `exp(dt_t A_h)` is one number per head and token, so SSD is linear attention with a
+# per-token decay. The layout changes from `[b, L, h, ·]` to `[b, h, L, ·]`, each group's B and C
+# are repeated for its heads, and dt moves into the values.
 
 # %%
-dt_head = F.softplus(torch.randn(h, device=DEVICE))  # one step size per head
-dt_const = dt_head.expand(b, L, h).contiguous()
-y_ssd, final_ssd = ssd(x.detach(), dt_const, A.detach(), B.detach(), C.detach(), return_final_state=True)
+step = F.softplus(dt.detach())  # dt after softplus: [b, L, h]
+y_ssd, final_ssd = ssd(x.detach(), step, A.detach(), B.detach(), C.detach(), return_final_states=True)
 
 heads = lambda t: t.detach().repeat_interleave(h // g, dim=2).transpose(1, 2)  # noqa: E731 [b, L, g, n] -> [b, h, L, n]
 q, k = heads(C), heads(B)
-v = (dt_head[:, None] * x.detach()).transpose(1, 2)  # dt x: [b, h, L, p]
-decay = dt_head * A.detach()  # log-decay per head: gamma_h = exp(dt_h A_h)
-o, state = linear_attention(q.contiguous(), k.contiguous(), v.contiguous(), decay=decay, scale=1.0,
-                            return_final_state=True)  # o [b, h, L, p], state [b, h, n, p]
+v = (step[..., None] * x.detach()).transpose(1, 2)  # dt x: [b, h, L, p]
+decay = (step * A.detach()).transpose(1, 2)  # log-decay per head and token: [b, h, L]
+o, state = linear_attention(q, k, v, decay=decay, scale=1.0, return_final_state=True)  # o [b, h, L, p], state [b, h, n, p]
 linear = {"y": max_diff(o.transpose(1, 2), y_ssd), "final_state": max_diff(state.transpose(-1, -2), final_ssd)}
-print(f"ssd vs linear_attention(q=C, k=B, v=dt x, decay=dt A, scale=1): max |diff| y {linear['y']:.1e}, "
+print(f"ssd vs linear_attention(q=C, k=B, v=dt x, decay=dt A per token, scale=1): max |diff| y {linear['y']:.1e}, "
       f"final state {linear['final_state']:.1e}")
 print(f"largest |y|: {y_ssd.abs().max().item():.1f}")
 

@@ -1,9 +1,9 @@
-"""SSD on a GPU: our scan against mamba_ssm's chunked SSD kernel and against linear attention.
+"""SSD on a GPU: our chunk-parallel kernels against mamba_ssm's chunked SSD kernel and against linear attention.
 
 You will see the time of the forward and of the forward + backward pass of one SSD layer
 (bfloat16, b = 8, h = 32 heads of p = 64 channels, one group of B and C with state n = 64 and
 128, D, z, a dt bias and softplus), as the sequence grows, for:
-* ``ssd`` from this package (the selective scan kernel, every channel of a head sharing its decay);
+* ``ssd`` from this package (the chunk-parallel linear attention kernels with a per-token decay);
 * mamba_ssm's Triton ``mamba_chunk_scan_combined`` with chunks of 256 (when it is installed);
 * ``linear_attention`` with a decay, at a step size constant per head, which is the same layer
   (timed on inputs already in its layout, without the gate and the skip connection).
@@ -42,7 +42,7 @@ print(f"device: {WHERE}; mamba_ssm mamba_chunk_scan_combined: {'found' if mamba_
 
 # %%
 def ours(x, dt, A, B, C, D, z, dt_bias):
-    return ssd(x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=True)
+    return ssd(x, dt, A, B, C, 256, D=D, z=z, dt_bias=dt_bias, dt_softplus=True)
 
 
 def mamba(x, dt, A, B, C, D, z, dt_bias):
@@ -96,9 +96,10 @@ for n in STATES:
         for mode in MODES:
             point = {"mode": mode, "n": n, "L": L, "ms": {}}
             for name, fn in LAYERS.items():
-                point["ms"][name] = time_ms(runner(fn, inputs, mode))
+                point["ms"][name] = time_ms(runner(fn, inputs, mode), warmup=10, rep=25)
             point["ms"][LINEAR] = time_ms(runner(
-                lambda q, k, v: linear_attention(q, k, v, decay=decay, scale=1.0), [q, k, v], mode))
+                lambda q, k, v: linear_attention(q, k, v, decay=decay, scale=1.0), [q, k, v], mode),
+                warmup=10, rep=25)
             point["ratio"] = {name: ms / point["ms"]["ssd (ours)"] for name, ms in point["ms"].items()
                               if name != "ssd (ours)"}
             points.append(point)

@@ -73,10 +73,11 @@ def test_narrow_offsets_finds_32_bit_offsets_applied_to_an_argument():
 class Case:
     """One kernel with one launch configuration: what to compile and what to check."""
 
-    def __init__(self, kernel, constexprs, io, sizes, dtype, num_warps, num_stages, small=()):
+    def __init__(self, kernel, constexprs, io, sizes, dtype, num_warps, num_stages, small=(), int_pointers=()):
         self.kernel, self.constexprs, self.io, self.sizes, self.dtype = kernel, constexprs, io, sizes, dtype
         self.num_warps, self.num_stages = num_warps, num_stages
         self.small = set(small)  # pointer arguments small enough for 32-bit offsets (parameters)
+        self.int_pointers = set(int_pointers)  # pointers to int32 (sequence ids)
 
     def key(self):
         """Everything but the integer tile sizes: cases with equal keys differ only in tiles."""
@@ -132,18 +133,34 @@ def flash_attention_cases():
 
 
 def linear_attention_cases():
-    from kernels._checks import FLOAT_DTYPES, HEAD_DIMS
+    from kernels._checks import FLOAT_DTYPES
     la = import_module("kernels.linear_attention.triton")
-    # The launcher sees widths 1 to MAX_BLOCK_AB for A and B (wider ones are split) and, for C,
-    # every head dim plus one (normalize=True appends a column of ones to v).
-    widths_c = sorted(set(HEAD_DIMS) | {D + 1 for D in HEAD_DIMS})
+    # The tiles depend on the widths through their next power of two only: one width of each
+    # bucket, from 1 to 513 (V up to 512, plus the column of ones that normalize=True appends).
+    widths = [*range(1, 17), *(2**k + 1 for k in range(4, 10)), *(2**k for k in range(5, 10))]
+    sizes = {"T", "DAB", "DC", "H", "NT", "SIZE", "DK", "DV"}
+    seg = {"SEG", "SEGP"}
     for dtype in FLOAT_DTYPES:
-        for constexprs, num_warps, num_stages in distinct(la._config(DAB, DC, dtype, interpret=False)
-                                                          for DAB in range(1, la.MAX_BLOCK_AB + 1) for DC in widths_c):
-            for kernel, flags in ((la._chunk_fwd_kernel, ("HAS_S0", "STORE_SN")),
-                                  (la._chunk_rev_kernel, ("HAS_G0", "STORE_GN"))):
-                yield Case(kernel, {**constexprs, flags[0]: True, flags[1]: True}, {"A", "B", "C", "OUT"},
-                           {"T", "DAB", "DC", "H"}, dtype, num_warps, num_stages, small={"G"})
+        for constexprs, num_warps, num_stages in distinct(la._config(a, c, dtype, interpret=False)
+                                                          for a in widths for c in widths):
+            for reverse, has_seg in ((False, False), (True, True), (False, True), (True, False)):
+                flags = dict(constexprs, REVERSE=reverse, HAS_SEG=has_seg)
+                yield Case(la._chunk_state_kernel, flags, {"Bp", "Cp"}, sizes, dtype, num_warps, num_stages,
+                           small=seg, int_pointers=seg)
+                yield Case(la._chunk_out_kernel, flags, {"Ap", "Bp", "Cp", "OUT"}, sizes, dtype, num_warps,
+                           num_stages, small=seg, int_pointers=seg)
+        for constexprs, num_warps, num_stages in distinct(dict(la._step_config(k, v, interpret=False), num_stages=1)
+                                                          for k in widths for v in widths):
+            for has_g, per_batch in ((False, False), (True, False), (True, True)):
+                yield Case(la._step_kernel, dict(constexprs, HAS_G=has_g, G_PER_BATCH=per_batch),
+                           {"Q", "K_", "V_", "O"}, sizes, dtype, num_warps, num_stages, small={"G"})
+    pconf = la._pass_config(interpret=False)
+    for reverse in (False, True):
+        for has_seg in (False, True):
+            flags = dict(HAS_S0=True, STORE_SN=True, REVERSE=reverse, HAS_DS=reverse, HAS_SEG=has_seg,
+                         CHUNK=la._config(64, 64, torch.bfloat16, interpret=False)["CHUNK"], BLOCK=pconf["BLOCK"])
+            yield Case(la._state_pass_kernel, flags, set(), sizes, torch.float32, pconf["num_warps"], 1,
+                       small={"KEEP"})
 
 
 def selective_scan_cases():
@@ -222,6 +239,8 @@ def compile_case(case, arch):
             signature[name] = "fp32"
         elif name == "MASK":
             signature[name] = "*u8"
+        elif name in case.int_pointers:
+            signature[name] = "*i32"
         else:
             signature[name] = "*" + (TRITON_TYPES[case.dtype] if name in case.io else "fp32")
     compiled = triton.compile(ASTSource(case.kernel, signature, case.constexprs), target=GPUTarget("cuda", arch, 32),

@@ -1,5 +1,5 @@
-"""selective_scan and ssd: the Triton scan against the float64 sequential reference, the
-decoding step, SSD against its quadratic form and against linear attention, bad input.
+"""selective_scan: the Triton scan against the float64 sequential reference, the decoding
+step, bad input (SSD's tests are in test_ssd.py).
 
 The first test is the parameter grid of ``tests/ops/test_selective_scan.py`` in state-spaces/mamba
 (time-invariant or input-dependent B and C, groups, D, z, delta_bias, softplus), with its
@@ -12,9 +12,8 @@ import pytest
 import torch
 
 from _compare import assert_close
-from kernels import linear_attention, selective_scan, selective_scan_step, ssd, uses_triton
+from kernels import selective_scan, selective_scan_step, uses_triton
 from kernels.selective_scan import selective_scan_ref, selective_scan_step_ref
-from kernels.ssd import ssd_ref
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -310,49 +309,6 @@ def test_autotune_lists_respect_groups_and_tiles():
         assert steps and all(c.kwargs["BLOCK_D"] * fixed["BLOCK_N"] <= max(ss.STEP_TILES) for c in steps)
 
 
-def ssd_inputs(b, L, h, p, n, g, dtype=torch.float32, seed=0, constant_dt=False):
-    gen = torch.Generator().manual_seed(seed)
-    dt = 0.5 * torch.rand(1, 1, h, generator=gen) if constant_dt else 0.5 * torch.rand(b, L, h, generator=gen)
-    return dict(x=torch.randn(b, L, h, p, generator=gen).to(DEVICE, dtype),
-                dt=dt.expand(b, L, h).to(DEVICE, dtype),
-                A=-torch.rand(h, generator=gen).to(DEVICE),
-                B=torch.randn(b, L, g, n, generator=gen).to(DEVICE, dtype),
-                C=torch.randn(b, L, g, n, generator=gen).to(DEVICE, dtype))
-
-
-@pytest.mark.parametrize("shape", [(1, 1, 2, 4, 8, 1), (2, 33, 4, 3, 8, 2), (1, 20, 3, 5, 6, 3)],
-                         ids=lambda s: "b{}-L{}-h{}-p{}-n{}-g{}".format(*s))
-def test_ssd_equals_its_quadratic_form(shape):
-    inputs = ssd_inputs(*shape, seed=sum(shape))
-    h, p = shape[2], shape[3]
-    gen = torch.Generator().manual_seed(2)
-    extras = dict(D=torch.randn(h, p, generator=gen).to(DEVICE), z=torch.randn_like(inputs["x"]),
-                  dt_bias=torch.rand(h, generator=gen).to(DEVICE), dt_softplus=True)
-    xs = {k: v.clone().requires_grad_() for k, v in {**inputs, **extras}.items() if isinstance(v, torch.Tensor)}
-    refs = {k: v.detach().double().requires_grad_() for k, v in xs.items()}
-    y, final = ssd(**xs, dt_softplus=True, return_final_state=True)
-    y_ref, final_ref = ssd_ref(**refs, dt_softplus=True, return_final_state=True)
-    assert_close("y", y_ref, y, 1e-5, 1e-4)
-    assert_close("final_state", final_ref, final, 1e-5, 1e-4)
-    dy = torch.randn_like(y_ref)
-    ((y.double() * dy).sum() + final.double().sum()).backward()
-    ((y_ref * dy).sum() + final_ref.sum()).backward()
-    for name in xs:
-        assert_close(f"d{name}", refs[name].grad, xs[name].grad, 1e-4 * max(1, refs[name].grad.abs().max().item()), 1e-3)
-
-
-def test_ssd_is_linear_attention_with_decay():
-    """At a constant step per head, SSD is linear attention with q = C, k = B, v = dt x, decay = dt A."""
-    b, L, h, p, n = 2, 37, 3, 8, 16
-    inp = ssd_inputs(b, L, h, p, n, g=h, constant_dt=True)
-    y = ssd(**inp)
-    dt = inp["dt"][0, 0]  # [h]
-    q, k = (inp[name].transpose(1, 2) for name in ("C", "B"))  # [b, h, L, n]
-    v = (inp["x"] * inp["dt"][..., None]).transpose(1, 2)  # [b, h, L, p]
-    o = linear_attention(q.contiguous(), k.contiguous(), v.contiguous(), decay=dt * inp["A"], scale=1.0)
-    assert_close("ssd vs linear_attention", o.transpose(1, 2), y, 1e-4, 1e-4)
-
-
 def test_bfloat16_on_cpu_runs_the_reference():
     inputs = make_inputs(1, 4, 8, 5, torch.bfloat16, True, True, 1, False, False, False)
     out = selective_scan(*inputs)
@@ -457,14 +413,7 @@ def test_bad_input_on_other_device():
             selective_scan(**args)
 
 
-def test_bad_ssd_and_step_input():
-    inp = ssd_inputs(1, 5, 4, 2, 8, 2)
-    with pytest.raises(ValueError, match=r"B has g = 3 groups, which must divide the number of heads h = 4"):
-        ssd(**{**inp, "B": torch.zeros(1, 5, 3, 8), "C": torch.zeros(1, 5, 3, 8)})
-    with pytest.raises(ValueError, match=r"dt must have shape \[b, L, h\]"):
-        ssd(**{**inp, "dt": inp["dt"][:, :4]})
-    with pytest.raises(ValueError, match=r"D must have shape \[h, p\]"):
-        ssd(**inp, D=torch.zeros(4, 3))
+def test_bad_step_input():
     u, delta, A, B, C, *_ = make_inputs(1, 4, 8, 3, torch.float32, True, True, 1, False, False, False)
     with pytest.raises(ValueError, match=r"state must have shape \[b, d, n\]"):
         selective_scan_step(torch.zeros(1, 4, 7), u[..., 0], delta[..., 0], A, B[..., 0], C[..., 0])
