@@ -12,8 +12,10 @@ fenced code blocks or inline code):
 - `[[ output: <article>/<stem>/<file> | alt text ]]` on a line of its own: an image (svg, png,
   with the CSS class `generated-figure`), the inlined Markdown table (.md), a text block (.txt)
   or a JSON block (.json), followed by a provenance paragraph (class `provenance`). A stale output
-  gets a "Stale output" warning; a missing one of a `# requires: cuda` snippet a "Waiting for a
-  GPU run" note. Any other missing output, unknown file or missing alt text of a figure is logged
+  gets a "Stale output" warning. The outputs of a `# requires: cuda` snippet that has not run on
+  a GPU yet share one "Waiting for a GPU run" note, where the page's first marker of that
+  snippet stands (later markers of it render nothing): what the reader will see there (the
+  snippet's docstring) and the command that produces it. Any other missing output, unknown file or missing alt text of a figure is logged
   as a warning (so `mkdocs build --strict` fails) and shown in a "Missing output" box.
 - inline `[[ value: <article>/<stem>/<file>.json#key.sub ]]`: the value from a generated JSON file
   (floats with 3 significant digits, large ones as integers); a warning when it is missing.
@@ -47,6 +49,7 @@ from pathlib import Path
 
 from mkdocs.plugins import BasePlugin
 
+from snippets._build.notebook import docstring
 from snippets._build.provenance import (
     OUTPUT_MARKER, Snippet, Status, discover, markdown_lines, provenance_line,
     short_date, status,
@@ -135,7 +138,7 @@ def on_page_content(html_text, page, config, files):
 
 def render(markdown: str, src_uri: str, build: _Build) -> str:
     """`markdown` with its markers rendered; `src_uri` is the page's path inside docs_dir."""
-    lines = []
+    lines, waiting = [], set()  # the snippets whose GPU note this page already shows
     for line, in_code in markdown_lines(markdown):
         if in_code:
             lines.append(line)
@@ -144,7 +147,7 @@ def render(markdown: str, src_uri: str, build: _Build) -> str:
         elif GPU_ENVIRONMENT_MARKER.match(line):
             lines += gpu_environment(build).split("\n")
         elif marker := OUTPUT_MARKER.match(line):
-            block = _output(marker.group("target"), marker.group("alt"), src_uri, build)
+            block = _output(marker.group("target"), marker.group("alt"), src_uri, build, waiting)
             lines += [marker.group("indent") + b if b else "" for b in block.split("\n")]
         elif OUTPUT_START.match(line):  # e.g. a "]" in the alt text ends the marker early
             log.warning("%s: a malformed output marker (alt text may not contain ']'): %s", src_uri, line.strip())
@@ -235,16 +238,43 @@ def _resolve(target: str, src_uri: str, build: _Build):
     return snippet, build.status(snippet), name
 
 
-def _output(target: str, alt: str | None, src_uri: str, build: _Build) -> str:
-    """The Markdown that replaces one `[[ output: ... ]]` marker."""
+def waiting_note(snippet: Snippet, src_uri: str, build: _Build) -> str:
+    """The one note standing for every output of a `# requires: cuda` snippet not yet run on
+    a GPU: what the reader will see there and how to produce it."""
+    title, prose = docstring(snippet)
+    body = [f"**{title}.** This part of the page needs a run on a CUDA GPU, which has not "
+            "happened yet; its figures and tables appear here after one."]
+    if prose:
+        body += ["", prose]
+    reproduce = build.docs_dir / "reproduce.md"
+    how = "the Reproduce page"
+    if reproduce.is_file():
+        url = posixpath.relpath("reproduce.md", posixpath.dirname(src_uri) or ".")
+        how = f"[the Reproduce page]({url})"
+    body += ["", f"To produce it, on a machine with a CUDA GPU and a clone of this repository, "
+                 f"run `{snippet.command}`, or every GPU step at once as {how} describes."]
+    return (f'!!! info "Waiting for a GPU run"\n'
+            + "\n".join(f"    {line}" if line else "" for line in "\n".join(body).split("\n"))
+            + "\n")
+
+
+def _output(target: str, alt: str | None, src_uri: str, build: _Build,
+            waiting: set | None = None) -> str:
+    """The Markdown that replaces one `[[ output: ... ]]` marker.
+
+    `waiting` holds the keys of the snippets whose "Waiting for a GPU run" note the page
+    already shows; a later marker of the same snippet renders nothing.
+    """
     found = _resolve(target, src_uri, build)
     if isinstance(found, str):
         return _missing(found, src_uri)
     snippet, state, name = found
     if state.state == "waiting-for-gpu":
-        return _admonition("info", "Waiting for a GPU run", (
-            f"`{name}` comes from `{snippet.rel}`, which requires a CUDA GPU and has not run on "
-            f"one yet. Generate it on a GPU machine with `{snippet.command}`."))
+        waiting = set() if waiting is None else waiting
+        if snippet.key in waiting:
+            return ""
+        waiting.add(snippet.key)
+        return waiting_note(snippet, src_uri, build)
     if state.state == "missing":
         return _missing(f"{snippet.rel} has no output yet: run `{snippet.command}`", src_uri)
     path = build.generated / snippet.key / name

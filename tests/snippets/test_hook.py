@@ -140,6 +140,29 @@ def test_gpu_snippet_without_output_waits_for_a_gpu_run(repo, caplog):
     assert warnings(caplog) == []
 
 
+def test_gpu_snippet_shows_one_note_saying_what_will_be_there(repo, caplog):
+    """Two outputs of one waiting snippet: one note, at the first marker, from the docstring,
+    naming no file; a CPU snippet's missing output still warns."""
+    (repo / "snippets/demo/03_gpu.py").write_text(
+        '"""Throughput: the kernel against ``torch.mm``.\n\nYou will see TFLOP/s against the '
+        'length:\n* forward;\n* backward.\n"""\n# requires: cuda\nprint(3)\n')
+    (repo / "docs/reproduce.md").write_text("# Reproduce\n")
+    out = render(repo, "Intro.\n\n[[ output: demo/03_gpu/timings.svg | Timings ]]\n\n"
+                       "Between.\n\n[[ output: demo/03_gpu/timings.md | Table ]]\n\nEnd.",
+                 src_uri="sub/page.md")
+    assert out.count("Waiting for a GPU run") == 1
+    note = out[out.index("!!! info"):out.index("Between.")]
+    assert "**Throughput: the kernel against torch.mm.**" in note
+    assert "    You will see TFLOP/s against the length:\n\n    * forward;\n    * backward." in note
+    assert "`python -m snippets --only demo/03_gpu`" in note
+    assert "[the Reproduce page](../reproduce.md)" in note
+    assert "timings" not in note and "03_gpu.py" not in note
+    assert out.split("Between.")[1].strip() == "End."
+    assert warnings(caplog) == []
+    render(repo, "[[ output: demo/04_never/fig.svg | Alt ]]")
+    assert len(warnings(caplog)) == 1
+
+
 @pytest.mark.parametrize("marker, message", [
     ("[[ output: demo/04_never/fig.svg | Alt ]]", "snippets/demo/04_never.py has no output yet"),
     ("[[ output: demo/01_fresh/nope.svg | Alt ]]", "has no file 'nope.svg'"),
