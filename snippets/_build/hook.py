@@ -28,6 +28,11 @@ fenced code blocks or inline code):
   on a GPU (device, driver, CUDA, torch, triton, Python, date, commit), or a note that no output
   has been produced on a GPU yet.
 
+Inside fenced code it rewrites one thing: a whole-file include of a snippet,
+`--8<-- "snippets/<article>/<stem>.py"` (pymdownx.snippets' syntax, on a line of its own), becomes
+the snippet's code without its `# %%` cell markers (`clean_snippet`), so that the page shows, and
+the copy button copies, plain Python that runs as it is; markdown cells read as comments.
+
 On notebook pages (rendered by mkdocs-jupyter) it also gives each output image the alt text
 that the companion notebook records for it (`metadata[<mime>]["alt"]`, written by the build
 step from the page markers), in place of nbconvert's "No description has been provided".
@@ -68,6 +73,9 @@ IMG_SRC = re.compile(r'\ssrc="(?P<src>[^"]*)"')
 IMG_ALT = re.compile(r'\salt="[^"]*"')
 IMAGES = (".svg", ".png", ".jpg", ".jpeg", ".gif", ".webp")
 REQUIRED_EXTENSIONS = ("attr_list", "admonition")
+SNIPPET_INCLUDE = re.compile(
+    r"""^(?P<indent>[ \t]*)-+8<-+[ \t]+(?P<quote>["'])snippets/(?P<key>[^/"':]+/[^/"':]+)\.py(?P=quote)[ \t]*$""")
+CELL_MARKER_LINE = re.compile(r"^# %%.*$")
 
 
 class _Build:
@@ -140,7 +148,11 @@ def render(markdown: str, src_uri: str, build: _Build) -> str:
     """`markdown` with its markers rendered; `src_uri` is the page's path inside docs_dir."""
     lines, waiting = [], set()  # the snippets whose GPU note this page already shows
     for line, in_code in markdown_lines(markdown):
-        if in_code:
+        include = SNIPPET_INCLUDE.match(line) if in_code else None
+        if include and include.group("key") in build.snippets:
+            code = clean_snippet(build.snippets[include.group("key")].path.read_text(encoding="utf-8"))
+            lines += [include.group("indent") + code_line for code_line in code.split("\n")]
+        elif in_code:
             lines.append(line)
         elif TABLE_MARKER.match(line):
             lines += outputs_table(build).split("\n")
@@ -154,6 +166,18 @@ def render(markdown: str, src_uri: str, build: _Build) -> str:
             lines.append(line)
         else:
             lines.append(INLINE.sub(lambda m: _inline(m, src_uri, build), line))
+    return "\n".join(lines)
+
+
+def clean_snippet(source: str) -> str:
+    """A percent-format script as the pages show it: without its `# %%` / `# %% [markdown]`
+    marker lines (a markdown cell's lines are comments already) and without leading or
+    trailing blank lines; every other line as it is, so the result runs as the script does."""
+    lines = [line for line in source.splitlines() if not CELL_MARKER_LINE.match(line)]
+    while lines and not lines[0].strip():
+        lines.pop(0)
+    while lines and not lines[-1].strip():
+        lines.pop()
     return "\n".join(lines)
 
 

@@ -346,3 +346,39 @@ def test_only_notebook_pages_are_rewritten(repo, tmp_path):
                                                             abs_src_path=str(tmp_path / "x")))
     html = '<img src="a.png" alt="No description has been provided for this image"/>'
     assert hook.on_page_content(html, page=page, config={}, files=None) == html
+
+
+SCRIPT = '''"""A demo."""
+# %%
+import math
+
+# %% [markdown]
+# The square root of two, printed.
+
+# %%
+x = math.sqrt(2)
+print(f"{x:.3f}")
+'''
+
+
+def test_snippet_includes_show_clean_runnable_code(repo, tmp_path):
+    """A page's whole-file include of a snippet shows its code without cell markers, indented
+    like the include; the shown code runs and prints what the script prints; other includes
+    (a section of a kernel file, a path outside snippets/) are left to pymdownx.snippets."""
+    (repo / "snippets/demo/05_script.py").write_text(SCRIPT)
+    page = ('???+ example "Snippet"\n\n    ```python\n    --8<-- "snippets/demo/05_script.py"\n'
+            '    ```\n\n```python\n--8<-- "kernels/ops.py:part"\n--8<-- "kernels/ops.py"\n```\n'
+            '\nOutside code: --8<-- "snippets/demo/05_script.py"\n')
+    out = render(repo, page)
+    shown = out.split("    ```python\n")[1].split("    ```\n")[0]
+    assert "# %%" not in shown and "--8<--" not in shown
+    assert all(line.startswith("    ") or not line for line in shown.splitlines())
+    code = "\n".join(line[4:] for line in shown.splitlines())
+    assert code.startswith('"""A demo."""\nimport math\n')
+    assert "# The square root of two, printed.\n" in code
+    (tmp_path / "shown.py").write_text(code)
+    ran = subprocess.run([sys.executable, str(tmp_path / "shown.py")], capture_output=True,
+                         text=True, check=True)
+    assert ran.stdout == "1.414\n"
+    assert '--8<-- "kernels/ops.py:part"\n--8<-- "kernels/ops.py"\n' in out
+    assert out.endswith('Outside code: --8<-- "snippets/demo/05_script.py"\n')
