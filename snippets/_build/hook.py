@@ -37,6 +37,14 @@ On notebook pages (rendered by mkdocs-jupyter) it also gives each output image t
 that the companion notebook records for it (`metadata[<mime>]["alt"]`, written by the build
 step from the page markers), in place of nbconvert's "No description has been provided".
 
+Search: on notebook pages it marks the prompts ("In [1]:"), the text of the copy buttons and
+the code blocks `data-search-exclude`, so that the index holds a notebook's prose, not the code
+its article shows already (Material's search plugin skips the marked elements, then drops the
+attribute). After the build it adds to `search/search_index.json` a field `aliases`
+(`add_search_aliases`): each section's hyphenated words written without the hyphen
+("chunk-wise" is found by "chunkwise") and, on an article's first section, the article's file
+name ("flash_attention").
+
 The source hashes and the state of each output are computed once per build (`on_pre_build`).
 """
 
@@ -73,6 +81,15 @@ IMG_SRC = re.compile(r'\ssrc="(?P<src>[^"]*)"')
 IMG_ALT = re.compile(r'\salt="[^"]*"')
 IMAGES = (".svg", ".png", ".jpg", ".jpeg", ".gif", ".webp")
 REQUIRED_EXTENSIONS = ("attr_list", "admonition")
+# Opening tags of a rendered notebook that the search index should not hold: the prompts, the
+# copy buttons' text, the headings' "¶" links and every <pre> (the code and its printed output). Only elements without a
+# nested element of their own tag: Material's search parser ends an excluded element at the
+# first closing tag of the same name.
+NOT_SEARCHED = re.compile(
+    r'<(?P<tag>pre|div|span|a)\b(?P<attrs>(?<=<pre)[^>]*|[^>]*\bclass="(?:jp-InputPrompt|'
+    r'jp-OutputPrompt|clipboard-copy-txt|notice|anchor-link)\b[^"]*"[^>]*)>')
+TAG = re.compile(r"<[^>]*>")
+HYPHENATED = re.compile(r"(?<![\w-])([A-Za-z]+(?:-[A-Za-z]+)+)(?![\w-])")
 SNIPPET_INCLUDE = re.compile(
     r"""^(?P<indent>[ \t]*)-+8<-+[ \t]+(?P<quote>["'])snippets/(?P<key>[^/"':]+/[^/"':]+)\.py(?P=quote)[ \t]*$""")
 CELL_MARKER_LINE = re.compile(r"^# %%.*$")
@@ -137,11 +154,53 @@ def on_page_markdown(markdown, page, config, files):
 
 
 def on_page_content(html_text, page, config, files):
-    """Give the output images of a notebook page the alt text its notebook records."""
+    """Give the output images of a notebook page the alt text its notebook records, and keep
+    its prompts, buttons and code out of the search index."""
     if not page.file.src_uri.endswith(".ipynb") or not page.file.abs_src_path:
         return html_text
     notebook = json.loads(Path(page.file.abs_src_path).read_text(encoding="utf-8"))
-    return with_notebook_alt_text(html_text, notebook)
+    return exclude_from_search(with_notebook_alt_text(html_text, notebook))
+
+
+def exclude_from_search(html_text: str) -> str:
+    """`html_text` of a rendered notebook with its prompts, the text of its copy buttons, the
+    "¶" links of its headings and its code blocks (`<pre>`) marked `data-search-exclude` (Material's search plugin skips them and
+    then removes the mark)."""
+    return NOT_SEARCHED.sub(
+        lambda m: f'<{m.group("tag")} data-search-exclude="notebook"{m.group("attrs")}>', html_text)
+
+
+def on_post_build(config):
+    """Add the search aliases to the index that the search plugin wrote."""
+    path = Path(config["site_dir"]) / "search" / "search_index.json"
+    if not path.is_file():
+        return
+    index = json.loads(path.read_text(encoding="utf-8"))
+    articles = {page.stem for page in Path(config["docs_dir"]).glob("*.md")}
+    path.write_text(json.dumps(add_search_aliases(index, articles), separators=(",", ":")),
+                    encoding="utf-8")
+
+
+def add_search_aliases(index: dict, articles: set[str]) -> dict:
+    """`index` (Material's search_index.json) with a field `aliases` on its entries.
+
+    The search splits words at hyphens and matches the start of words, so "chunkwise" would not
+    find "chunk-wise": an entry's aliases are its hyphenated words joined ("chunkwise"). The
+    first entry of the page of `<name>.md`, for a name in `articles`, also gets the name, so
+    that an article is found by its file name ("flash_attention"), the name its code and
+    outputs go by.
+    """
+    fields = index.setdefault("config", {}).setdefault("fields", {})
+    fields.setdefault("aliases", {"boost": 1.0})
+    for entry in index.get("docs", []):
+        text = html.unescape(TAG.sub(" ", f'{entry.get("title", "")} {entry.get("text", "")}'))
+        aliases = {word.replace("-", "").lower() for word in HYPHENATED.findall(text)}
+        location = entry.get("location", "")
+        if "#" not in location and location.strip("/") in articles:
+            aliases.add(location.strip("/"))
+        if aliases:
+            entry["aliases"] = " ".join(sorted(aliases))
+    return index
 
 
 def render(markdown: str, src_uri: str, build: _Build) -> str:
@@ -459,3 +518,6 @@ class GeneratedOutputsPlugin(BasePlugin):
 
     def on_page_content(self, html, page, config, files):
         return on_page_content(html, page, config, files)
+
+    def on_post_build(self, config):
+        on_post_build(config)

@@ -382,3 +382,43 @@ def test_snippet_includes_show_clean_runnable_code(repo, tmp_path):
     assert ran.stdout == "1.414\n"
     assert '--8<-- "kernels/ops.py:part"\n--8<-- "kernels/ops.py"\n' in out
     assert out.endswith('Outside code: --8<-- "snippets/demo/05_script.py"\n')
+
+
+def test_notebook_prompts_buttons_and_code_are_kept_out_of_search():
+    """Material's search parser, on a rendered notebook cell marked by the hook, indexes the
+    prose and the heading, not the prompt, the copy button, the "¶" link or the code."""
+    search = pytest.importorskip("material.plugins.search.plugin")
+    cell = ('<h2 id="s">Section<a class="anchor-link" href="#s">¶</a></h2>'
+            '<div class="jp-Cell jp-MarkdownCell"><div class="jp-InputPrompt jp-InputArea-prompt">'
+            '</div><p>Some prose.</p></div>'
+            '<div class="jp-Cell jp-CodeCell"><div class="jp-InputArea">'
+            '<div class="jp-InputPrompt jp-InputArea-prompt">In [1]:</div>'
+            '<div class="jp-CodeMirrorEditor"><div class="zeroclipboard-container">'
+            '<clipboard-copy for="cell-1"><div><span class="notice" hidden="">Copied!</span>'
+            '</div></clipboard-copy></div><div class="highlight-ipynb"><pre><span>x</span> = 1'
+            '</pre></div><div class="clipboard-copy-txt" id="cell-1">x = 1</div></div></div>'
+            '<div class="jp-OutputArea"><div class="jp-OutputPrompt">Out[1]:</div>'
+            '<div class="jp-RenderedText"><pre>printed</pre></div></div></div><p>After.</p>')
+    marked = hook.exclude_from_search(cell)
+    parser = search.Parser()
+    parser.feed(marked)
+    parser.close()
+    indexed = {"".join(s.title).strip(): "".join(s.text) for s in parser.data}
+    assert list(indexed) == ["", "Section"]
+    text = indexed["Section"]
+    assert "Some prose." in text and "After." in text
+    for hidden in ("In [1]", "Out[1]", "Copied!", "x = 1", "printed", "¶"):
+        assert hidden not in text
+    assert hook.exclude_from_search(marked.replace(' data-search-exclude="notebook"', "")) == marked
+
+
+def test_search_aliases_join_hyphenated_words_and_name_articles():
+    index = {"config": {"fields": {"title": {"boost": 1000.0}}}, "docs": [
+        {"location": "linear_attention/", "title": "Linear", "text": "<p>The chunk-wise form</p>"},
+        {"location": "linear_attention/#x", "title": "Token-by-token", "text": "a - b, x-1, re-"},
+        {"location": "generated/a/a/", "title": "Notebook", "text": "<p>plain</p>"},
+    ]}
+    out = hook.add_search_aliases(index, {"linear_attention"})
+    assert out["config"]["fields"]["aliases"] == {"boost": 1.0}
+    assert [d.get("aliases") for d in out["docs"]] == [
+        "chunkwise linear_attention", "tokenbytoken", None]
