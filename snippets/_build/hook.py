@@ -40,10 +40,11 @@ step from the page markers), in place of nbconvert's "No description has been pr
 Search: on notebook pages it marks the prompts ("In [1]:"), the text of the copy buttons and
 the code blocks `data-search-exclude`, so that the index holds a notebook's prose, not the code
 its article shows already (Material's search plugin skips the marked elements, then drops the
-attribute). After the build it adds to `search/search_index.json` a field `aliases`
-(`add_search_aliases`): each section's hyphenated words written without the hyphen
-("chunk-wise" is found by "chunkwise") and, on an article's first section, the article's file
-name ("flash_attention").
+attribute). After the build it adds fields to `search/search_index.json`
+(`add_search_aliases`): `aliases` and `title_aliases`, the hyphenated words of a section's text
+and title written without the hyphen ("chunk-wise" is found by "chunkwise"), and `name`, on an article's first section, the
+article's file name ("flash_attention"), weighted above titles so that the article comes
+before the API entries and notebooks that carry the same word.
 
 The source hashes and the state of each output are computed once per build (`on_pre_build`).
 """
@@ -182,24 +183,29 @@ def on_post_build(config):
 
 
 def add_search_aliases(index: dict, articles: set[str]) -> dict:
-    """`index` (Material's search_index.json) with a field `aliases` on its entries.
+    """`index` (Material's search_index.json) with the fields `aliases`, `title_aliases`, `name`.
 
     The search splits words at hyphens and matches the start of words, so "chunkwise" would not
-    find "chunk-wise": an entry's aliases are its hyphenated words joined ("chunkwise"). The
-    first entry of the page of `<name>.md`, for a name in `articles`, also gets the name, so
-    that an article is found by its file name ("flash_attention"), the name its code and
-    outputs go by.
+    find "chunk-wise": an entry's `aliases` are the hyphenated words of its text joined
+    ("chunkwise"), weighted as its text, and its `title_aliases` those of its title, weighted
+    as its title. The first entry of the page of `<name>.md`, for a name in
+    `articles`, gets `name`: the file name, by which its code and outputs go
+    ("flash_attention"), weighted ten times a title (Material weighs titles 1000, tags 10^6).
     """
     fields = index.setdefault("config", {}).setdefault("fields", {})
-    fields.setdefault("aliases", {"boost": 1.0})
+    title_boost = fields.get("title", {}).get("boost", 1e3)
+    fields.setdefault("aliases", {"boost": fields.get("text", {}).get("boost", 1.0)})
+    fields.setdefault("title_aliases", {"boost": title_boost})
+    fields.setdefault("name", {"boost": 10 * title_boost})
     for entry in index.get("docs", []):
-        text = html.unescape(TAG.sub(" ", f'{entry.get("title", "")} {entry.get("text", "")}'))
-        aliases = {word.replace("-", "").lower() for word in HYPHENATED.findall(text)}
+        for field, source in (("title_aliases", "title"), ("aliases", "text")):
+            text = html.unescape(TAG.sub(" ", entry.get(source, "")))
+            joined = {word.replace("-", "").lower() for word in HYPHENATED.findall(text)}
+            if joined:
+                entry[field] = " ".join(sorted(joined))
         location = entry.get("location", "")
         if "#" not in location and location.strip("/") in articles:
-            aliases.add(location.strip("/"))
-        if aliases:
-            entry["aliases"] = " ".join(sorted(aliases))
+            entry["name"] = location.strip("/")
     return index
 
 

@@ -419,6 +419,9 @@ def test_search_aliases_join_hyphenated_words_and_name_articles():
         {"location": "generated/a/a/", "title": "Notebook", "text": "<p>plain</p>"},
     ]}
     out = hook.add_search_aliases(index, {"linear_attention"})
-    assert out["config"]["fields"]["aliases"] == {"boost": 1.0}
-    assert [d.get("aliases") for d in out["docs"]] == [
-        "chunkwise linear_attention", "tokenbytoken", None]
+    fields = out["config"]["fields"]
+    assert fields["aliases"] == {"boost": 1.0} and fields["title_aliases"] == {"boost": 1000.0}
+    assert fields["name"]["boost"] > fields["title"]["boost"]
+    assert [d.get("aliases") for d in out["docs"]] == ["chunkwise", None, None]
+    assert [d.get("title_aliases") for d in out["docs"]] == [None, "tokenbytoken", None]
+    assert [d.get("name") for d in out["docs"]] == ["linear_attention", None, None]
