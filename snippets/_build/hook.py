@@ -42,9 +42,8 @@ the code blocks `data-search-exclude`, so that the index holds a notebook's pros
 its article shows already (Material's search plugin skips the marked elements, then drops the
 attribute). After the build it adds fields to `search/search_index.json`
 (`add_search_aliases`): `aliases` and `title_aliases`, the hyphenated words of a section's text
-and title written without the hyphen ("chunk-wise" is found by "chunkwise"), and `name`, on an article's first section, the
-article's file name ("flash_attention"), weighted above titles so that the article comes
-before the API entries and notebooks that carry the same word.
+and title written without the hyphen ("chunk-wise" is found by "chunkwise"), and `name`, on the first section of an article
+named after its op (`op_articles`), that name ("flash_attention"), weighted as a title.
 
 The source hashes and the state of each output are computed once per build (`on_pre_build`).
 """
@@ -106,6 +105,7 @@ class _Build:
         self.generated = self.docs_dir / "generated"
         self.hashes: dict = {}
         self.snippets = {s.key: s for s in discover(self.root)}
+        self.articles = {s.article for s in self.snippets.values()}
         self._statuses: dict[str, Status] = {}
 
     def status(self, snippet: Snippet) -> Status:
@@ -146,12 +146,15 @@ def on_pre_build(config):
 def on_page_markdown(markdown, page, config, files):
     """Replace the markers of one page's Markdown.
 
-    Articles also rank above their companion notebooks in the search (Material's per-page
-    ``search.boost``): a notebook repeats its article's words and would otherwise come first.
+    Articles (the pages `<article>.md` of a snippet folder `snippets/<article>/`) also rank
+    above their companion notebooks and the site's other pages in the search (Material's
+    per-page ``search.boost``): a notebook repeats its article's words, and the API page names
+    every op, and either would otherwise come first.
     """
-    if page.file.src_uri.endswith(".md"):
+    build = _build(config)
+    if page.file.src_uri.removesuffix(".md") in build.articles:
         page.meta.setdefault("search", {}).setdefault("boost", 2)
-    return render(markdown, page.file.src_uri, _build(config))
+    return render(markdown, page.file.src_uri, build)
 
 
 def on_page_content(html_text, page, config, files):
@@ -177,9 +180,23 @@ def on_post_build(config):
     if not path.is_file():
         return
     index = json.loads(path.read_text(encoding="utf-8"))
-    articles = {page.stem for page in Path(config["docs_dir"]).glob("*.md")}
-    path.write_text(json.dumps(add_search_aliases(index, articles), separators=(",", ":")),
+    path.write_text(json.dumps(add_search_aliases(index, op_articles(_build(config))),
+                               separators=(",", ":")),
                     encoding="utf-8")
+
+
+def op_articles(build: _Build) -> set[str]:
+    """The articles named after the op they build: `<name>.md` that shows `name` as code
+    (`` `flash_attention` `` or a call `flash_attention(`). Only these are found by their file
+    name: a name such as "attention_concentration" would otherwise catch every search for
+    "attention" (the search matches the start of words)."""
+    found = set()
+    for article in build.articles:
+        page = build.docs_dir / f"{article}.md"
+        if page.is_file() and re.search(rf"`{re.escape(article)}`|\b{re.escape(article)}\(",
+                                        page.read_text(encoding="utf-8")):
+            found.add(article)
+    return found
 
 
 def add_search_aliases(index: dict, articles: set[str]) -> dict:
@@ -190,13 +207,14 @@ def add_search_aliases(index: dict, articles: set[str]) -> dict:
     ("chunkwise"), weighted as its text, and its `title_aliases` those of its title, weighted
     as its title. The first entry of the page of `<name>.md`, for a name in
     `articles`, gets `name`: the file name, by which its code and outputs go
-    ("flash_attention"), weighted ten times a title (Material weighs titles 1000, tags 10^6).
+    ("flash_attention"), weighted as a title (with the articles' page boost, above the API
+    entries that carry the name in their titles).
     """
     fields = index.setdefault("config", {}).setdefault("fields", {})
     title_boost = fields.get("title", {}).get("boost", 1e3)
     fields.setdefault("aliases", {"boost": fields.get("text", {}).get("boost", 1.0)})
     fields.setdefault("title_aliases", {"boost": title_boost})
-    fields.setdefault("name", {"boost": 10 * title_boost})
+    fields.setdefault("name", {"boost": title_boost})
     for entry in index.get("docs", []):
         for field, source in (("title_aliases", "title"), ("aliases", "text")):
             text = html.unescape(TAG.sub(" ", entry.get(source, "")))

@@ -331,14 +331,16 @@ def test_notebook_pages_get_the_alt_text_the_notebook_records():
 
 
 def test_articles_rank_above_notebooks_in_search(repo):
-    """Markdown pages get Material's search boost, unless they set their own; notebooks do not."""
+    """Articles (pages named after a snippet folder) get Material's search boost, unless they
+    set their own; notebooks and the site's other pages do not."""
     pages = {uri: types.SimpleNamespace(file=types.SimpleNamespace(src_uri=uri), meta=dict(meta))
-             for uri, meta in (("a.md", {}), ("b.md", {"search": {"boost": 5}}), ("n.ipynb", {}))}
+             for uri, meta in (("demo.md", {}), ("b.md", {"search": {"boost": 5}}),
+                               ("api.md", {}), ("n.ipynb", {}))}
     for uri, page in pages.items():
         render(repo, "text", page=page)
-    assert pages["a.md"].meta["search"]["boost"] == 2
+    assert pages["demo.md"].meta["search"]["boost"] == 2
     assert pages["b.md"].meta["search"]["boost"] == 5
-    assert "search" not in pages["n.ipynb"].meta
+    assert "search" not in pages["api.md"].meta and "search" not in pages["n.ipynb"].meta
 
 
 def test_only_notebook_pages_are_rewritten(repo, tmp_path):
@@ -421,7 +423,21 @@ def test_search_aliases_join_hyphenated_words_and_name_articles():
     out = hook.add_search_aliases(index, {"linear_attention"})
     fields = out["config"]["fields"]
     assert fields["aliases"] == {"boost": 1.0} and fields["title_aliases"] == {"boost": 1000.0}
-    assert fields["name"]["boost"] > fields["title"]["boost"]
+    assert fields["name"] == {"boost": 1000.0}
     assert [d.get("aliases") for d in out["docs"]] == ["chunkwise", None, None]
     assert [d.get("title_aliases") for d in out["docs"]] == [None, "tokenbytoken", None]
     assert [d.get("name") for d in out["docs"]] == ["linear_attention", None, None]
+
+
+def test_only_articles_named_after_their_op_are_found_by_name(repo):
+    """An article that shows its own name as code is named in the index; one whose name is
+    only a file name (it would catch every search for its first word) is not."""
+    for article in ("flash_attention", "attention_concentration"):
+        (repo / "snippets" / article).mkdir()
+        (repo / "snippets" / article / "01_x.py").write_text("print(1)\n")
+    (repo / "docs/flash_attention.md").write_text("# FlashAttention\n\nCall `flash_attention`.\n")
+    (repo / "docs/attention_concentration.md").write_text("# Can attention concentrate?\n")
+    config = {"docs_dir": str(repo / "docs"), "config_file_path": str(repo / "mkdocs.yml"),
+              "markdown_extensions": []}
+    hook.on_pre_build(config)
+    assert hook.op_articles(hook._build(config)) == {"flash_attention"}
