@@ -15,8 +15,9 @@ fenced code blocks or inline code):
   gets a "Stale output" warning. The outputs of a `# requires: cuda` snippet that has not run on
   a GPU yet share one "Waiting for a GPU run" note, where the page's first marker of that
   snippet stands (later markers of it render nothing): what the reader will see there (the
-  snippet's docstring) and the command that produces it. Any other missing output, unknown file or missing alt text of a figure is logged
-  as a warning (so `mkdocs build --strict` fails) and shown in a "Missing output" box.
+  snippet's docstring) and the command that produces it. Any other missing output, unknown
+  file or missing alt text of a figure is logged as a warning (so `mkdocs build --strict`
+  fails) and shown in a "Missing output" box.
 - inline `[[ value: <article>/<stem>/<file>.json#key.sub ]]`: the value from a generated JSON file
   (floats with 3 significant digits, large ones as integers); a warning when it is missing.
 - inline `[[ device: <article>/<stem> ]]`: where that snippet's output was produced, e.g.
@@ -41,9 +42,10 @@ Search: on notebook pages it marks the prompts ("In [1]:"), the text of the copy
 the code blocks `data-search-exclude`, so that the index holds a notebook's prose, not the code
 its article shows already (Material's search plugin skips the marked elements, then drops the
 attribute). After the build it adds fields to `search/search_index.json`
-(`add_search_aliases`): `aliases` and `title_aliases`, the hyphenated words of a section's text
-and title written without the hyphen ("chunk-wise" is found by "chunkwise"), and `name`, on the first section of an article
-named after its op (`op_articles`), that name ("flash_attention"), weighted as a title.
+(`add_search_aliases`): `aliases` and `title_aliases`, the hyphenated words of a section's
+text and title written without the hyphen ("chunk-wise" is found by "chunkwise"), and `name`,
+on the first section of an article named after its op (`op_articles`), that name
+("flash_attention"), weighted as a title.
 
 The source hashes and the state of each output are computed once per build (`on_pre_build`).
 """
@@ -82,16 +84,17 @@ IMG_ALT = re.compile(r'\salt="[^"]*"')
 IMAGES = (".svg", ".png", ".jpg", ".jpeg", ".gif", ".webp")
 REQUIRED_EXTENSIONS = ("attr_list", "admonition")
 # Opening tags of a rendered notebook that the search index should not hold: the prompts, the
-# copy buttons' text, the headings' "¶" links and every <pre> (the code and its printed output). Only elements without a
-# nested element of their own tag: Material's search parser ends an excluded element at the
-# first closing tag of the same name.
+# copy buttons' text, the headings' "¶" links and every <pre> (the code and its printed
+# output). Only elements without a nested element of their own tag: Material's search parser
+# ends an excluded element at the first closing tag of the same name.
 NOT_SEARCHED = re.compile(
     r'<(?P<tag>pre|div|span|a)\b(?P<attrs>(?<=<pre)[^>]*|[^>]*\bclass="(?:jp-InputPrompt|'
     r'jp-OutputPrompt|clipboard-copy-txt|notice|anchor-link)\b[^"]*"[^>]*)>')
 TAG = re.compile(r"<[^>]*>")
 HYPHENATED = re.compile(r"(?<![\w-])([A-Za-z]+(?:-[A-Za-z]+)+)(?![\w-])")
-SNIPPET_INCLUDE = re.compile(
-    r"""^(?P<indent>[ \t]*)-+8<-+[ \t]+(?P<quote>["'])snippets/(?P<key>[^/"':]+/[^/"':]+)\.py(?P=quote)[ \t]*$""")
+SNIPPET_INCLUDE = re.compile(  # a whole-file include of a snippet (no section, no line range)
+    r"""^(?P<indent>[ \t]*)-+8<-+[ \t]+(?P<quote>["'])"""
+    r"""snippets/(?P<key>[^/"':]+/[^/"':]+)\.py(?P=quote)[ \t]*$""")
 CELL_MARKER_LINE = re.compile(r"^# %%.*$")
 
 
@@ -168,8 +171,8 @@ def on_page_content(html_text, page, config, files):
 
 def exclude_from_search(html_text: str) -> str:
     """`html_text` of a rendered notebook with its prompts, the text of its copy buttons, the
-    "¶" links of its headings and its code blocks (`<pre>`) marked `data-search-exclude` (Material's search plugin skips them and
-    then removes the mark)."""
+    "¶" links of its headings and its code blocks (`<pre>`) marked `data-search-exclude`
+    (Material's search plugin skips them and then removes the mark)."""
     return NOT_SEARCHED.sub(
         lambda m: f'<{m.group("tag")} data-search-exclude="notebook"{m.group("attrs")}>', html_text)
 
@@ -233,7 +236,8 @@ def render(markdown: str, src_uri: str, build: _Build) -> str:
     for line, in_code in markdown_lines(markdown):
         include = SNIPPET_INCLUDE.match(line) if in_code else None
         if include and include.group("key") in build.snippets:
-            code = clean_snippet(build.snippets[include.group("key")].path.read_text(encoding="utf-8"))
+            source = build.snippets[include.group("key")].path.read_text(encoding="utf-8")
+            code = clean_snippet(source)
             lines += [include.group("indent") + code_line for code_line in code.split("\n")]
         elif in_code:
             lines.append(line)
