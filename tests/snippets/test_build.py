@@ -449,3 +449,17 @@ def test_notebook_images_carry_the_alt_text_of_the_page_markers(copy):
                       "image/png": "Figure line.png from snippets/demo/01_plot.py"}
     nbformat = pytest.importorskip("nbformat")
     nbformat.validate(nbformat.from_dict(nb))
+
+
+def test_notebook_opens_with_the_articles_lead_as_notebook_markdown(copy):
+    """The title cell carries the article's opening paragraphs, with its math in notebook
+    delimiters and its links as text, and without what only the site renders."""
+    (copy / "docs/demo.md").write_text(
+        "# Demo: the title\n\nA state \\(x_t\\) of [the other page](other.md#part) grows[^1].\n\n"
+        "\\[\ny = C x\n\\]\n\n[[ output: demo/01_plot/line.svg | Line ]]\n\n"
+        '!!! note "Aside"\n    Only on the site.\n\n## First section\n\nNot in the lead.\n')
+    title = _notebook.notebook(copy, out_of(copy), "demo")["cells"][0]["source"]
+    assert title.startswith("# Notebook: Demo: the title\n\n"
+                            "A state $x_t$ of the other page grows.\n\n$$\ny = C x\n$$\n\n")
+    for absent in ("[[", "Aside", "Not in the lead", "\\(", "other.md"):
+        assert absent not in title
