@@ -12,9 +12,12 @@ fenced code blocks or inline code):
 - `[[ output: <article>/<stem>/<file> | alt text ]]` on a line of its own: an image (svg, png,
   with the CSS class `generated-figure`), the inlined Markdown table (.md), a text block (.txt)
   or a JSON block (.json), followed by a provenance paragraph (class `provenance`). A stale output
-  gets a "Stale output" warning; a missing one of a `# requires: cuda` snippet a "Waiting for a
-  GPU run" note. Any other missing output, unknown file or missing alt text of a figure is logged
-  as a warning (so `mkdocs build --strict` fails) and shown in a "Missing output" box.
+  gets a "Stale output" warning. The outputs of a `# requires: cuda` snippet that has not run on
+  a GPU yet share one "Waiting for a GPU run" note, where the page's first marker of that
+  snippet stands (later markers of it render nothing): what the reader will see there (the
+  snippet's docstring) and the command that produces it. Any other missing output, unknown
+  file or missing alt text of a figure is logged as a warning (so `mkdocs build --strict`
+  fails) and shown in a "Missing output" box.
 - inline `[[ value: <article>/<stem>/<file>.json#key.sub ]]`: the value from a generated JSON file
   (floats with 3 significant digits, large ones as integers); a warning when it is missing.
 - inline `[[ device: <article>/<stem> ]]`: where that snippet's output was produced, e.g.
@@ -26,9 +29,23 @@ fenced code blocks or inline code):
   on a GPU (device, driver, CUDA, torch, triton, Python, date, commit), or a note that no output
   has been produced on a GPU yet.
 
+Inside fenced code it rewrites one thing: a whole-file include of a snippet,
+`--8<-- "snippets/<article>/<stem>.py"` (pymdownx.snippets' syntax, on a line of its own), becomes
+the snippet's code without its `# %%` cell markers (`clean_snippet`), so that the page shows, and
+the copy button copies, plain Python that runs as it is; markdown cells read as comments.
+
 On notebook pages (rendered by mkdocs-jupyter) it also gives each output image the alt text
 that the companion notebook records for it (`metadata[<mime>]["alt"]`, written by the build
 step from the page markers), in place of nbconvert's "No description has been provided".
+
+Search: on notebook pages it marks the prompts ("In [1]:"), the text of the copy buttons and
+the code blocks `data-search-exclude`, so that the index holds a notebook's prose, not the code
+its article shows already (Material's search plugin skips the marked elements, then drops the
+attribute). After the build it adds fields to `search/search_index.json`
+(`add_search_aliases`): `aliases` and `title_aliases`, the hyphenated words of a section's
+text and title written without the hyphen ("chunk-wise" is found by "chunkwise"), and `name`,
+on the first section of an article named after its op (`op_articles`), that name
+("flash_attention"), weighted as a title.
 
 The source hashes and the state of each output are computed once per build (`on_pre_build`).
 """
@@ -47,6 +64,7 @@ from pathlib import Path
 
 from mkdocs.plugins import BasePlugin
 
+from snippets._build.notebook import docstring
 from snippets._build.provenance import (
     OUTPUT_MARKER, Snippet, Status, discover, markdown_lines, provenance_line,
     short_date, status,
@@ -65,6 +83,19 @@ IMG_SRC = re.compile(r'\ssrc="(?P<src>[^"]*)"')
 IMG_ALT = re.compile(r'\salt="[^"]*"')
 IMAGES = (".svg", ".png", ".jpg", ".jpeg", ".gif", ".webp")
 REQUIRED_EXTENSIONS = ("attr_list", "admonition")
+# Opening tags of a rendered notebook that the search index should not hold: the prompts, the
+# copy buttons' text, the headings' "¶" links and every <pre> (the code and its printed
+# output). Only elements without a nested element of their own tag: Material's search parser
+# ends an excluded element at the first closing tag of the same name.
+NOT_SEARCHED = re.compile(
+    r'<(?P<tag>pre|div|span|a)\b(?P<attrs>(?<=<pre)[^>]*|[^>]*\bclass="(?:jp-InputPrompt|'
+    r'jp-OutputPrompt|clipboard-copy-txt|notice|anchor-link)\b[^"]*"[^>]*)>')
+TAG = re.compile(r"<[^>]*>")
+HYPHENATED = re.compile(r"(?<![\w-])([A-Za-z]+(?:-[A-Za-z]+)+)(?![\w-])")
+SNIPPET_INCLUDE = re.compile(  # a whole-file include of a snippet (no section, no line range)
+    r"""^(?P<indent>[ \t]*)-+8<-+[ \t]+(?P<quote>["'])"""
+    r"""snippets/(?P<key>[^/"':]+/[^/"':]+)\.py(?P=quote)[ \t]*$""")
+CELL_MARKER_LINE = re.compile(r"^# %%.*$")
 
 
 class _Build:
@@ -77,6 +108,7 @@ class _Build:
         self.generated = self.docs_dir / "generated"
         self.hashes: dict = {}
         self.snippets = {s.key: s for s in discover(self.root)}
+        self.articles = {s.article for s in self.snippets.values()}
         self._statuses: dict[str, Status] = {}
 
     def status(self, snippet: Snippet) -> Status:
@@ -117,40 +149,122 @@ def on_pre_build(config):
 def on_page_markdown(markdown, page, config, files):
     """Replace the markers of one page's Markdown.
 
-    Articles also rank above their companion notebooks in the search (Material's per-page
-    ``search.boost``): a notebook repeats its article's words and would otherwise come first.
+    Articles (the pages `<article>.md` of a snippet folder `snippets/<article>/`) also rank
+    above their companion notebooks and the site's other pages in the search (Material's
+    per-page ``search.boost``): a notebook repeats its article's words, and the API page names
+    every op, and either would otherwise come first.
     """
-    if page.file.src_uri.endswith(".md"):
+    build = _build(config)
+    if page.file.src_uri.removesuffix(".md") in build.articles:
         page.meta.setdefault("search", {}).setdefault("boost", 2)
-    return render(markdown, page.file.src_uri, _build(config))
+    return render(markdown, page.file.src_uri, build)
 
 
 def on_page_content(html_text, page, config, files):
-    """Give the output images of a notebook page the alt text its notebook records."""
+    """Give the output images of a notebook page the alt text its notebook records, and keep
+    its prompts, buttons and code out of the search index."""
     if not page.file.src_uri.endswith(".ipynb") or not page.file.abs_src_path:
         return html_text
     notebook = json.loads(Path(page.file.abs_src_path).read_text(encoding="utf-8"))
-    return with_notebook_alt_text(html_text, notebook)
+    return exclude_from_search(with_notebook_alt_text(html_text, notebook))
+
+
+def exclude_from_search(html_text: str) -> str:
+    """`html_text` of a rendered notebook with its prompts, the text of its copy buttons, the
+    "¶" links of its headings and its code blocks (`<pre>`) marked `data-search-exclude`
+    (Material's search plugin skips them and then removes the mark)."""
+    return NOT_SEARCHED.sub(
+        lambda m: f'<{m.group("tag")} data-search-exclude="notebook"{m.group("attrs")}>', html_text)
+
+
+def on_post_build(config):
+    """Add the search aliases to the index that the search plugin wrote."""
+    path = Path(config["site_dir"]) / "search" / "search_index.json"
+    if not path.is_file():
+        return
+    index = json.loads(path.read_text(encoding="utf-8"))
+    path.write_text(json.dumps(add_search_aliases(index, op_articles(_build(config))),
+                               separators=(",", ":")),
+                    encoding="utf-8")
+
+
+def op_articles(build: _Build) -> set[str]:
+    """The articles named after the op they build: `<name>.md` that shows `name` as code
+    (`` `flash_attention` `` or a call `flash_attention(`). Only these are found by their file
+    name: a name such as "attention_concentration" would otherwise catch every search for
+    "attention" (the search matches the start of words)."""
+    found = set()
+    for article in build.articles:
+        page = build.docs_dir / f"{article}.md"
+        if page.is_file() and re.search(rf"`{re.escape(article)}`|\b{re.escape(article)}\(",
+                                        page.read_text(encoding="utf-8")):
+            found.add(article)
+    return found
+
+
+def add_search_aliases(index: dict, articles: set[str]) -> dict:
+    """`index` (Material's search_index.json) with the fields `aliases`, `title_aliases`, `name`.
+
+    The search splits words at hyphens and matches the start of words, so "chunkwise" would not
+    find "chunk-wise": an entry's `aliases` are the hyphenated words of its text joined
+    ("chunkwise"), weighted as its text, and its `title_aliases` those of its title, weighted
+    as its title. The first entry of the page of `<name>.md`, for a name in
+    `articles`, gets `name`: the file name, by which its code and outputs go
+    ("flash_attention"), weighted as a title (with the articles' page boost, above the API
+    entries that carry the name in their titles).
+    """
+    fields = index.setdefault("config", {}).setdefault("fields", {})
+    title_boost = fields.get("title", {}).get("boost", 1e3)
+    fields.setdefault("aliases", {"boost": fields.get("text", {}).get("boost", 1.0)})
+    fields.setdefault("title_aliases", {"boost": title_boost})
+    fields.setdefault("name", {"boost": title_boost})
+    for entry in index.get("docs", []):
+        for field, source in (("title_aliases", "title"), ("aliases", "text")):
+            text = html.unescape(TAG.sub(" ", entry.get(source, "")))
+            joined = {word.replace("-", "").lower() for word in HYPHENATED.findall(text)}
+            if joined:
+                entry[field] = " ".join(sorted(joined))
+        location = entry.get("location", "")
+        if "#" not in location and location.strip("/") in articles:
+            entry["name"] = location.strip("/")
+    return index
 
 
 def render(markdown: str, src_uri: str, build: _Build) -> str:
     """`markdown` with its markers rendered; `src_uri` is the page's path inside docs_dir."""
-    lines = []
+    lines, waiting = [], set()  # the snippets whose GPU note this page already shows
     for line, in_code in markdown_lines(markdown):
-        if in_code:
+        include = SNIPPET_INCLUDE.match(line) if in_code else None
+        if include and include.group("key") in build.snippets:
+            source = build.snippets[include.group("key")].path.read_text(encoding="utf-8")
+            code = clean_snippet(source)
+            lines += [include.group("indent") + code_line for code_line in code.split("\n")]
+        elif in_code:
             lines.append(line)
         elif TABLE_MARKER.match(line):
             lines += outputs_table(build).split("\n")
         elif GPU_ENVIRONMENT_MARKER.match(line):
             lines += gpu_environment(build).split("\n")
         elif marker := OUTPUT_MARKER.match(line):
-            block = _output(marker.group("target"), marker.group("alt"), src_uri, build)
+            block = _output(marker.group("target"), marker.group("alt"), src_uri, build, waiting)
             lines += [marker.group("indent") + b if b else "" for b in block.split("\n")]
         elif OUTPUT_START.match(line):  # e.g. a "]" in the alt text ends the marker early
             log.warning("%s: a malformed output marker (alt text may not contain ']'): %s", src_uri, line.strip())
             lines.append(line)
         else:
             lines.append(INLINE.sub(lambda m: _inline(m, src_uri, build), line))
+    return "\n".join(lines)
+
+
+def clean_snippet(source: str) -> str:
+    """A percent-format script as the pages show it: without its `# %%` / `# %% [markdown]`
+    marker lines (a markdown cell's lines are comments already) and without leading or
+    trailing blank lines; every other line as it is, so the result runs as the script does."""
+    lines = [line for line in source.splitlines() if not CELL_MARKER_LINE.match(line)]
+    while lines and not lines[0].strip():
+        lines.pop(0)
+    while lines and not lines[-1].strip():
+        lines.pop()
     return "\n".join(lines)
 
 
@@ -235,16 +349,43 @@ def _resolve(target: str, src_uri: str, build: _Build):
     return snippet, build.status(snippet), name
 
 
-def _output(target: str, alt: str | None, src_uri: str, build: _Build) -> str:
-    """The Markdown that replaces one `[[ output: ... ]]` marker."""
+def waiting_note(snippet: Snippet, src_uri: str, build: _Build) -> str:
+    """The one note standing for every output of a `# requires: cuda` snippet not yet run on
+    a GPU: what the reader will see there and how to produce it."""
+    title, prose = docstring(snippet)
+    body = [f"**{title}.** This part of the page needs a run on a CUDA GPU, which has not "
+            "happened yet; its figures and tables appear here after one."]
+    if prose:
+        body += ["", prose]
+    reproduce = build.docs_dir / "reproduce.md"
+    how = "the Reproduce page"
+    if reproduce.is_file():
+        url = posixpath.relpath("reproduce.md", posixpath.dirname(src_uri) or ".")
+        how = f"[the Reproduce page]({url})"
+    body += ["", f"To produce it, on a machine with a CUDA GPU and a clone of this repository, "
+                 f"run `{snippet.command}`, or every GPU step at once as {how} describes."]
+    return (f'!!! info "Waiting for a GPU run"\n'
+            + "\n".join(f"    {line}" if line else "" for line in "\n".join(body).split("\n"))
+            + "\n")
+
+
+def _output(target: str, alt: str | None, src_uri: str, build: _Build,
+            waiting: set | None = None) -> str:
+    """The Markdown that replaces one `[[ output: ... ]]` marker.
+
+    `waiting` holds the keys of the snippets whose "Waiting for a GPU run" note the page
+    already shows; a later marker of the same snippet renders nothing.
+    """
     found = _resolve(target, src_uri, build)
     if isinstance(found, str):
         return _missing(found, src_uri)
     snippet, state, name = found
     if state.state == "waiting-for-gpu":
-        return _admonition("info", "Waiting for a GPU run", (
-            f"`{name}` comes from `{snippet.rel}`, which requires a CUDA GPU and has not run on "
-            f"one yet. Generate it on a GPU machine with `{snippet.command}`."))
+        waiting = set() if waiting is None else waiting
+        if snippet.key in waiting:
+            return ""
+        waiting.add(snippet.key)
+        return waiting_note(snippet, src_uri, build)
     if state.state == "missing":
         return _missing(f"{snippet.rel} has no output yet: run `{snippet.command}`", src_uri)
     path = build.generated / snippet.key / name
@@ -405,3 +546,6 @@ class GeneratedOutputsPlugin(BasePlugin):
 
     def on_page_content(self, html, page, config, files):
         return on_page_content(html, page, config, files)
+
+    def on_post_build(self, config):
+        on_post_build(config)

@@ -9,9 +9,14 @@ by MathJax without an error and no raw TeX left in the text. It does so as two r
 a phone (390 px wide, dark palette, chosen with the palette toggle) and one on a desktop
 (1280 px, light palette); for both, every display formula shows at its full size, scrolling
 inside its own box when it is wider than the screen, no page is wider than the screen, no
-number in a table breaks across lines, and in the dark palette the figures are inverted. It
-also downloads each companion notebook through its page's button, finds each article by
-typing its title into the search box, and reads the API page. Without a browser it checks
+number in a table breaks across lines, every link within a page finds its anchor, and in the
+dark palette the figures are inverted; a notebook page has a title of its own, headings in
+words (not file paths), a table of contents with a title for each entry, and code cells that
+take the column. It also downloads each companion notebook through its page's button, finds
+each article by typing its title into the search box (and the FlashAttention article by
+`flash_attention`, the linear-attention one by `chunkwise`), and reads the API page. Without a
+browser it also checks that the search index holds no notebook prompts or button text and
+that the snippets shown carry no `# %%` cell markers. Without a browser it checks
 that each article has one name (navigation, page title, home page), that the snippets on the
 pages are open, that each article shows its reading time and that the headline table of the
 home page reads honestly.
@@ -22,6 +27,7 @@ install it.
 
 import ast
 import functools
+import html
 import html.parser
 import http.server
 import json
@@ -196,6 +202,36 @@ NOT_INVERTED_JS = """
 """
 
 # The two readers of the browser tests: (width, height, palette chosen with the toggle).
+# Links within the page (the table of contents, permalinks, footnotes) whose target is missing.
+DEAD_ANCHORS_JS = """
+() => [...document.querySelectorAll('a[href*="#"]')]
+  .filter((a) => {
+    const url = new URL(a.href, location.href);
+    return url.origin === location.origin && url.pathname === location.pathname
+      && url.hash.length > 1;
+  })
+  .map((a) => decodeURIComponent(new URL(a.href, location.href).hash.slice(1)))
+  .filter((id) => !document.getElementById(id))
+"""
+# On a notebook page: its title, its headings, its table of contents and the room for code.
+NOTEBOOK_JS = """
+() => {
+  const wrapper = document.querySelector('.jupyter-wrapper');
+  if (!wrapper) return null;
+  const text = (e) => e.textContent.replace('\u00b6', '').trim();
+  const column = document.querySelector('.md-content__inner').getBoundingClientRect().width;
+  const editors = [...wrapper.querySelectorAll('.jp-InputArea-editor')]
+    .map((e) => e.getBoundingClientRect().width);
+  return {
+    headings: [...wrapper.querySelectorAll('h1, h2, h3')].map(text),
+    toc: [...document.querySelectorAll('.md-sidebar--secondary .md-nav__link')]
+      .map((a) => [a.getAttribute('href'), text(a)]),
+    narrowest: editors.length ? Math.min(...editors) / column : null,
+  };
+}
+"""
+FILE_PATH = re.compile(r"\b[\w.-]+/[\w./-]*\.(py|ipynb|svg|md|json|txt)\b")
+GENERIC_TITLES = {"notebook", "companion notebook"}
 READERS = {
     "phone-390px-dark": (390, 844, "slate"),
     "desktop-1280px-light": (1280, 900, "default"),
@@ -557,6 +593,28 @@ def check_rendered(page, watch, name):
     assert heading, f"{name}: the page has no <h1> heading"
 
 
+def check_anchors_and_notebook(page, name, width):
+    """Asserts that every link within the page open in `page` finds its target, and that a
+    notebook page reads as a document: a title of its own, headings in words, a table of
+    contents of its headings, and code that takes (nearly) the whole column."""
+    dead = page.evaluate(DEAD_ANCHORS_JS)
+    assert not dead, f"{name} at {width} px: links to anchors that are not on the page: {dead[:5]}"
+    notebook = page.evaluate(NOTEBOOK_JS)
+    if notebook is None:
+        return
+    headings = notebook["headings"]
+    assert headings and headings[0].lower() not in GENERIC_TITLES, (
+        f"{name}: the notebook's title is {headings[:1]}")
+    paths = [h for h in headings if FILE_PATH.search(h) or not h]
+    assert not paths, f"{name}: notebook headings that are file paths or empty: {paths[:5]}"
+    blank = [href for href, title in notebook["toc"] if not title]
+    assert notebook["toc"] and not blank, (
+        f"{name}: the table of contents is empty or has entries without a title: {blank[:5]}")
+    if notebook["narrowest"] is not None:
+        assert notebook["narrowest"] >= 0.9, (
+            f"{name} at {width} px: a code cell has {notebook['narrowest']:.0%} of the column")
+
+
 def check_layout(page, name, scheme):
     """Asserts that the page open in `page` fits its screen: formulas, tables and palette."""
     layout = page.evaluate(LAYOUT_JS)
@@ -601,6 +659,7 @@ def test_every_page_renders_for_each_reader(browser, base_url, pages, reader):
             page.goto(base_url + name, wait_until="load")
             check_rendered(page, watch, name)
             formulas += check_layout(page, name, scheme)
+            check_anchors_and_notebook(page, name, width)
             page.close()
         assert formulas, "no display formula on the whole site: the formula checks checked nothing"
     finally:
@@ -645,6 +704,52 @@ def test_search_finds_each_article_by_its_title(context, base_url, article, titl
         f"searching for {title!r}: the first result links to {href.path}, not to {article}")
     assert not watch.problems, "; ".join(watch.problems)
     page.close()
+
+
+@pytest.mark.parametrize("query, article", [
+    ("flash_attention", "flash_attention.md"),   # the name of the op and of its snippets
+    ("chunkwise", "linear_attention.md"),        # the article writes "chunk-wise"
+])
+def test_search_finds_an_article_by_its_code_name_or_unhyphenated(context, base_url, query, article):
+    """Searching for an op's name or a hyphenated word written without its hyphen lists the
+    article first, above its notebook and the pages that mention it."""
+    page = context.new_page()
+    page.goto(base_url, wait_until="load")
+    page.click("input.md-search__input")
+    page.fill("input.md-search__input", query)
+    page.press("input.md-search__input", "End")
+    first = page.locator(".md-search-result__item > a.md-search-result__link").first
+    first.wait_for(timeout=20_000)
+    href = urlsplit(first.evaluate("(a) => a.href"))
+    assert href.path == urlsplit(base_url + page_url(article)).path, (
+        f"searching for {query!r}: the first result links to {href.path}, not to {article}")
+    page.close()
+
+
+def test_search_index_holds_no_notebook_prompts_or_buttons(site_dir):
+    """The notebooks' "In [n]:" prompts, copy buttons and "¶" links are not in the index."""
+    index = json.loads((site_dir / "search" / "search_index.json").read_text(encoding="utf-8"))
+    notebooks = [d for d in index["docs"] if d["location"].startswith("generated/")]
+    assert notebooks, "no notebook page in the search index"
+    noise = [d["location"] for d in notebooks
+             if re.search(r"\bIn \[\d*\]:|Copied!|\u00b6", d["title"] + d["text"])]
+    assert not noise, f"notebook entries with prompts or button text: {noise[:5]}"
+
+
+def test_snippets_on_pages_show_clean_code(site_dir):
+    """The snippets the articles show carry no `# %%` cell markers, in the code shown and in
+    the text the copy button copies (the same element's text)."""
+    count, marked = 0, []
+    for article, _ in articles():
+        text = (site_dir / page_url(article) / "index.html").read_text(encoding="utf-8")
+        for block in re.findall(r"<pre\b.*?</pre>", text, re.DOTALL):
+            code = html.unescape(re.sub(r"<[^>]+>", "", block))
+            if "import" in code:
+                count += 1
+            if re.search(r"^# %%", code, re.MULTILINE):
+                marked.append(f"{article}: {code.strip().splitlines()[0][:60]}")
+    assert count, "no code block on any article"
+    assert not marked, f"code blocks with cell markers: {marked[:5]}"
 
 
 def test_api_page_documents_flash_attention_with_its_args(context, base_url):

@@ -140,6 +140,29 @@ def test_gpu_snippet_without_output_waits_for_a_gpu_run(repo, caplog):
     assert warnings(caplog) == []
 
 
+def test_gpu_snippet_shows_one_note_saying_what_will_be_there(repo, caplog):
+    """Two outputs of one waiting snippet: one note, at the first marker, from the docstring,
+    naming no file; a CPU snippet's missing output still warns."""
+    (repo / "snippets/demo/03_gpu.py").write_text(
+        '"""Throughput: the kernel against ``torch.mm``.\n\nYou will see TFLOP/s against the '
+        'length:\n* forward;\n* backward.\n"""\n# requires: cuda\nprint(3)\n')
+    (repo / "docs/reproduce.md").write_text("# Reproduce\n")
+    out = render(repo, "Intro.\n\n[[ output: demo/03_gpu/timings.svg | Timings ]]\n\n"
+                       "Between.\n\n[[ output: demo/03_gpu/timings.md | Table ]]\n\nEnd.",
+                 src_uri="sub/page.md")
+    assert out.count("Waiting for a GPU run") == 1
+    note = out[out.index("!!! info"):out.index("Between.")]
+    assert "**Throughput: the kernel against torch.mm.**" in note
+    assert "    You will see TFLOP/s against the length:\n\n    * forward;\n    * backward." in note
+    assert "`python -m snippets --only demo/03_gpu`" in note
+    assert "[the Reproduce page](../reproduce.md)" in note
+    assert "timings" not in note and "03_gpu.py" not in note
+    assert out.split("Between.")[1].strip() == "End."
+    assert warnings(caplog) == []
+    render(repo, "[[ output: demo/04_never/fig.svg | Alt ]]")
+    assert len(warnings(caplog)) == 1
+
+
 @pytest.mark.parametrize("marker, message", [
     ("[[ output: demo/04_never/fig.svg | Alt ]]", "snippets/demo/04_never.py has no output yet"),
     ("[[ output: demo/01_fresh/nope.svg | Alt ]]", "has no file 'nope.svg'"),
@@ -308,14 +331,16 @@ def test_notebook_pages_get_the_alt_text_the_notebook_records():
 
 
 def test_articles_rank_above_notebooks_in_search(repo):
-    """Markdown pages get Material's search boost, unless they set their own; notebooks do not."""
+    """Articles (pages named after a snippet folder) get Material's search boost, unless they
+    set their own; notebooks and the site's other pages do not."""
     pages = {uri: types.SimpleNamespace(file=types.SimpleNamespace(src_uri=uri), meta=dict(meta))
-             for uri, meta in (("a.md", {}), ("b.md", {"search": {"boost": 5}}), ("n.ipynb", {}))}
+             for uri, meta in (("demo.md", {}), ("b.md", {"search": {"boost": 5}}),
+                               ("api.md", {}), ("n.ipynb", {}))}
     for uri, page in pages.items():
         render(repo, "text", page=page)
-    assert pages["a.md"].meta["search"]["boost"] == 2
+    assert pages["demo.md"].meta["search"]["boost"] == 2
     assert pages["b.md"].meta["search"]["boost"] == 5
-    assert "search" not in pages["n.ipynb"].meta
+    assert "search" not in pages["api.md"].meta and "search" not in pages["n.ipynb"].meta
 
 
 def test_only_notebook_pages_are_rewritten(repo, tmp_path):
@@ -323,3 +348,96 @@ def test_only_notebook_pages_are_rewritten(repo, tmp_path):
                                                             abs_src_path=str(tmp_path / "x")))
     html = '<img src="a.png" alt="No description has been provided for this image"/>'
     assert hook.on_page_content(html, page=page, config={}, files=None) == html
+
+
+SCRIPT = '''"""A demo."""
+# %%
+import math
+
+# %% [markdown]
+# The square root of two, printed.
+
+# %%
+x = math.sqrt(2)
+print(f"{x:.3f}")
+'''
+
+
+def test_snippet_includes_show_clean_runnable_code(repo, tmp_path):
+    """A page's whole-file include of a snippet shows its code without cell markers, indented
+    like the include; the shown code runs and prints what the script prints; other includes
+    (a section of a kernel file, a path outside snippets/) are left to pymdownx.snippets."""
+    (repo / "snippets/demo/05_script.py").write_text(SCRIPT)
+    page = ('???+ example "Snippet"\n\n    ```python\n    --8<-- "snippets/demo/05_script.py"\n'
+            '    ```\n\n```python\n--8<-- "kernels/ops.py:part"\n--8<-- "kernels/ops.py"\n```\n'
+            '\nOutside code: --8<-- "snippets/demo/05_script.py"\n')
+    out = render(repo, page)
+    shown = out.split("    ```python\n")[1].split("    ```\n")[0]
+    assert "# %%" not in shown and "--8<--" not in shown
+    assert all(line.startswith("    ") or not line for line in shown.splitlines())
+    code = "\n".join(line[4:] for line in shown.splitlines())
+    assert code.startswith('"""A demo."""\nimport math\n')
+    assert "# The square root of two, printed.\n" in code
+    (tmp_path / "shown.py").write_text(code)
+    ran = subprocess.run([sys.executable, str(tmp_path / "shown.py")], capture_output=True,
+                         text=True, check=True)
+    assert ran.stdout == "1.414\n"
+    assert '--8<-- "kernels/ops.py:part"\n--8<-- "kernels/ops.py"\n' in out
+    assert out.endswith('Outside code: --8<-- "snippets/demo/05_script.py"\n')
+
+
+def test_notebook_prompts_buttons_and_code_are_kept_out_of_search():
+    """Material's search parser, on a rendered notebook cell marked by the hook, indexes the
+    prose and the heading, not the prompt, the copy button, the "¶" link or the code."""
+    search = pytest.importorskip("material.plugins.search.plugin")
+    cell = ('<h2 id="s">Section<a class="anchor-link" href="#s">¶</a></h2>'
+            '<div class="jp-Cell jp-MarkdownCell"><div class="jp-InputPrompt jp-InputArea-prompt">'
+            '</div><p>Some prose.</p></div>'
+            '<div class="jp-Cell jp-CodeCell"><div class="jp-InputArea">'
+            '<div class="jp-InputPrompt jp-InputArea-prompt">In [1]:</div>'
+            '<div class="jp-CodeMirrorEditor"><div class="zeroclipboard-container">'
+            '<clipboard-copy for="cell-1"><div><span class="notice" hidden="">Copied!</span>'
+            '</div></clipboard-copy></div><div class="highlight-ipynb"><pre><span>x</span> = 1'
+            '</pre></div><div class="clipboard-copy-txt" id="cell-1">x = 1</div></div></div>'
+            '<div class="jp-OutputArea"><div class="jp-OutputPrompt">Out[1]:</div>'
+            '<div class="jp-RenderedText"><pre>printed</pre></div></div></div><p>After.</p>')
+    marked = hook.exclude_from_search(cell)
+    parser = search.Parser()
+    parser.feed(marked)
+    parser.close()
+    indexed = {"".join(s.title).strip(): "".join(s.text) for s in parser.data}
+    assert list(indexed) == ["", "Section"]
+    text = indexed["Section"]
+    assert "Some prose." in text and "After." in text
+    for hidden in ("In [1]", "Out[1]", "Copied!", "x = 1", "printed", "¶"):
+        assert hidden not in text
+    assert hook.exclude_from_search(marked.replace(' data-search-exclude="notebook"', "")) == marked
+
+
+def test_search_aliases_join_hyphenated_words_and_name_articles():
+    index = {"config": {"fields": {"title": {"boost": 1000.0}}}, "docs": [
+        {"location": "linear_attention/", "title": "Linear", "text": "<p>The chunk-wise form</p>"},
+        {"location": "linear_attention/#x", "title": "Token-by-token", "text": "a - b, x-1, re-"},
+        {"location": "generated/a/a/", "title": "Notebook", "text": "<p>plain</p>"},
+    ]}
+    out = hook.add_search_aliases(index, {"linear_attention"})
+    fields = out["config"]["fields"]
+    assert fields["aliases"] == {"boost": 1.0} and fields["title_aliases"] == {"boost": 1000.0}
+    assert fields["name"] == {"boost": 1000.0}
+    assert [d.get("aliases") for d in out["docs"]] == ["chunkwise", None, None]
+    assert [d.get("title_aliases") for d in out["docs"]] == [None, "tokenbytoken", None]
+    assert [d.get("name") for d in out["docs"]] == ["linear_attention", None, None]
+
+
+def test_only_articles_named_after_their_op_are_found_by_name(repo):
+    """An article that shows its own name as code is named in the index; one whose name is
+    only a file name (it would catch every search for its first word) is not."""
+    for article in ("flash_attention", "attention_concentration"):
+        (repo / "snippets" / article).mkdir()
+        (repo / "snippets" / article / "01_x.py").write_text("print(1)\n")
+    (repo / "docs/flash_attention.md").write_text("# FlashAttention\n\nCall `flash_attention`.\n")
+    (repo / "docs/attention_concentration.md").write_text("# Can attention concentrate?\n")
+    config = {"docs_dir": str(repo / "docs"), "config_file_path": str(repo / "mkdocs.yml"),
+              "markdown_extensions": []}
+    hook.on_pre_build(config)
+    assert hook.op_articles(hook._build(config)) == {"flash_attention"}
