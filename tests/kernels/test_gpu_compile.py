@@ -28,7 +28,7 @@ def test_kernels_compile_for_hopper(family):
     assert f"{family}: compiled" in done.stdout, done.stdout
 
 
-def compile_for_hopper(kernel, constexprs, io, sizes, dtype, num_warps, num_stages=3):
+def compile_for_hopper(kernel, constexprs, io, sizes, dtype, num_warps, num_stages=3, capability=90):
     """Compile ``kernel`` to a cubin: ``sizes`` and strides are int32, ``scale`` float32, the rest
     pointers, of ``dtype`` for those named in ``io`` and of float32 for the others."""
     import triton
@@ -41,27 +41,47 @@ def compile_for_hopper(kernel, constexprs, io, sizes, dtype, num_warps, num_stag
             signature[name] = "constexpr"
         elif name.startswith("stride") or name in sizes:
             signature[name] = "i32"
-        elif name in ("scale", "sm_scale"):
+        elif name in ("scale", "sm_scale", "softcap"):
             signature[name] = "fp32"
+        elif name.startswith("CU_"):  # int32 offsets of packed sequences
+            signature[name] = "*i32"
         elif name == "MASK":
             signature[name] = "*u8"
         else:
             signature[name] = "*" + (TRITON_TYPES[dtype] if name in io else "fp32")
-    compiled = triton.compile(ASTSource(kernel, signature, constexprs), target=GPUTarget("cuda", 90, 32),
+    compiled = triton.compile(ASTSource(kernel, signature, constexprs), target=GPUTarget("cuda", capability, 32),
                               options={"num_warps": num_warps, "num_stages": num_stages})
     assert compiled.asm["cubin"], f"{kernel.__name__}: no cubin"
+    return compiled
+
+
+SHARED_BYTES = {90: 227 * 1024, 80: 163 * 1024}  # shared memory a block may use on H100/H200 and A100
 
 
 def flash_attention():
     fa = import_module("kernels.flash_attention.triton")  # by path: kernels.flash_attention is the function
     io = {"Q", "K", "V", "O", "DO", "DQ", "DK", "DV"}
-    sizes = {"H", "HKV", "GROUP", "Tq", "Tk", "D"}
-    for D, dtype in ((64, torch.bfloat16), (128, torch.bfloat16), (128, torch.float32), (256, torch.bfloat16)):
-        for kernel, backward in ((fa._fwd_kernel, False), (fa._bwd_dkdv_kernel, True), (fa._bwd_dq_kernel, True)):
-            BLOCK_M, BLOCK_N, num_warps, num_stages = fa._config(D, dtype, backward=backward)
-            constexprs = dict(IS_CAUSAL=True, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=D,
-                              PRECISION=fa._precision(dtype))
-            compile_for_hopper(kernel, constexprs, io, sizes, dtype, num_warps, num_stages)
+    sizes = {"H", "HKV", "GROUP", "Tq", "Tk", "D", "Dv", "LEFT", "RIGHT"}
+    kernels = ((fa._fwd_kernel, False), (fa._bwd_dkdv_kernel, True), (fa._bwd_dq_kernel, True))
+    # every tile configuration the launchers can choose (head dims 1 to 256 pad to 16 ... 256; float16
+    # tiles weigh what bfloat16 ones do), with every mask, cap and packing flag on (the longest
+    # program) and, for one size, all off
+    shapes = [(torch.bfloat16, D, D) for D in (64, 128, 256)] + [(torch.bfloat16, 192, 128)]
+    shapes += [(torch.float32, D, D) for D in (64, 128)]
+    for capability in (90, 80):
+        for dtype, D, DV in shapes:
+            for kernel, backward in kernels:
+                config = fa._config(D, DV, dtype, backward=backward, interpret=False)
+                plain = D == 64 and dtype == torch.bfloat16 and capability == 90
+                for flags in ((True, True, True, True),) + (((False,) * 4,) if plain else ()):
+                    constexprs = dict(zip(("HAS_LEFT", "HAS_RIGHT", "SOFTCAP", "VARLEN"), flags))
+                    constexprs.update({k: config[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_D", "BLOCK_DV", "PRECISION")})
+                    compiled = compile_for_hopper(kernel, constexprs, io, sizes, dtype, config["num_warps"],
+                                                  config["num_stages"], capability)
+                    shared = compiled.metadata.shared
+                    assert shared <= SHARED_BYTES[capability], (
+                        f"{kernel.__name__} {dtype} D={D} Dv={DV} sm_{capability}: {shared} bytes of shared "
+                        f"memory, the limit is {SHARED_BYTES[capability]} ({config})")
 
 
 def linear_attention():
