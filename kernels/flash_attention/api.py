@@ -5,12 +5,8 @@ import numbers
 
 import torch
 
-from .._backend import HAS_TRITON, uses_triton
 from .._checks import check_attention_qkv, check_bool, check_scale, check_tensor, values_checkable
-from .naive import attention_ref
-
-if HAS_TRITON:
-    from . import triton as _triton
+from .op import flash_attention_fwd
 
 HEAD_DIMS = range(1, 257)  # any head dim up to 256, for q/k and for v
 
@@ -44,7 +40,7 @@ def _check_cu_seqlens(name, cu, q, total):
         raise ValueError(f"{name} must be on the device of q ({q.device}), got {cu.device}")
     if cu.shape[0] < 2:
         raise ValueError(f"{name} must hold N + 1 >= 2 offsets (N sequences), got shape {tuple(cu.shape)}")
-    if values_checkable(cu):  # reads the values: CPU only, or under KERNELS_CHECK_VALUES=1
+    if values_checkable(cu) and not torch.compiler.is_compiling():  # reads values: CPU, or KERNELS_CHECK_VALUES=1
         c = cu.cpu()
         if c[0] != 0 or (c[1:] < c[:-1]).any() or c[-1] > total:
             raise ValueError(f"{name} must rise from 0 to at most the packed length {total}, got {c.tolist()}")
@@ -159,6 +155,10 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
     values (``cu_seqlens`` rising from 0, ``max_seqlen`` long enough) run on CPU tensors only, or
     on any device when the environment variable ``KERNELS_CHECK_VALUES=1`` is set.
 
+    ``torch.compile``: the function is registered as the custom op ``kernels::flash_attention_fwd``
+    (with ``kernels::flash_attention_bwd`` as its gradient and fake functions for tracing), so
+    ``torch.compile(model, fullgraph=True)`` traces a model that calls it without graph breaks.
+
     Where it runs: on CUDA tensors the Triton kernels run. On CPU tensors the Triton kernels
     run in Triton's interpreter when the environment variable ``TRITON_INTERPRET=1`` was set
     before ``kernels`` was imported (slow; this is how the kernels are tested without a GPU),
@@ -192,10 +192,5 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
         q, k, v, causal, scale, return_lse, window, softcap,
         cu_seqlens, max_seqlen, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    if uses_triton(q):
-        o, lse = _triton.FlashAttentionFunction.apply(q, k, v, scale, window, softcap, cu_q, cu_k, max_q, max_k)
-    else:
-        o, lse = attention_ref(q, k, v, scale=scale, return_lse=True, window=window, softcap=softcap,
-                               cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)
-        lse = lse.float().detach()
+    o, lse = flash_attention_fwd(q, k, v, scale, *window, softcap, cu_q, cu_k, max_q, max_k)
     return (o, lse) if return_lse else o

@@ -115,6 +115,57 @@ def attention_ref(q, k, v, causal: bool = False, scale: float | None = None, ret
     return (o, lse) if return_lse else o
 
 
+def attention_ref_backward(do, q, k, v, causal: bool = False, scale: float | None = None, window=(-1, -1),
+                           softcap: float = 0.0, cu_seqlens_q=None, cu_seqlens_k=None):
+    """The gradients of `attention_ref`, written out (no autograd), as the kernels compute them.
+
+    With ``p = softmax(s)`` and ``o = p v``: ``dv = p^T do``, ``dp = do v^T``,
+    ``ds = p * (dp - rowsum(do * o))``, times ``1 - tanh^2`` under a soft cap, then
+    ``dq = scale * ds k`` and ``dk = scale * ds^T q``; under grouped-query attention ``dk`` and
+    ``dv`` sum over the query heads that share a key head.
+
+    Args:
+        do (torch.Tensor): gradient of the output ``[B, H, Tq, Dv]``.
+        q, k, v, causal, scale, window, softcap, cu_seqlens_q, cu_seqlens_k: as for `attention_ref`.
+
+    Returns:
+        ``dq [B, H, Tq, D]``, ``dk [B, Hkv, Tk, D]``, ``dv [B, Hkv, Tk, Dv]`` in the dtypes of the inputs.
+    """
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    if cu_seqlens_q is not None:  # packed sequences: each on its own, written into its rows
+        cu_seqlens_k = cu_seqlens_q if cu_seqlens_k is None else cu_seqlens_k
+        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        cq, ck = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+        for n in range(len(cq) - 1):
+            qs, ks = slice(cq[n], cq[n + 1]), slice(ck[n], ck[n + 1])
+            if qs.stop > qs.start and ks.stop > ks.start:
+                dq[:, :, qs], dk[:, :, ks], dv[:, :, ks] = attention_ref_backward(
+                    do[:, :, qs], q[:, :, qs], k[:, :, ks], v[:, :, ks], causal, scale, window, softcap)
+        return dq, dk, dv
+    B, H, Tq, _ = q.shape
+    Hkv, Tk = k.shape[1], k.shape[2]
+    ke, ve = _expand_kv(q, k, v)  # [B, H, Tk, *]
+    q_, k_, v_, do_ = _upcast(q), _upcast(ke), _upcast(ve), _upcast(do)
+    s = q_ @ k_.transpose(-1, -2) * scale  # [B, H, Tq, Tk]
+    t = None
+    if softcap > 0:
+        t = torch.tanh(s / softcap)
+        s = softcap * t
+    if causal or window[0] >= 0 or window[1] >= 0:
+        s = s.masked_fill(~attention_mask(Tq, Tk, causal, window, q.device), float("-inf"))
+    p = torch.exp(s - torch.logsumexp(s, dim=-1, keepdim=True)).nan_to_num(0.0)  # rows with no key: 0
+    o = p @ v_
+    dv = p.transpose(-1, -2) @ do_  # [B, H, Tk, Dv]
+    ds = p * (do_ @ v_.transpose(-1, -2) - (do_ * o).sum(-1, keepdim=True))
+    if t is not None:
+        ds = ds * (1 - t * t)
+    dq = ds @ k_ * scale
+    dk = ds.transpose(-1, -2) @ q_ * scale  # [B, H, Tk, D]
+    dk = dk.view(B, Hkv, H // Hkv, Tk, -1).sum(2)
+    dv = dv.view(B, Hkv, H // Hkv, Tk, -1).sum(2)
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+
+
 def attention_blockwise(q, k, v, causal: bool = False, scale: float | None = None,
                         block_m: int = 64, block_n: int = 64, return_lse: bool = False,
                         window=(-1, -1), softcap: float = 0.0):

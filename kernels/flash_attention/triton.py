@@ -53,7 +53,7 @@ def _online_softmax_step(acc, m_i, l_i, s, b_v, PRECISION: tl.constexpr):
 @triton.jit
 def _tanh(x):
     """tanh from one exp2, stable for large |x|: (1 - e^{-2|x|}) / (1 + e^{-2|x|}) with x's sign."""
-    e = tl.math.exp2(-2.0 * LOG2E * tl.abs(x))
+    e = tl.math.exp2(tl.abs(x) * (-2.0 * LOG2E))
     t = (1.0 - e) / (1.0 + e)
     return tl.where(x < 0, -t, t)
 
@@ -457,23 +457,3 @@ def flash_attention_bwd(do, q, k, v, o, lse, scale: float, window=(-1, -1), soft
         *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(),
         H=H, GROUP=H // Hkv, **common)
     return dq, dk, dv
-
-
-class FlashAttentionFunction(torch.autograd.Function):
-    """Autograd wrapper: saves ``q, k, v, o, lse`` and recomputes the scores in the backward."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, scale, window, softcap, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k):
-        o, lse = flash_attention_fwd(q, k, v, scale, window, softcap, cu_seqlens_q, cu_seqlens_k,
-                                     max_seqlen_q, max_seqlen_k)
-        ctx.save_for_backward(q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k)
-        ctx.args = (scale, window, softcap)
-        ctx.max_seqlens = (max_seqlen_q, max_seqlen_k)
-        ctx.mark_non_differentiable(lse)
-        return o, lse
-
-    @staticmethod
-    def backward(ctx, do, dlse):
-        q, k, v, o, lse, cu_q, cu_k = ctx.saved_tensors
-        dq, dk, dv = flash_attention_bwd(do, q, k, v, o, lse, *ctx.args, cu_q, cu_k, *ctx.max_seqlens)
-        return dq, dk, dv, None, None, None, None, None, None, None
