@@ -27,6 +27,8 @@ tile starts past the end of that sequence.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -361,11 +363,35 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU_Q, CU_K,
              + offs_d[None, :] * stride_dqd, dq.to(DQ.dtype.element_ty), mask=m_q)
 
 
-def _config(D: int, DV: int, dtype: torch.dtype, backward: bool, interpret: bool = INTERPRET) -> dict:
-    """Launch settings of the forward kernel (``backward=False``) or of both backward kernels.
+# Autotuning on CUDA: a short list per kernel of (BLOCK_M, BLOCK_N, num_warps, num_stages), keyed on
+# the head dims, the mask's sides and the dtypes, pruned to what fits the device's shared memory.
+FWD_CONFIGS = [(128, 64, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3), (64, 32, 4, 2)]
+BWD_CONFIGS = [(64, 64, 4, 2), (64, 64, 8, 2), (32, 64, 4, 2), (32, 32, 4, 1)]
+DEFAULT_SHARED_BYTES = 163 * 1024  # A100's limit per block: the untuned default fits it and H100
 
-    The one place the tiles are chosen: the launchers pass the result to the kernels as keyword
-    arguments, and the ahead-of-time compile test compiles every configuration it can return.
+
+def _shared_estimate(BLOCK_M, BLOCK_N, num_stages, BLOCK_D, BLOCK_DV, elsize, backward):
+    """Bytes of shared memory a configuration needs, roughly: the resident tiles, ``num_stages``
+    buffers of the streamed ones, and a float32 score tile (the compile test checks the real count)."""
+    rows = max(BLOCK_M, BLOCK_N) if backward else BLOCK_N  # the streamed side's tile rows
+    resident = (max(BLOCK_M, BLOCK_N) * (BLOCK_D + BLOCK_DV)) if backward else BLOCK_M * BLOCK_D
+    return elsize * (resident + max(num_stages, 1) * rows * (BLOCK_D + BLOCK_DV)) + 4 * BLOCK_M * BLOCK_N
+
+
+def _configs(D: int, DV: int, dtype: torch.dtype, backward: bool, limit: int = DEFAULT_SHARED_BYTES) -> list:
+    """The autotune list of the forward (or both backward) kernels for these head dims and dtype,
+    without the configurations whose estimated shared memory passes ``limit`` bytes (at least one
+    is kept: the smallest)."""
+    BLOCK_D, BLOCK_DV = max(16, triton.next_power_of_2(D)), max(16, triton.next_power_of_2(DV))
+    elsize = 4 if dtype == torch.float32 else 2
+    table = BWD_CONFIGS if backward else FWD_CONFIGS
+    kept = [c for c in table if _shared_estimate(*c[:2], c[3], BLOCK_D, BLOCK_DV, elsize, backward) <= limit]
+    return [dict(BLOCK_M=m, BLOCK_N=n, num_warps=w, num_stages=st) for m, n, w, st in (kept or table[-1:])]
+
+
+def _config(D: int, DV: int, dtype: torch.dtype, backward: bool, interpret: bool = INTERPRET) -> dict:
+    """Launch settings of the forward kernel (``backward=False``) or of both backward kernels,
+    without autotuning: the interpreter's, or the first of the autotune list that fits A100.
 
     Args:
         D (int): head dim of ``q`` and ``k`` (1 to 256).
@@ -378,23 +404,56 @@ def _config(D: int, DV: int, dtype: torch.dtype, backward: bool, interpret: bool
         dict: ``BLOCK_M``, ``BLOCK_N``, ``BLOCK_D`` and ``BLOCK_DV`` (``D`` and ``DV`` padded to a
         power of two, at least 16), ``PRECISION``, ``num_warps`` and ``num_stages``.
     """
-    BLOCK_D = max(16, triton.next_power_of_2(D))
-    BLOCK_DV = max(16, triton.next_power_of_2(DV))
-    # float32 inputs get exact float32 products; TF32 would lose 3 decimal digits.
-    PRECISION = "ieee" if dtype == torch.float32 else "tf32"
     if interpret:  # the interpreter runs one program at a time; tiles only set the loop count
-        BLOCK_M, BLOCK_N, num_warps, num_stages = 32, 32, 1, 1
+        tiles = dict(BLOCK_M=32, BLOCK_N=32, num_warps=1, num_stages=1)
     else:
-        # tiles are sized by bytes: a float32 row weighs two, and q/k and v rows are both on chip
-        width = (BLOCK_D + BLOCK_DV) // 2 * (2 if dtype == torch.float32 else 1)
-        if backward:
-            BLOCK_M, BLOCK_N, num_warps, num_stages = ((64, 64, 4, 2) if width <= 64 else (64, 64, 8, 2)
-                                                       if width <= 128 else (32, 32, 4, 1))
-        else:
-            BLOCK_M, BLOCK_N, num_warps, num_stages = ((128, 64, 4, 3) if width <= 64 else (128, 64, 8, 3)
-                                                       if width <= 128 else (64, 32, 4, 2))
-    return dict(BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, BLOCK_DV=BLOCK_DV, PRECISION=PRECISION,
-                num_warps=num_warps, num_stages=num_stages)
+        tiles = _configs(D, DV, dtype, backward)[0]
+    return dict(tiles, **_head_args(D, DV, dtype))
+
+
+def _head_args(D: int, DV: int, dtype: torch.dtype) -> dict:
+    """Head dims padded to a power of two (at least 16, for ``tl.dot``) and the product precision."""
+    # float32 inputs get exact float32 products; TF32 would lose 3 decimal digits.
+    return dict(BLOCK_D=max(16, triton.next_power_of_2(D)), BLOCK_DV=max(16, triton.next_power_of_2(DV)),
+                PRECISION="ieee" if dtype == torch.float32 else "tf32")
+
+
+@functools.lru_cache(maxsize=None)
+def _shared_limit(device_index: int) -> int:
+    """Shared memory a block may opt into on this GPU (A100's when torch does not say)."""
+    return getattr(torch.cuda.get_device_properties(device_index), "shared_memory_per_block_optin",
+                   DEFAULT_SHARED_BYTES)
+
+
+def _prune(backward: bool):
+    def prune(configs, named_args, **kwargs):
+        args = {**named_args, **kwargs}
+        q = args["Q"]
+        limit = _shared_limit(q.device.index if q.device.index is not None else torch.cuda.current_device())
+        elsize = 4 if q.dtype == torch.float32 else 2
+        kept = [c for c in configs if _shared_estimate(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_stages,
+                                                       args["BLOCK_D"], args["BLOCK_DV"], elsize, backward) <= limit]
+        return kept or configs[-1:]
+    return prune
+
+
+def _autotuned(kernel, table, backward):
+    configs = [triton.Config(dict(BLOCK_M=m, BLOCK_N=n), num_warps=w, num_stages=st) for m, n, w, st in table]
+    return triton.autotune(configs=configs, key=["D", "Dv", "HAS_LEFT", "HAS_RIGHT", "SOFTCAP", "VARLEN"],
+                           prune_configs_by={"early_config_prune": _prune(backward)})(kernel)
+
+
+_fwd_tuned = _autotuned(_fwd_kernel, FWD_CONFIGS, backward=False)
+_bwd_dkdv_tuned = _autotuned(_bwd_dkdv_kernel, BWD_CONFIGS, backward=True)
+_bwd_dq_tuned = _autotuned(_bwd_dq_kernel, BWD_CONFIGS, backward=True)
+
+
+def _launch(kernel, tuned, D, DV, dtype, backward):
+    """The kernel and its settings: autotuned on a GPU (the tiles come from the autotuner), the
+    deterministic `_config` in the interpreter. Grids are functions of the chosen tiles."""
+    if INTERPRET:
+        return kernel, _config(D, DV, dtype, backward)
+    return tuned, _head_args(D, DV, dtype)
 
 
 def _mask_args(window, softcap):
@@ -428,9 +487,8 @@ def flash_attention_fwd(q, k, v, scale: float, window=(-1, -1), softcap: float =
     else:
         o = q.new_empty(B, H, Tq, DV)
         lse = torch.empty((B, H, Tq), device=q.device, dtype=torch.float32)
-    config = _config(D, DV, q.dtype, backward=False)
-    grid = (triton.cdiv(len_q, config["BLOCK_M"]), batch * H)
-    _fwd_kernel[grid](
+    kernel, config = _launch(_fwd_kernel, _fwd_tuned, D, DV, q.dtype, backward=False)
+    kernel[lambda meta: (triton.cdiv(len_q, meta["BLOCK_M"]), batch * H)](
         q, k, v, o, lse, *cu, *q.stride(), *k.stride(), *v.stride(), *o.stride(),
         H=H, GROUP=H // Hkv, Tq=Tq, Tk=Tk, D=D, Dv=DV, sm_scale=scale,
         **_mask_args(window, softcap), VARLEN=varlen, **config)
@@ -446,14 +504,15 @@ def flash_attention_bwd(do, q, k, v, o, lse, scale: float, window=(-1, -1), soft
     new = torch.zeros_like if cu_seqlens_q is not None else torch.empty_like  # packed: gaps get 0
     dq, dk, dv = new(q), new(k), new(v)
     len_q, len_k, batch, cu, varlen = _lengths(q, k, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
-    config = _config(D, DV, q.dtype, backward=True)
-    common = dict(Tq=Tq, Tk=Tk, D=D, Dv=DV, sm_scale=scale, **_mask_args(window, softcap), VARLEN=varlen, **config)
-    _bwd_dkdv_kernel[(triton.cdiv(len_k, config["BLOCK_N"]), batch * Hkv)](
+    common = dict(Tq=Tq, Tk=Tk, D=D, Dv=DV, sm_scale=scale, **_mask_args(window, softcap), VARLEN=varlen)
+    kernel, config = _launch(_bwd_dkdv_kernel, _bwd_dkdv_tuned, D, DV, q.dtype, backward=True)
+    kernel[lambda meta: (triton.cdiv(len_k, meta["BLOCK_N"]), batch * Hkv)](
         q, k, v, do, lse, delta, dk, dv, *cu,
         *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(),
-        H=H, HKV=Hkv, GROUP=H // Hkv, **common)
-    _bwd_dq_kernel[(triton.cdiv(len_q, config["BLOCK_M"]), batch * H)](
+        H=H, HKV=Hkv, GROUP=H // Hkv, **common, **config)
+    kernel, config = _launch(_bwd_dq_kernel, _bwd_dq_tuned, D, DV, q.dtype, backward=True)
+    kernel[lambda meta: (triton.cdiv(len_q, meta["BLOCK_M"]), batch * H)](
         q, k, v, do, lse, delta, dq, *cu,
         *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(),
-        H=H, GROUP=H // Hkv, **common)
+        H=H, GROUP=H // Hkv, **common, **config)
     return dq, dk, dv

@@ -79,3 +79,25 @@ def test_whole_call_reads_no_values(device):
         o = flash_attention(q, k, v, causal=True, window=(255, 0), softcap=30.0, cu_seqlens=cu, max_seqlen=2048)
         o.sum().backward()
         assert o.shape == (1, 8, 4096, 128) and o.device.type == device and q.grad.shape == q.shape
+
+
+def test_autotune_lists_are_pruned_to_the_shared_memory_of_each_gpu():
+    """Each list keeps only what fits (consumer 99 KiB, A100 163 KiB, H100 227 KiB), never nothing;
+    the autotuners are keyed on head dims, mask sides, cap and packing (dtypes are added by Triton)."""
+    from importlib import import_module
+    fa = import_module("kernels.flash_attention.triton")
+    for limit in (99 * 1024, 163 * 1024, 227 * 1024):
+        for dtype, elsize in ((torch.bfloat16, 2), (torch.float32, 4)):
+            for D, DV in ((16, 16), (64, 64), (128, 128), (192, 128), (256, 256)):
+                for backward in (False, True):
+                    kept = fa._configs(D, DV, dtype, backward, limit)
+                    assert kept, (limit, dtype, D, backward)
+                    pad = fa._head_args(D, DV, dtype)
+                    sizes = [fa._shared_estimate(c["BLOCK_M"], c["BLOCK_N"], c["num_stages"], pad["BLOCK_D"],
+                                                 pad["BLOCK_DV"], elsize, backward) for c in kept]
+                    table = fa.BWD_CONFIGS if backward else fa.FWD_CONFIGS
+                    assert all(s <= limit for s in sizes) or len(kept) == 1 and kept[0]["BLOCK_M"] == table[-1][0]
+    assert len(fa._configs(64, 64, torch.bfloat16, False, 227 * 1024)) == len(fa.FWD_CONFIGS)
+    assert len(fa._configs(256, 256, torch.float32, False, 99 * 1024)) < len(fa.FWD_CONFIGS)
+    for tuned in (fa._fwd_tuned, fa._bwd_dkdv_tuned, fa._bwd_dq_tuned):
+        assert tuned.keys == ["D", "Dv", "HAS_LEFT", "HAS_RIGHT", "SOFTCAP", "VARLEN"]

@@ -63,19 +63,21 @@ def flash_attention():
     io = {"Q", "K", "V", "O", "DO", "DQ", "DK", "DV"}
     sizes = {"H", "HKV", "GROUP", "Tq", "Tk", "D", "Dv", "LEFT", "RIGHT"}
     kernels = ((fa._fwd_kernel, False), (fa._bwd_dkdv_kernel, True), (fa._bwd_dq_kernel, True))
-    # every tile configuration the launchers can choose (head dims 1 to 256 pad to 16 ... 256; float16
-    # tiles weigh what bfloat16 ones do), with every mask, cap and packing flag on (the longest
-    # program) and, for one size, all off
-    shapes = [(torch.bfloat16, D, D) for D in (64, 128, 256)] + [(torch.bfloat16, 192, 128)]
-    shapes += [(torch.float32, D, D) for D in (64, 128)]
+    # every configuration of each autotune list that survives pruning for that GPU's shared memory
+    # (head dims 1 to 256 pad to 16 ... 256: 128 and 256 are the largest tiles of each list, smaller
+    # head dims shrink them; float16 tiles weigh what bfloat16 ones do), with every mask, cap and
+    # packing flag on (the longest program), and the untuned default with every flag off
+    shapes = [(torch.bfloat16, 128, 128), (torch.bfloat16, 256, 256), (torch.float32, 128, 128)]
     for capability in (90, 80):
         for dtype, D, DV in shapes:
             for kernel, backward in kernels:
-                config = fa._config(D, DV, dtype, backward=backward, interpret=False)
-                plain = D == 64 and dtype == torch.bfloat16 and capability == 90
-                for flags in ((True, True, True, True),) + (((False,) * 4,) if plain else ()):
-                    constexprs = dict(zip(("HAS_LEFT", "HAS_RIGHT", "SOFTCAP", "VARLEN"), flags))
-                    constexprs.update({k: config[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_D", "BLOCK_DV", "PRECISION")})
+                tiles = fa._configs(D, DV, dtype, backward, limit=SHARED_BYTES[capability])
+                assert fa._config(D, DV, dtype, backward, interpret=False)["BLOCK_M"] in {t["BLOCK_M"] for t in tiles}
+                plain = D == 128 and dtype == torch.bfloat16 and capability == 90
+                runs = [(t, True) for t in tiles] + [(tiles[0], False)] * plain
+                for config, flag in runs:
+                    constexprs = dict(HAS_LEFT=flag, HAS_RIGHT=flag, SOFTCAP=flag, VARLEN=flag,
+                                      BLOCK_M=config["BLOCK_M"], BLOCK_N=config["BLOCK_N"], **fa._head_args(D, DV, dtype))
                     compiled = compile_for_hopper(kernel, constexprs, io, sizes, dtype, config["num_warps"],
                                                   config["num_stages"], capability)
                     shared = compiled.metadata.shared
