@@ -137,10 +137,12 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
         max_seqlen (int, optional): the longest packed sequence. It sizes the launch; without it
             the packed length is used (correct, with idle programs). Passing it avoids reading
             ``cu_seqlens`` on the GPU.
-        cu_seqlens_q, cu_seqlens_k (torch.Tensor, optional): separate offsets of the queries and of
-            the keys, in place of ``cu_seqlens`` (same ``N``), for example for a chunk of new
-            queries against each sequence's cache.
-        max_seqlen_q, max_seqlen_k (int, optional): their longest sequences.
+        cu_seqlens_q (torch.Tensor, optional): ``[N + 1]`` int32 offsets of the queries, with
+            ``cu_seqlens_k`` in place of ``cu_seqlens``, when queries and keys are packed with
+            different lengths (a chunk of new queries against each sequence's cache, say).
+        cu_seqlens_k (torch.Tensor, optional): ``[N + 1]`` int32 offsets of the keys and values.
+        max_seqlen_q (int, optional): the longest query sequence (default: the packed length).
+        max_seqlen_k (int, optional): the longest key sequence (default: the packed length).
 
     ``q``, ``k`` and ``v`` share one dtype (float16, bfloat16 or float32) and one device. ``D``
     and ``Dv`` are any sizes from 1 to 256 (padded to a power of two inside the kernels with masked
