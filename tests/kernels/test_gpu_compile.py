@@ -84,6 +84,13 @@ def flash_attention():
                     assert shared <= SHARED_BYTES[capability], (
                         f"{kernel.__name__} {dtype} D={D} Dv={DV} sm_{capability}: {shared} bytes of shared "
                         f"memory, the limit is {SHARED_BYTES[capability]} ({config})")
+    # lengths of 1 (a decode step) are specialised by Triton into constants: the kernels still compile
+    for kernel, backward in kernels:
+        config = fa._config(64, 64, torch.bfloat16, backward, interpret=False)
+        constexprs = dict(HAS_LEFT=True, HAS_RIGHT=True, SOFTCAP=False, VARLEN=False, Tq=1, Tk=1,
+                          BLOCK_M=config["BLOCK_M"], BLOCK_N=config["BLOCK_N"], **fa._head_args(64, 64, torch.bfloat16))
+        compile_for_hopper(kernel, constexprs, io, sizes - {"Tq", "Tk"}, torch.bfloat16, config["num_warps"],
+                           config["num_stages"])
 
 
 def linear_attention():
