@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 HEAD_DIMS = range(8, 257, 8)  # head dims the attention kernels take: multiples of 8 up to 256
+# Value checks that read a tensor's data (``cu_seqlens`` sorted, say) wait for the GPU when the
+# tensor lives there, so they run on CPU tensors only, unless this switch is set (for debugging).
+CHECK_VALUES = os.environ.get("KERNELS_CHECK_VALUES", "0") == "1"
 
 
 def _dtype_names(dtypes) -> str:
@@ -88,23 +92,33 @@ def check_scale(name: str, value) -> None:
         raise ValueError(f"{name} must be a positive finite number or None, got {value!r}")
 
 
-def check_attention_qkv(q, k, v) -> None:
-    """``q [B, H, Tq, D]``, ``k, v [B, Hkv, Tk, D]`` for attention: one float dtype and device,
-    head dims a multiple of 8 up to 256, ``H`` a multiple of ``Hkv`` (grouped-query attention),
-    no empty dimension."""
+def values_checkable(x: torch.Tensor) -> bool:
+    """Whether a check may read ``x``'s values: on the CPU always, elsewhere under ``CHECK_VALUES``."""
+    return x.device.type == "cpu" or (CHECK_VALUES and x.device.type != "meta")
+
+
+def check_attention_qkv(q, k, v, head_dims=HEAD_DIMS, same_v_dim: bool = True) -> None:
+    """``q [B, H, Tq, D]``, ``k [B, Hkv, Tk, D]``, ``v [B, Hkv, Tk, Dv]`` for attention: one float
+    dtype and device, head dims in ``head_dims`` (default: a multiple of 8 up to 256), ``Dv == D``
+    when ``same_v_dim``, ``H`` a multiple of ``Hkv`` (grouped-query attention), no empty dimension.
+    Reads shapes, dtypes and devices only, never values."""
     check_tensor("q", q, 4, "[B, H, Tq, D]")
     check_tensor("k", k, 4, "[B, Hkv, Tk, D]")
     check_tensor("v", v, 4, "[B, Hkv, Tk, D]")
     check_float_dtypes({"q": q, "k": k, "v": v})
     check_same_device({"q": q, "k": k, "v": v})
     B, H, Tq, D = q.shape
-    if k.shape != v.shape:
-        raise ValueError(f"k and v must have the same shape [B, Hkv, Tk, D], got k {tuple(k.shape)} "
-                         f"and v {tuple(v.shape)}")
+    if k.shape[:3] != v.shape[:3] or (same_v_dim and k.shape != v.shape):
+        raise ValueError(f"k and v must have the same shape [B, Hkv, Tk, {'D' if same_v_dim else '*'}], "
+                         f"got k {tuple(k.shape)} and v {tuple(v.shape)}")
     check_dim("k", k, 0, "batch size (that of q)", B)
     check_dim("k", k, 3, "head dim (that of q)", D)
-    if D not in HEAD_DIMS:
-        raise ValueError(f"head dim D must be a multiple of 8 between 8 and 256, got {D} (q shape {tuple(q.shape)})")
+    what = ("a multiple of 8 between 8 and 256" if head_dims == HEAD_DIMS
+            else f"between {head_dims[0]} and {head_dims[-1]}")
+    if D not in head_dims:
+        raise ValueError(f"head dim D must be {what}, got {D} (q shape {tuple(q.shape)})")
+    if v.shape[3] not in head_dims:
+        raise ValueError(f"head dim Dv of v must be {what}, got {v.shape[3]} (v shape {tuple(v.shape)})")
     Hkv = k.shape[1]
     if Hkv == 0 or H % Hkv != 0:
         raise ValueError(f"the number of query heads H={H} must be a multiple of the number of "

@@ -73,16 +73,19 @@ def test_narrow_offsets_finds_32_bit_offsets_applied_to_an_argument():
 class Case:
     """One kernel with one launch configuration: what to compile and what to check."""
 
-    def __init__(self, kernel, constexprs, io, sizes, dtype, num_warps, num_stages, small=(), int_pointers=()):
+    def __init__(self, kernel, constexprs, io, sizes, dtype, num_warps, num_stages, small=(), int_pointers=(),
+                 archs=None):
         self.kernel, self.constexprs, self.io, self.sizes, self.dtype = kernel, constexprs, io, sizes, dtype
         self.num_warps, self.num_stages = num_warps, num_stages
+        self.archs = tuple(archs or SHARED_MEMORY)  # the GPUs a launch may choose this case on
         self.small = set(small)  # pointer arguments small enough for 32-bit offsets (parameters)
         self.int_pointers = set(int_pointers)  # pointers to int32 (sequence ids)
 
     def key(self):
         """Everything but the integer tile sizes: cases with equal keys differ only in tiles."""
         flags = tuple(sorted((k, v) for k, v in self.constexprs.items() if not _is_tile(v)))
-        return (self.kernel.__name__, self.dtype, flags, self.num_warps, self.num_stages, tuple(sorted(self.small)))
+        return (self.kernel.__name__, self.dtype, flags, self.num_warps, self.num_stages, tuple(sorted(self.small)),
+                self.archs)
 
     def tiles(self):
         return {k: v for k, v in self.constexprs.items() if _is_tile(v)}
@@ -90,7 +93,7 @@ class Case:
     def __repr__(self):
         tiles = ", ".join(f"{k}={v}" for k, v in sorted(self.constexprs.items()))
         return (f"{self.kernel.__name__}[{TRITON_TYPES[self.dtype]}, {tiles}, num_warps={self.num_warps}, "
-                f"num_stages={self.num_stages}]")
+                f"num_stages={self.num_stages}, sm_{'/'.join(map(str, self.archs))}]")
 
 
 def _is_tile(value):
@@ -119,17 +122,37 @@ def distinct(configs):
 
 
 def flash_attention_cases():
-    from kernels._checks import FLOAT_DTYPES, HEAD_DIMS
     fa = import_module("kernels.flash_attention.triton")  # by path: kernels.flash_attention is the function
     io = {"Q", "K", "V", "O", "DO", "DQ", "DK", "DV"}
-    sizes = {"H", "HKV", "GROUP", "Tq", "Tk", "D"}
-    for dtype in FLOAT_DTYPES:
-        for backward, kernels in ((False, [fa._fwd_kernel]), (True, [fa._bwd_dkdv_kernel, fa._bwd_dq_kernel])):
-            for constexprs, num_warps, num_stages in distinct(fa._config(D, dtype, backward, interpret=False)
-                                                              for D in HEAD_DIMS):
-                for kernel in kernels:
-                    for causal in (False, True):
-                        yield Case(kernel, {**constexprs, "IS_CAUSAL": causal}, io, sizes, dtype, num_warps, num_stages)
+    sizes = {"H", "HKV", "GROUP", "Tq", "Tk", "D", "Dv", "LEFT", "RIGHT"}
+    kernels = ((fa._fwd_kernel, False), (fa._bwd_dkdv_kernel, True), (fa._bwd_dq_kernel, True))
+    small = {"CU_Q", "CU_K", "CU_SEQLENS_Q", "CU_SEQLENS_K"}
+    # Every configuration of each autotune list that survives pruning for that GPU's shared memory.
+    # Head dims 1 to 256 pad to 16 ... 256: 128 and 256 are the largest tiles of each list (smaller
+    # head dims shrink them; float16 tiles weigh what bfloat16 ones do). Every mask, cap and packing
+    # flag is on (the longest program), and the untuned default runs with every flag off.
+    shapes = [(torch.bfloat16, 128, 128), (torch.bfloat16, 256, 256), (torch.float32, 128, 128)]
+    for arch, limit in SHARED_MEMORY.items():
+        for dtype, D, DV in shapes:
+            for kernel, backward in kernels:
+                tiles = fa._configs(D, DV, dtype, backward, limit=limit)
+                default = fa._config(D, DV, dtype, backward, interpret=False)
+                assert default["BLOCK_M"] in {t["BLOCK_M"] for t in tiles}, (default, tiles)
+                runs = [(t, True) for t in tiles] + [(default, False)]
+                for config, flag in runs:
+                    constexprs = dict(HAS_LEFT=flag, HAS_RIGHT=flag, SOFTCAP=flag, VARLEN=flag,
+                                      BLOCK_M=config["BLOCK_M"], BLOCK_N=config["BLOCK_N"],
+                                      **fa._head_args(D, DV, dtype))
+                    yield Case(kernel, constexprs, io, sizes, dtype, config["num_warps"], config["num_stages"],
+                               small, archs=(arch,))
+    # lengths of 1 (a decoding step) are specialised by Triton into constants: the kernels still compile
+    for kernel, backward in kernels:
+        config = fa._config(64, 64, torch.bfloat16, backward, interpret=False)
+        constexprs = dict(HAS_LEFT=True, HAS_RIGHT=True, SOFTCAP=False, VARLEN=False, Tq=1, Tk=1,
+                          BLOCK_M=config["BLOCK_M"], BLOCK_N=config["BLOCK_N"],
+                          **fa._head_args(64, 64, torch.bfloat16))
+        yield Case(kernel, constexprs, io, sizes - {"Tq", "Tk"}, torch.bfloat16, config["num_warps"],
+                   config["num_stages"], small)
 
 
 def linear_attention_cases():
@@ -235,8 +258,10 @@ def compile_case(case, arch):
             signature[name] = "constexpr"
         elif name.startswith("stride") or name in case.sizes:
             signature[name] = "i32"
-        elif name in ("scale", "sm_scale"):
+        elif name in ("scale", "sm_scale", "softcap"):
             signature[name] = "fp32"
+        elif name.startswith("CU_"):  # int32 offsets of packed sequences
+            signature[name] = "*i32"
         elif name == "MASK":
             signature[name] = "*u8"
         elif name in case.int_pointers:
@@ -272,6 +297,8 @@ def check_case(index):
     """Compile ``CASES[index]`` for every architecture; return its report lines and its failures."""
     case, lines, failures = CASES[index], [], []
     for arch, limit in SHARED_MEMORY.items():
+        if arch not in case.archs:
+            continue
         compiled, pointers = compile_case(case, arch)
         shared = compiled.metadata.shared
         lines.append(f"sm_{arch} {case}: {shared} bytes of shared memory")
