@@ -126,7 +126,15 @@ def attention_ref_backward(do, q, k, v, causal: bool = False, scale: float | Non
 
     Args:
         do (torch.Tensor): gradient of the output ``[B, H, Tq, Dv]``.
-        q, k, v, causal, scale, window, softcap, cu_seqlens_q, cu_seqlens_k: as for `attention_ref`.
+        q (torch.Tensor): queries ``[B, H, Tq, D]``, as for `attention_ref`.
+        k (torch.Tensor): keys ``[B, Hkv, Tk, D]``, as for `attention_ref`.
+        v (torch.Tensor): values ``[B, Hkv, Tk, Dv]``, as for `attention_ref`.
+        causal (bool): as for `attention_ref`.
+        scale (float | None): as for `attention_ref`.
+        window (tuple[int, int]): as for `attention_ref`.
+        softcap (float): as for `attention_ref`.
+        cu_seqlens_q (torch.Tensor | None): as for `attention_ref`.
+        cu_seqlens_k (torch.Tensor | None): as for `attention_ref`.
 
     Returns:
         ``dq [B, H, Tq, D]``, ``dk [B, Hkv, Tk, D]``, ``dv [B, Hkv, Tk, Dv]`` in the dtypes of the inputs.
