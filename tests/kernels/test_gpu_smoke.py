@@ -155,8 +155,8 @@ def case_ssd(shape, dtype_name):
               "A": (-torch.rand(h, generator=g) - 0.5, True), "B": randn(g, b, L, g_, n),
               "C": randn(g, b, L, g_, n), "D": (randn(g, h), True), "z": randn(g, b, L, h, p),
               "dt_bias": (randn(g, h, scale=0.1), True)}
-    compare(lambda **x: ssd(**x, dt_softplus=True, return_final_state=True),
-            lambda **x: ssd_ref(**x, dt_softplus=True, return_final_state=True), inputs,
+    compare(lambda **x: ssd(**x, dt_softplus=True, return_final_states=True),
+            lambda **x: ssd_ref(**x, dt_softplus=True, return_final_states=True), inputs,
             dtype_name, outputs=("y", "final state"))
 
 
