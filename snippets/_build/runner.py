@@ -44,6 +44,24 @@ CELL_MARKER = re.compile(r"^# %%(?P<rest>.*)$")
 MARKDOWN_TAG = re.compile(r"\[(markdown|md)\]")
 IMAGE_TYPES = {".png": "image/png", ".svg": "image/svg+xml"}
 SVG_HASH_SALT = "kernels-book"
+# One figure style for the book. A figure is FIGURE_WIDTH inches wide (6.8 in = 653 CSS px,
+# the article column at 1280 px shows it at 1:1), so these font sizes are the sizes a reader
+# sees on a desktop; a phone shrinks the figure and the reader taps it to zoom. Snippets set
+# `figsize=(6.8, height)` themselves, so that a copied snippet draws the same figure.
+FIGURE_WIDTH = 6.8
+FIGURE_STYLE = f"""\
+figure.figsize: {FIGURE_WIDTH}, 4.0
+figure.dpi: 100
+font.size: 10
+axes.titlesize: 10.5
+axes.labelsize: 10
+xtick.labelsize: 9
+ytick.labelsize: 9
+legend.fontsize: 9
+figure.titlesize: 11
+savefig.bbox: tight
+savefig.pad_inches: 0.05
+"""
 
 
 def parse_cells(text: str) -> list[dict]:
@@ -225,10 +243,10 @@ def deterministic_figures(folder: Path) -> None:
     Writes a `matplotlibrc` with a fixed `svg.hashsalt` into `folder` and points `MATPLOTLIBRC`
     at it (the clip-path and glyph ids of an SVG are otherwise random), and sets
     `SOURCE_DATE_EPOCH` to 0 unless it is set (matplotlib writes it as the SVG's date in place of
-    today). Other settings keep matplotlib's defaults.
+    today). The same file holds the book's figure style (`FIGURE_STYLE`).
     """
     rc = Path(folder) / "matplotlibrc"
-    rc.write_text(f"svg.hashsalt: {SVG_HASH_SALT}\n", encoding="utf-8")
+    rc.write_text(f"svg.hashsalt: {SVG_HASH_SALT}\n{FIGURE_STYLE}", encoding="utf-8")
     os.environ["MATPLOTLIBRC"] = str(rc)
     os.environ.setdefault("SOURCE_DATE_EPOCH", "0")
 
