@@ -63,6 +63,7 @@ from pathlib import Path
 
 
 from mkdocs.plugins import BasePlugin
+from mkdocs.utils import get_relative_url
 
 from snippets._build.notebook import docstring
 from snippets._build.provenance import (
@@ -91,6 +92,9 @@ NOT_SEARCHED = re.compile(
     r'<(?P<tag>pre|div|span|a)\b(?P<attrs>(?<=<pre)[^>]*|[^>]*\bclass="(?:jp-InputPrompt|'
     r'jp-OutputPrompt|clipboard-copy-txt|notice|anchor-link)\b[^"]*"[^>]*)>')
 TAG = re.compile(r"<[^>]*>")
+PROVENANCE_PARAGRAPH = re.compile(r'<p class="provenance">.*?</p>', re.S)
+PROVENANCE_COMMIT = re.compile(r"\bcommit ([0-9a-f]{7,40})\b")
+GITHUB_REPO = re.compile(r"^https://github\.com/([\w.-]+/[\w.-]+?)(?:\.git)?/?$")
 HYPHENATED = re.compile(r"(?<![\w-])([A-Za-z]+(?:-[A-Za-z]+)+)(?![\w-])")
 SNIPPET_INCLUDE = re.compile(  # a whole-file include of a snippet (no section, no line range)
     r"""^(?P<indent>[ \t]*)-+8<-+[ \t]+(?P<quote>["'])"""
@@ -149,24 +153,90 @@ def on_pre_build(config):
 def on_page_markdown(markdown, page, config, files):
     """Replace the markers of one page's Markdown.
 
-    Articles (the pages `<article>.md` of a snippet folder `snippets/<article>/`) also rank
+    With a `repo_url`, "<repository-url>" becomes that address. Articles (the pages
+    `<article>.md` of a snippet folder `snippets/<article>/`) also rank
     above their companion notebooks and the site's other pages in the search (Material's
     per-page ``search.boost``): a notebook repeats its article's words, and the API page names
     every op, and either would otherwise come first.
     """
     build = _build(config)
+    if config.get("repo_url"):  # e.g. the Reproduce page's `git clone <repository-url>`
+        markdown = markdown.replace("<repository-url>", config["repo_url"].rstrip("/") + ".git")
     if page.file.src_uri.removesuffix(".md") in build.articles:
         page.meta.setdefault("search", {}).setdefault("boost", 2)
     return render(markdown, page.file.src_uri, build)
 
 
 def on_page_content(html_text, page, config, files):
-    """Give the output images of a notebook page the alt text its notebook records, and keep
-    its prompts, buttons and code out of the search index."""
+    """Link the commits of the page's provenance lines to the repository (when `repo_url` is
+    set); on a notebook page, also give the output images the alt text its notebook records,
+    and keep its prompts, buttons and code out of the search index."""
+    html_text = link_commits(html_text, config.get("repo_url"))
     if not page.file.src_uri.endswith(".ipynb") or not page.file.abs_src_path:
         return html_text
     notebook = json.loads(Path(page.file.abs_src_path).read_text(encoding="utf-8"))
     return exclude_from_search(with_notebook_alt_text(html_text, notebook))
+
+
+def link_commits(html_text: str, repo_url: str | None) -> str:
+    """`html_text` with each "commit abc1234" of a provenance paragraph linked to that commit
+    in the repository at `repo_url` (unchanged without one)."""
+    if not repo_url:
+        return html_text
+    base = html.escape(repo_url.rstrip("/"), quote=True)
+
+    def paragraph(match):
+        return PROVENANCE_COMMIT.sub(
+            lambda m: f'commit <a href="{base}/commit/{m.group(1)}">{m.group(1)}</a>', match.group(0))
+
+    return PROVENANCE_PARAGRAPH.sub(paragraph, html_text)
+
+
+def github_path(repo_url: str | None) -> str | None:
+    """``owner/name`` of a GitHub repository URL, else None (Colab opens GitHub only)."""
+    match = GITHUB_REPO.match(repo_url or "")
+    return match.group(1) if match else None
+
+
+def notebook_links(page, config, files) -> dict | None:
+    """The companion notebook of an article or notebook page, as the page template shows it.
+
+    ``{"name": file name, "download": its address relative to the page, "page": the
+    notebook page's address relative to the page (None on the notebook page itself),
+    "colab": the notebook opened in Colab from the repository (None without a GitHub
+    ``repo_url``)}``, or None for a page with no notebook.
+    """
+    src = page.file.src_uri
+    if src.endswith(".ipynb"):
+        notebook = page.file
+    else:
+        article = src.removesuffix(".md")
+        if "/" in article or article not in _build(config).articles:
+            return None
+        notebook = files.get_file_from_path(f"generated/{article}/{article}.ipynb")
+        if notebook is None:
+            return None
+    name = posixpath.basename(notebook.src_uri)
+    links = {
+        "name": name,
+        "download": get_relative_url(notebook.url + name, page.url),
+        "page": None if notebook is page.file else get_relative_url(notebook.url, page.url),
+        "colab": None,
+    }
+    repo = github_path(config.get("repo_url"))
+    if repo:
+        root = Path(config["config_file_path"]).resolve().parent if config.get("config_file_path") else Path.cwd()
+        docs = Path(config["docs_dir"]).resolve().relative_to(root).as_posix()
+        branch = (config.get("extra") or {}).get("repo_branch") or "main"
+        links["colab"] = (f"https://colab.research.google.com/github/{repo}/blob/{branch}/"
+                          f"{docs}/{notebook.src_uri}")
+    return links
+
+
+def on_page_context(context, page, config, nav, files):
+    """Tell the page template (overrides/main.html) about the page's companion notebook."""
+    context["notebook_links"] = notebook_links(page, config, files)
+    return context
 
 
 def exclude_from_search(html_text: str) -> str:
@@ -546,6 +616,12 @@ class GeneratedOutputsPlugin(BasePlugin):
 
     def on_page_content(self, html, page, config, files):
         return on_page_content(html, page, config, files)
+
+    def on_files(self, files, config):
+        self._files = files
+
+    def on_page_context(self, context, page, config, nav):
+        return on_page_context(context, page, config, nav, self._files)
 
     def on_post_build(self, config):
         on_post_build(config)

@@ -43,6 +43,9 @@ from urllib.parse import urlsplit
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+# The site is built as the Pages workflow builds it, with the repository's address set (an
+# example one here), so that the links made from it can be checked.
+REPO_URL = "https://github.com/example/fast-llm-kernels"
 DOCS = ROOT / "docs"
 MATHJAX = DOCS / "assets" / "mathjax" / "tex-svg.js"
 # Pages of the site that are not articles; every other Markdown page in docs/ is one.
@@ -292,7 +295,8 @@ def page_url(markdown_page: str) -> str:
 
 @pytest.fixture(scope="module")
 def site_dir(served, tmp_path_factory):
-    """The site built with `mkdocs build --strict` into the served folder, for its address.
+    """The site built with `mkdocs build --strict` into the served folder, for its address,
+    with `REPO_URL` set as the Pages workflow sets it.
 
     A `torch` that raises when imported comes first on the path: the build must not import it.
     """
@@ -305,7 +309,7 @@ def site_dir(served, tmp_path_factory):
     result = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
         cwd=ROOT,
-        env={**os.environ, "SITE_URL": url, "PYTHONPATH": path},
+        env={**os.environ, "SITE_URL": url, "PYTHONPATH": path, "REPO_URL": REPO_URL},
         capture_output=True,
         text=True,
     )
@@ -768,3 +772,38 @@ def test_api_page_documents_flash_attention_with_its_args(context, base_url):
     for needed in ("Returns:", "Raises:", "TypeError", "ValueError", "attention_ref", "attention_blockwise"):
         assert needed in text, f"the API page does not show {needed!r}"
     page.close()
+
+
+def test_pages_link_the_repository_and_offer_their_notebook(site_dir, pages):
+    """With `repo_url` set: every article that has a companion notebook, and every notebook
+    page, offers a labelled "Download notebook" link to the .ipynb in the site and an "Open in
+    Colab" link to that notebook in the repository; the header links the repository; the
+    commits of provenance lines link to the repository; the Reproduce page clones it."""
+    notebooks = sorted(p.relative_to(DOCS).as_posix() for p in (DOCS / "generated").glob("*/*.ipynb"))
+    assert notebooks, "no companion notebook in docs/generated"
+    checked = []
+    for notebook in notebooks:
+        article = notebook.split("/")[1]
+        for page in (f"{article}.md", notebook.removesuffix(".ipynb")):
+            built = site_dir / page_url(page) / "index.html"
+            text = built.read_text(encoding="utf-8")
+            download = re.search(r'<a class="md-button notebook-download" href="([^"]+)"[^>]*>(.*?)</a>', text, re.S)
+            assert download, f"{page}: no download button"
+            assert "Download notebook" in download.group(2), f"{page}: the download button has no label"
+            assert (built.parent / download.group(1)).resolve().is_file(), f"{page}: {download.group(1)} is not in the site"
+            colab = re.search(r'<a class="md-button notebook-colab" href="([^"]+)"', text)
+            assert colab, f"{page}: no Open in Colab button"
+            expected = ("https://colab.research.google.com/github/example/fast-llm-kernels/blob/main/docs/"
+                        + notebook)
+            assert colab.group(1) == expected, f"{page}: Colab link {colab.group(1)}, expected {expected}"
+            assert f'href="{REPO_URL}"' in text, f"{page}: the header does not link the repository"
+            checked.append(page)
+    assert len(checked) == 2 * len(notebooks)
+    commits = re.findall(r'<p class="provenance">.*?</p>',
+                         (site_dir / page_url("flash_attention.md") / "index.html").read_text(encoding="utf-8"), re.S)
+    assert commits, "flash_attention: no provenance line"
+    for line in commits:
+        if "commit " in line and "no commit" not in line:
+            assert re.search(rf'commit <a href="{re.escape(REPO_URL)}/commit/[0-9a-f]{{7,40}}">', line), line
+    reproduce = (site_dir / page_url("reproduce.md") / "index.html").read_text(encoding="utf-8")
+    assert "fast-llm-kernels.git" in reproduce and "&lt;repository-url&gt;" not in reproduce
