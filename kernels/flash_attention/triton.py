@@ -126,6 +126,27 @@ def _fwd_inner(acc, m_i, l_i, q, k_ptrs, v_ptrs, offs_m, offs_n, offs_d, offs_dv
 
 
 @triton.jit
+def _sequence(row, CU_Q, CU_K, Tq, Tk, VARLEN: tl.constexpr):
+    """``(off_b, q_start, q_len, k_start, k_len)`` of batch row ``row`` (the program's
+    ``off_bh // heads``): with ``VARLEN``, sequence ``row`` of the packed batch, whose rows are
+    ``[q_start, q_start + q_len)`` of T in batch element 0; otherwise batch element ``row``,
+    all of T. ``off_b`` is 64-bit: it multiplies a stride."""
+    if VARLEN:
+        off_b = tl.zeros([], dtype=tl.int64)
+        q_start = tl.load(CU_Q + row)
+        q_len = tl.load(CU_Q + row + 1) - q_start
+        k_start = tl.load(CU_K + row)
+        k_len = tl.load(CU_K + row + 1) - k_start
+    else:
+        off_b = row.to(tl.int64)
+        q_start = tl.zeros([], dtype=tl.int32)
+        q_len = Tq + tl.zeros([], dtype=tl.int32)
+        k_start = tl.zeros([], dtype=tl.int32)
+        k_len = Tk + tl.zeros([], dtype=tl.int32)
+    return off_b, q_start, q_len, k_start, k_len
+
+
+@triton.jit
 def _fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K,
                 stride_qb, stride_qh, stride_qm, stride_qd,
                 stride_kb, stride_kh, stride_kn, stride_kd,
@@ -141,21 +162,9 @@ def _fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K,
     # inside a tile stay 32-bit.
     off_h = (off_bh % H).to(tl.int64)
     off_hkv = off_h // GROUP  # grouped-query attention: GROUP query heads share one key head
-    if VARLEN:  # sequence off_bh // H of the packed batch: rows [q_start, q_start + q_len) of T
-        off_b = tl.zeros([], dtype=tl.int64)
-        seq = off_bh // H
-        q_start = tl.load(CU_Q + seq)
-        q_len = tl.load(CU_Q + seq + 1) - q_start
-        k_start = tl.load(CU_K + seq)
-        k_len = tl.load(CU_K + seq + 1) - k_start
-        if start_m >= q_len:  # past the end of this sequence: no work, not even masked work
-            return
-    else:
-        off_b = (off_bh // H).to(tl.int64)
-        q_start = tl.zeros([], dtype=tl.int32)
-        q_len = Tq
-        k_start = tl.zeros([], dtype=tl.int32)
-        k_len = Tk
+    off_b, q_start, q_len, k_start, k_len = _sequence(off_bh // H, CU_Q, CU_K, Tq, Tk, VARLEN)
+    if start_m >= q_len:  # past the end of this sequence: no work, not even masked work
+        return
     offs_m = start_m + tl.arange(0, BLOCK_M)  # rows of the sequence
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
@@ -216,21 +225,9 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU_Q, CU_K,
     start_n = tl.program_id(0) * BLOCK_N
     off_bh = tl.program_id(1)
     off_hkv = (off_bh % HKV).to(tl.int64)  # 64-bit offsets, as in the forward
-    if VARLEN:
-        off_b = tl.zeros([], dtype=tl.int64)
-        seq = off_bh // HKV
-        q_start = tl.load(CU_Q + seq)
-        q_len = tl.load(CU_Q + seq + 1) - q_start
-        k_start = tl.load(CU_K + seq)
-        k_len = tl.load(CU_K + seq + 1) - k_start
-        if start_n >= k_len:
-            return
-    else:
-        off_b = (off_bh // HKV).to(tl.int64)
-        q_start = tl.zeros([], dtype=tl.int32)
-        q_len = Tq
-        k_start = tl.zeros([], dtype=tl.int32)
-        k_len = Tk
+    off_b, q_start, q_len, k_start, k_len = _sequence(off_bh // HKV, CU_Q, CU_K, Tq, Tk, VARLEN)
+    if start_n >= k_len:
+        return
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
@@ -305,21 +302,9 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU_Q, CU_K,
     off_bh = tl.program_id(1)
     off_h = (off_bh % H).to(tl.int64)
     off_hkv = off_h // GROUP
-    if VARLEN:
-        off_b = tl.zeros([], dtype=tl.int64)
-        seq = off_bh // H
-        q_start = tl.load(CU_Q + seq)
-        q_len = tl.load(CU_Q + seq + 1) - q_start
-        k_start = tl.load(CU_K + seq)
-        k_len = tl.load(CU_K + seq + 1) - k_start
-        if start_m >= q_len:
-            return
-    else:
-        off_b = (off_bh // H).to(tl.int64)
-        q_start = tl.zeros([], dtype=tl.int32)
-        q_len = Tq
-        k_start = tl.zeros([], dtype=tl.int32)
-        k_len = Tk
+    off_b, q_start, q_len, k_start, k_len = _sequence(off_bh // H, CU_Q, CU_K, Tq, Tk, VARLEN)
+    if start_m >= q_len:
+        return
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
