@@ -56,7 +56,7 @@ def _check_cu_seqlens(cu_seqlens, q, causal, seq_idx, normalize, return_chunk_st
         raise ValueError(f"cu_seqlens must be on the device of q ({q.device}), got {cu_seqlens.device}")
     if cu_seqlens.shape[0] < 2:
         raise ValueError(f"cu_seqlens must hold N + 1 >= 2 offsets (N sequences), got shape {tuple(cu_seqlens.shape)}")
-    B, H, T, _ = q.shape
+    B, T = q.shape[0], q.shape[2]
     if B != 1:
         raise ValueError(f"packed sequences (cu_seqlens) lie along T of a batch of one, q [1, H, total, K]; "
                          f"got batch size {B}")
