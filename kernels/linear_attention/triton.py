@@ -128,7 +128,7 @@ def _state_pass_kernel(HC, GC, S0, SN, DS, KEEP, FIRST, LAST, NT, SIZE, H,
                 seq = tl.load(LAST + n)
             else:
                 seq = tl.load(FIRST + n)
-            here = (offs * 0 + seq) >= 0  # [BLOCK], all equal
+            here = (offs * 0 + seq) >= 0  # as a block: the interpreter rejects a scalar mask
             p_seq = S0 + (tl.maximum(seq, 0).to(tl.int64) * H + bh % H) * SIZE + offs
             restart = tl.zeros([BLOCK], dtype=tl.float32)
             if HAS_S0:

@@ -154,8 +154,8 @@ BAD = {
     "falling": (lambda a: a.update(cu_seqlens=torch.tensor([0, 5, 4, 9], dtype=torch.int32)), ValueError,
                 "without falling"),
     "initial_state shape": (lambda a: a.update(initial_state=torch.zeros(1, 2, 4, 3)), ValueError,
-                            r"initial_state must have shape \[N, H, K, V\] \(one per packed sequence\) = "
-                            r"\(2, 2, 4, 3\), got \(1, 2, 4, 3\)"),
+                            (r"initial_state must have shape \[N, H, K, V\] \(one per packed sequence\) = "
+                             r"\(2, 2, 4, 3\), got \(1, 2, 4, 3\)")),
     "with seq_idx": (lambda a: a.update(seq_idx=torch.zeros(1, 9, dtype=torch.int32)), ValueError,
                      "cu_seqlens does not go together with seq_idx"),
     "with normalize": (lambda a: a.update(normalize=True), ValueError, "cu_seqlens does not go together with normalize"),

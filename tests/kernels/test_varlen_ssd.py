@@ -104,7 +104,7 @@ BAD = [
 
 @pytest.mark.parametrize("change, error, message", BAD, ids=[str(i) for i in range(len(BAD))])
 def test_bad_packed_input(change, error, message):
-    args = {k: v.cpu() for k, v in packed_inputs([0, 2, 5], 4, 2, 8, 2).items() if k in "x dt A B C".split()}
+    args = {k: v.cpu() for k, v in packed_inputs([0, 2, 5], 4, 2, 8, 2).items() if k in ("x", "dt", "A", "B", "C")}
     args["cu_seqlens"] = torch.tensor([0, 2, 5], dtype=torch.int32)
     change(args)
     with pytest.raises(error, match=message):
