@@ -11,11 +11,11 @@ import torch
 
 from .._backend import HAS_TRITON, uses_triton
 from .._checks import (check_bool, check_dim, check_float_dtypes, check_same_device, check_scale,
-                       check_tensor)
-from .naive import linear_attention_chunk_states, linear_attention_quadratic
+                       check_tensor, values_checkable)
+from .naive import linear_attention_chunk_states, linear_attention_quadratic, linear_attention_varlen
 
 if HAS_TRITON:
-    from .triton import ChunkLinearAttention, _config, linear_attention_step_fused
+    from .triton import ChunkLinearAttention, _config, linear_attention_step_fused, varlen_layout
 
 def check_log_decay(decay, B: int, H: int, T: int, device, per_token: str = "[B, H, T]") -> None:
     """``decay`` must be a floating tensor of log-decays, ``[H]`` or ``per_token``, on ``device``.
@@ -44,8 +44,37 @@ def check_log_decay(decay, B: int, H: int, T: int, device, per_token: str = "[B,
                                  f"got values in [{decay.min().item()}, {decay.max().item()}]")
 
 
+def _check_cu_seqlens(cu_seqlens, q, causal, seq_idx, normalize, return_chunk_states):
+    """Checks of ``cu_seqlens`` ``[N + 1]``; returns N (None without it). Its values (from 0,
+    nondecreasing, up to the packed length) are read on CPU tensors only."""
+    if cu_seqlens is None:
+        return None
+    check_tensor("cu_seqlens", cu_seqlens, 1, "[N + 1]")
+    if cu_seqlens.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"cu_seqlens must hold int32 or int64 offsets, got {cu_seqlens.dtype}")
+    if cu_seqlens.device != q.device:
+        raise ValueError(f"cu_seqlens must be on the device of q ({q.device}), got {cu_seqlens.device}")
+    if cu_seqlens.shape[0] < 2:
+        raise ValueError(f"cu_seqlens must hold N + 1 >= 2 offsets (N sequences), got shape {tuple(cu_seqlens.shape)}")
+    B, T = q.shape[0], q.shape[2]
+    if B != 1:
+        raise ValueError(f"packed sequences (cu_seqlens) lie along T of a batch of one, q [1, H, total, K]; "
+                         f"got batch size {B}")
+    if not causal:
+        raise ValueError("cu_seqlens needs causal=True")
+    for name, given in (("seq_idx", seq_idx is not None), ("normalize", normalize),
+                        ("return_chunk_states", return_chunk_states)):
+        if given:
+            raise ValueError(f"cu_seqlens does not go together with {name}")
+    if values_checkable(cu_seqlens):
+        c = cu_seqlens.cpu()
+        if c[0] != 0 or c[-1] != T or (c[1:] < c[:-1]).any():
+            raise ValueError(f"cu_seqlens must rise from 0 to the packed length {T} without falling, got {c.tolist()}")
+    return cu_seqlens.shape[0] - 1
+
+
 def _check_inputs(q, k, v, causal, decay, scale, initial_state, return_final_state, normalize,
-                  return_chunk_states=False, chunk_size=64, seq_idx=None):
+                  return_chunk_states=False, chunk_size=64, seq_idx=None, cu_seqlens=None):
     check_tensor("q", q, 4, "[B, H, T, K]")
     check_tensor("k", k, 4, "[B, H, T, K]")
     check_tensor("v", v, 4, "[B, H, T, V]")
@@ -87,11 +116,13 @@ def _check_inputs(q, k, v, causal, decay, scale, initial_state, return_final_sta
             raise ValueError("seq_idx must be nondecreasing along T: each sequence is one contiguous run of positions")
         if not causal:
             raise ValueError("seq_idx needs causal=True")
+    N = _check_cu_seqlens(cu_seqlens, q, causal, seq_idx, normalize, return_chunk_states)
     if initial_state is not None:
-        check_tensor("initial_state", initial_state, 4, "[B, H, K, V]")
-        expected = (B, H, K, v.shape[-1])
+        layout = "[B, H, K, V]" if cu_seqlens is None else "[N, H, K, V] (one per packed sequence)"
+        check_tensor("initial_state", initial_state, 4, layout)
+        expected = (B if cu_seqlens is None else N, H, K, v.shape[-1])
         if tuple(initial_state.shape) != expected:
-            raise ValueError(f"initial_state must have shape [B, H, K, V] = {expected}, "
+            raise ValueError(f"initial_state must have shape {layout} = {expected}, "
                              f"got {tuple(initial_state.shape)}")
         if not initial_state.is_floating_point():
             raise TypeError(f"initial_state must be a floating-point tensor, got {initial_state.dtype}")
@@ -103,7 +134,7 @@ def _check_inputs(q, k, v, causal, decay, scale, initial_state, return_final_sta
 
 def linear_attention(q, k, v, causal: bool = True, decay=None, scale=None, initial_state=None,
                      return_final_state: bool = False, normalize: bool = False, return_chunk_states: bool = False,
-                     chunk_size: int = 64, seq_idx=None):
+                     chunk_size: int = 64, seq_idx=None, cu_seqlens=None):
     """Causal (or non-causal) linear attention with an optional per-head or per-token decay.
 
     Causal: the state ``S_t = exp(g_t) * S_{t-1} + k_t^T v_t`` (``S_{-1}`` = ``initial_state`` or 0)
@@ -137,6 +168,15 @@ def linear_attention(q, k, v, causal: bool = True, decay=None, scale=None, initi
             sequence of position 0, the final state is that of the last position. Ids are
             nondecreasing along ``T``, as mamba_ssm's ``seq_idx`` (checked on CPU tensors only).
             Causal only.
+        cu_seqlens (torch.Tensor, optional): int32 or int64 offsets ``[N + 1]`` of ``N``
+            sequences packed along ``T`` of a batch of one (``q [1, H, total, K]``), as
+            flash-attn's ``flash_attn_varlen_func`` and flash-linear-attention: sequence ``i`` is
+            positions ``cu_seqlens[i]:cu_seqlens[i + 1]`` and its state starts afresh from
+            ``initial_state[i]`` (or 0). ``initial_state`` and the final state are then per
+            sequence, ``[N, H, K, V]``; an empty sequence (a repeated offset) keeps its initial
+            state. A per-token decay is ``[1, H, total]``. The offsets must rise from 0 to
+            ``total`` (checked on CPU tensors only: no wait for the GPU). Causal only; not with
+            ``seq_idx``, ``normalize`` or ``return_chunk_states``.
 
     ``q``, ``k``, ``v`` share a dtype (float16, bfloat16 or float32) and a device; any head dims
     K and V and any length ``T >= 1``.
@@ -148,25 +188,40 @@ def linear_attention(q, k, v, causal: bool = True, decay=None, scale=None, initi
     imported (except bfloat16); otherwise the PyTorch reference `linear_attention_quadratic`.
     The non-causal form is two matrix products in PyTorch everywhere.
 
+    Packed sequences (``cu_seqlens``) run the same kernels on a copy of the inputs in which
+    every sequence starts at a chunk boundary, computed on the device from the offsets: no
+    padding to the longest sequence, at most one partial chunk per sequence, so the work is
+    ``O(total + N * chunk)``; only the pass over the chunks restarts the state at each sequence.
+
     Returns:
-        ``o [B, H, T, V]`` in the dtype of ``q``; ``(o, S_{T-1})`` with ``return_final_state=True``;
-        the chunk states appended last with ``return_chunk_states=True``.
+        ``o [B, H, T, V]`` in the dtype of ``q``; ``(o, S_{T-1})`` with ``return_final_state=True``
+        (``[N, H, K, V]``, each sequence's last state, with ``cu_seqlens``); the chunk states
+        appended last with ``return_chunk_states=True``.
 
     Raises:
         TypeError: a non-tensor, an unsupported or mixed dtype, a flag that is not a bool.
         ValueError: wrong dims or shapes, an empty tensor, different devices, a decay that is not
             ``[H]`` or ``[B, H, T]`` (or, on the CPU, positive or non-finite), an initial state of the wrong
-            shape, or decay / initial_state / return_final_state with ``causal=False``.
+            shape, or decay / initial_state / return_final_state with ``causal=False``; for
+            ``cu_seqlens``: a batch size other than 1, fewer than 2 offsets, offsets that do not
+            rise from 0 to ``T`` (on CPU), or one of the options it does not go with.
 
     Examples:
         >>> q, k, v = torch.randn(1, 2, 100, 16), torch.randn(1, 2, 100, 16), torch.randn(1, 2, 100, 32)
         >>> o, S = linear_attention(q, k, v, decay=torch.tensor([-0.1, -0.01]), return_final_state=True)
         >>> o.shape, S.shape
         (torch.Size([1, 2, 100, 32]), torch.Size([1, 2, 16, 32]))
+        >>> cu = torch.tensor([0, 30, 100], dtype=torch.int32)  # two sequences, 30 and 70 long
+        >>> o, S = linear_attention(q, k, v, return_final_state=True, cu_seqlens=cu)
+        >>> S.shape
+        torch.Size([2, 2, 16, 32])
     """
     _check_inputs(q, k, v, causal, decay, scale, initial_state, return_final_state, normalize,
-                  return_chunk_states, chunk_size, seq_idx)
+                  return_chunk_states, chunk_size, seq_idx, cu_seqlens)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    if cu_seqlens is not None:
+        o, final = _run_varlen(q, k, v, decay, scale, initial_state, cu_seqlens)
+        return (o, final) if return_final_state else o
     if normalize:
         ones = torch.ones(*v.shape[:-1], 1, dtype=v.dtype, device=v.device)
         out, _ = _run(q, k, torch.cat([v, ones], dim=-1), causal, decay, scale, None, seq_idx=seq_idx)
@@ -201,6 +256,30 @@ def _run(q, k, v, causal, decay, scale, initial_state, chunk_size=None, seq_idx=
         return o, final
     states = linear_attention_chunk_states(k, v, decay, initial_state, chunk_size, seq_idx)
     return o, final, (states if states.dtype == torch.float64 else states.float())
+
+
+def _run_varlen(q, k, v, decay, scale, initial_state, cu_seqlens):
+    """``(o [1, H, total, V], final states [N, H, K, V])`` of validated packed inputs."""
+    if not uses_triton(q):
+        o, final = linear_attention_varlen(q, k, v, cu_seqlens, decay=decay, scale=scale,
+                                           initial_state=initial_state)
+        return o, final
+    _, H, total, _ = q.shape
+    layout = varlen_layout(cu_seqlens, total, _config(q.shape[-1], v.shape[-1], v.dtype)["CHUNK"])
+    if decay is None:
+        g = torch.zeros(1, H, total, device=q.device, dtype=torch.float32)
+    else:
+        g = (decay[None, :, None] if decay.dim() == 1 else decay).float().expand(1, H, total)
+
+    def spread(x):  # [1, H, total, D] -> [1, H, Tp, D], zeros between the sequences
+        return x.new_zeros(*x.shape[:2], layout.length, *x.shape[3:]).index_copy(2, layout.dest, x)
+
+    o, final, _ = ChunkLinearAttention.apply(spread(q), spread(k), spread(v), spread(g), scale, initial_state,
+                                             False, None, layout)
+    o = o.index_select(2, layout.dest)  # back to the packed positions
+    if initial_state is not None:  # an empty sequence keeps its initial state
+        final = torch.where(layout.empty[:, None, None, None], initial_state.float(), final)
+    return o, final
 
 
 def linear_attention_step(q, k, v, state, decay=None, scale=None):

@@ -111,6 +111,45 @@ def linear_attention_recurrent(q, k, v, decay=None, scale=None, initial_state=No
     return torch.stack(outputs, dim=2).to(dtype), S
 
 
+def linear_attention_varlen(q, k, v, cu_seqlens, decay=None, scale=None, initial_state=None):
+    """Causal linear attention over packed sequences, one call of the quadratic form per sequence.
+
+    Sequence ``i`` is positions ``cu_seqlens[i]:cu_seqlens[i + 1]`` of the single row of ``q, k,
+    v``; each starts from its own initial state (or 0), and its final state is returned. An empty
+    sequence (a repeated offset) keeps its initial state.
+
+    Args:
+        q (torch.Tensor): queries ``[1, H, total, K]``.
+        k (torch.Tensor): keys ``[1, H, total, K]``.
+        v (torch.Tensor): values ``[1, H, total, V]``.
+        cu_seqlens (torch.Tensor): int offsets ``[N + 1]``, from 0 up to ``total``.
+        decay (torch.Tensor, optional): log-decays, per head ``[H]`` or per token ``[1, H, total]``.
+        scale (float, optional): default ``K ** -0.5``.
+        initial_state (torch.Tensor, optional): one state per sequence ``[N, H, K, V]``.
+
+    Returns:
+        ``(o [1, H, total, V], final_states [N, H, K, V])``: ``o`` in the dtype of ``q``, the
+        states in float32 (float64 stays float64).
+    """
+    offsets = [int(c) for c in cu_seqlens.tolist()]
+    N, H, K, V = len(offsets) - 1, q.shape[1], q.shape[-1], v.shape[-1]
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    pieces, finals = [], []
+    for i in range(N):
+        a, b = offsets[i], offsets[i + 1]
+        s0 = None if initial_state is None else initial_state[i:i + 1]
+        if a == b:  # an empty sequence: its state stays as it was
+            finals.append(torch.zeros(1, H, K, V, dtype=acc, device=q.device) if s0 is None else s0.to(acc))
+            continue
+        d = None if decay is None else (decay if decay.dim() == 1 else decay[:, :, a:b])
+        o_i, final_i = linear_attention_quadratic(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], decay=d, scale=scale,
+                                                  initial_state=s0)
+        pieces.append(o_i)
+        finals.append(final_i.to(acc))
+    o = torch.cat(pieces, dim=2)  # the sequences cover 0 .. total
+    return o, torch.cat(finals, dim=0)
+
+
 def linear_attention_chunk_states(k, v, decay=None, initial_state=None, chunk_size: int = 64, seq_idx=None):
     """The state before each chunk of ``chunk_size`` positions, from the decayed sums.
 

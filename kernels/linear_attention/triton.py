@@ -31,6 +31,8 @@ needs no kernel (see `ChunkLinearAttention.backward`).
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
@@ -88,9 +90,9 @@ def _chunk_state_kernel(Bp, Cp, GC, HC, SEG, SEGP, stride_bb, stride_bh, stride_
 
 
 @triton.jit
-def _state_pass_kernel(HC, GC, S0, SN, DS, KEEP, NT, SIZE, H,
+def _state_pass_kernel(HC, GC, S0, SN, DS, KEEP, FIRST, LAST, NT, SIZE, H,
                        HAS_S0: tl.constexpr, STORE_SN: tl.constexpr, REVERSE: tl.constexpr, HAS_DS: tl.constexpr,
-                       HAS_SEG: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr):
+                       HAS_SEG: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr, VARLEN: tl.constexpr = False):
     """Turn each chunk's contribution HC[bh, n] into the state it meets, in place.
 
     Forward: ``S_0 = S0``; ``HC[n] <- S_n``; ``S_{n+1} = exp(c_L(n)) S_n + contribution_n``.
@@ -100,19 +102,38 @@ def _state_pass_kernel(HC, GC, S0, SN, DS, KEEP, NT, SIZE, H,
     last ``S`` (the final state, or the gradient of the initial state). All float32,
     ``SIZE = DAB DC``. With ``HAS_SEG``, KEEP ``[B, NT]`` is 1 where chunk n continues the
     sequence of the state before it and 0 where a new one starts in it (the state is dropped).
+
+    With ``VARLEN`` (packed sequences laid out so that each starts at a chunk boundary; batch of
+    one), FIRST and LAST ``[NT]`` int32 hold, for each chunk, the index i of the sequence it
+    starts (resp. ends), or -1. S0 and SN are per sequence ``[N, H, DAB, DC]``. Forward: the
+    state before the first chunk of sequence i is S0[i] (or 0), and the state after its last
+    chunk goes to SN[i]. Reverse: the gradient restarts from S0[i] (the gradient of final state
+    i, or 0) after the last chunk of sequence i, and the gradient before its first chunk goes
+    to SN[i] (the gradient of initial state i). Chunks past the last sequence are padding.
     """
     pid = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     m = offs < SIZE
     s = tl.zeros([BLOCK], dtype=tl.float32)
-    if HAS_S0:
+    if HAS_S0 and not VARLEN:
         s = tl.load(S0 + bh * SIZE + offs, mask=m, other=0.0)
     for idx in range(0, NT):
         if REVERSE:
             n = NT - 1 - idx
         else:
             n = idx
+        if VARLEN:  # a sequence starts (forward) or ends (reverse) here: restart the sweep
+            if REVERSE:
+                seq = tl.load(LAST + n)
+            else:
+                seq = tl.load(FIRST + n)
+            here = (offs * 0 + seq) >= 0  # as a block: the interpreter rejects a scalar mask
+            p_seq = S0 + (tl.maximum(seq, 0).to(tl.int64) * H + bh % H) * SIZE + offs
+            restart = tl.zeros([BLOCK], dtype=tl.float32)
+            if HAS_S0:
+                restart = tl.load(p_seq, mask=m & here, other=0.0)
+            s = tl.where(here, restart, s)
         p = HC + (bh * NT + n) * SIZE + offs
         contribution = tl.load(p, mask=m, other=0.0)
         tl.store(p, s, mask=m)
@@ -122,7 +143,14 @@ def _state_pass_kernel(HC, GC, S0, SN, DS, KEEP, NT, SIZE, H,
         s = s * factor + contribution
         if HAS_DS:
             s += tl.load(DS + (bh * NT + n) * SIZE + offs, mask=m, other=0.0)
-    if STORE_SN:
+        if VARLEN and STORE_SN:  # a sequence ends (forward) or starts (reverse) here
+            if REVERSE:
+                seq = tl.load(FIRST + n)
+            else:
+                seq = tl.load(LAST + n)
+            here = (offs * 0 + seq) >= 0
+            tl.store(SN + (tl.maximum(seq, 0).to(tl.int64) * H + bh % H) * SIZE + offs, s, mask=m & here)
+    if STORE_SN and not VARLEN:
         tl.store(SN + bh * SIZE + offs, s, mask=m)
 
 
@@ -266,10 +294,57 @@ def segments(seq_idx, T: int, chunk: int):
     return seg, prev, keep
 
 
-def _states(b, c, gc, s0, scale, reverse, want_last, config, extra=None, seg=None):
+class VarlenLayout(NamedTuple):
+    """Where packed sequences go in a chunk-aligned buffer (see `varlen_layout`)."""
+
+    N: int  # number of sequences
+    length: int  # buffer length Tp, a multiple of the chunk
+    dest: torch.Tensor  # [total] int64: buffer position of each packed position
+    first: torch.Tensor  # [NT] int32: the sequence whose first chunk this is, or -1
+    last: torch.Tensor  # [NT] int32: the sequence whose last chunk this is, or -1
+    end: torch.Tensor  # [N] int64: the last buffer position of each sequence's chunks (0 if empty)
+    stop: torch.Tensor  # [Tp] int64: the buffer end of the sequence of each position (Tp: padding)
+    empty: torch.Tensor  # [N] bool: the sequences of length 0
+
+
+def varlen_layout(cu_seqlens, total: int, chunk: int) -> VarlenLayout:
+    """Lay ``N`` packed sequences (offsets ``cu_seqlens [N + 1]``, ``total`` positions) out so that
+    each starts at a chunk boundary: sequence i starts at ``sum_{j < i} ceil(len_j / chunk) chunk``.
+
+    Every chunk then lies inside one sequence (at most one partial chunk per sequence, padded
+    with zeros), and the buffer length ``Tp``, ``total + N (chunk - 1)`` rounded up to a chunk,
+    comes from the shapes alone: everything is computed on the device, nothing is read back.
+    """
+    cu = cu_seqlens.to(torch.int64)
+    N = cu.shape[0] - 1
+    lens = cu[1:] - cu[:-1]  # [N]
+    span = (lens + chunk - 1) // chunk * chunk  # each sequence's whole chunks
+    pad_end = span.cumsum(0)
+    pad_start = pad_end - span
+    Tp = triton.cdiv(total + N * (chunk - 1), chunk) * chunk
+    NT = Tp // chunk
+    t = torch.arange(total, device=cu.device)
+    seq = torch.searchsorted(cu[1:].contiguous(), t, right=True).clamp_max(N - 1)  # [total]
+    dest = t - cu[seq] + pad_start[seq]
+    empty = lens == 0
+    ids = torch.arange(N, device=cu.device, dtype=torch.int32)
+    first = torch.full((NT + 1,), -1, device=cu.device, dtype=torch.int32)
+    first[torch.where(empty, NT, pad_start // chunk)] = ids  # empty sequences write the spare slot
+    last = torch.full((NT + 1,), -1, device=cu.device, dtype=torch.int32)
+    last[torch.where(empty, NT, pad_end // chunk - 1)] = ids
+    starts = torch.arange(NT, device=cu.device) * chunk
+    chunk_seq = torch.searchsorted(pad_end, starts, right=True)  # [NT], N past the last sequence
+    stop = torch.cat([pad_end, pad_end.new_full((1,), Tp)])[chunk_seq].repeat_interleave(chunk)
+    return VarlenLayout(N, Tp, dest, first[:NT].contiguous(), last[:NT].contiguous(), (pad_end - 1).clamp_min(0),
+                        stop, empty)
+
+
+def _states(b, c, gc, s0, scale, reverse, want_last, config, extra=None, seg=None, varlen=None):
     """States before each chunk ``[B H, NT, DAB, DC]`` (or, reverse, the gradients after each
     chunk) and the last one ``[B, H, DAB, DC]`` when ``want_last``: kernels (a) and (b).
-    ``extra`` (reverse only): the gradients of the states before each chunk, ``[B H, NT, DAB, DC]``."""
+    ``extra`` (reverse only): the gradients of the states before each chunk, ``[B H, NT, DAB, DC]``.
+    ``varlen`` (a `VarlenLayout`): ``s0`` and the last states are per sequence ``[N, H, DAB, DC]``
+    (zero for an empty sequence)."""
     Bsz, H, T, DAB = b.shape
     DC = c.shape[-1]
     CHUNK = config["CHUNK"]
@@ -280,12 +355,15 @@ def _states(b, c, gc, s0, scale, reverse, want_last, config, extra=None, seg=Non
     _chunk_state_kernel[grid](b, c, gc, hc, SEG, SEGP, *b.stride()[:3], *c.stride()[:3], T, DAB, DC, H, NT, scale,
                               REVERSE=reverse, HAS_SEG=seg is not None, **config)
     last = torch.empty(Bsz, H, DAB, DC, device=c.device, dtype=torch.float32) if want_last else hc
+    if varlen is not None and want_last:  # an empty sequence has no chunk to store its state
+        last = torch.zeros(varlen.N, H, DAB, DC, device=c.device, dtype=torch.float32)
+    FIRST, LAST = (varlen.first, varlen.last) if varlen is not None else (hc, hc)
     s0 = None if s0 is None else s0.float().contiguous()
     pconf = _pass_config()
     _state_pass_kernel[(triton.cdiv(DAB * DC, pconf["BLOCK"]), Bsz * H)](
-        hc, gc, s0 if s0 is not None else hc, last, extra if extra is not None else hc, KEEP, NT, DAB * DC, H,
-        HAS_S0=s0 is not None, STORE_SN=want_last, REVERSE=reverse, HAS_DS=extra is not None,
-        HAS_SEG=seg is not None, CHUNK=CHUNK, **pconf)
+        hc, gc, s0 if s0 is not None else hc, last, extra if extra is not None else hc, KEEP, FIRST, LAST, NT,
+        DAB * DC, H, HAS_S0=s0 is not None, STORE_SN=want_last, REVERSE=reverse, HAS_DS=extra is not None,
+        HAS_SEG=seg is not None, CHUNK=CHUNK, VARLEN=varlen is not None, **pconf)
     return hc, (last if want_last else None)
 
 
@@ -313,18 +391,24 @@ class ChunkLinearAttention(torch.autograd.Function):
     ``o [B, H, T, V]``, the float32 final state ``[B, H, K, V]`` and, with ``want_states``, the
     float32 states before each chunk of ``CHUNK`` (`_config`) positions ``[B, H, NT, K, V]``
     (else None).
+
+    With ``varlen`` (a `VarlenLayout`; batch of one) the inputs are already laid out in its
+    chunk-aligned buffer, ``initial_state`` and the final states are per sequence
+    ``[N, H, K, V]``, and only the state pass knows about the sequences: each chunk lies inside
+    one, so the chunk kernels need no mask. The output is the buffer's ``[1, H, Tp, V]``.
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, g, scale, initial_state, want_states=False, seq_idx=None):
+    def forward(ctx, q, k, v, g, scale, initial_state, want_states=False, seq_idx=None, varlen=None):
         q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
         K, V = q.shape[-1], v.shape[-1]
         config = _config(K, V, v.dtype)
         gc = chunk_cumsum(g, config["CHUNK"])
         seg = segments(seq_idx, q.shape[2], config["CHUNK"])
-        states, final = _states(k, v, gc, initial_state, 1.0, False, True, config, seg=seg)
+        states, final = _states(k, v, gc, initial_state, 1.0, False, True, config, seg=seg, varlen=varlen)
         o = _outputs(q, k, v, states, False, gc, scale, False, config, v.dtype, seg)
         ctx.save_for_backward(q, k, v, g, initial_state, final, seq_idx)
+        ctx.varlen = varlen
         ctx.scale = scale
         ctx.want_states = want_states
         if not want_states:
@@ -341,11 +425,13 @@ class ChunkLinearAttention(torch.autograd.Function):
         config = _config(K, V, v.dtype)
         gc = chunk_cumsum(g, config["CHUNK"])
         seg = segments(seq_idx, q.shape[2], config["CHUNK"])
-        states, _ = _states(k, v, gc, s0, 1.0, False, False, config, seg=seg)  # recomputed: [BH, NT, K, V]
+        varlen = ctx.varlen
+        states, _ = _states(k, v, gc, s0, 1.0, False, False, config, seg=seg, varlen=varlen)  # recomputed
         extra = None
         if ctx.want_states and dstates is not None:
             extra = dstates.float().reshape(states.shape).contiguous()
-        grads, ds0 = _states(q, do, gc, dfinal, scale, True, s0 is not None, config, extra, seg)  # after each chunk
+        grads, ds0 = _states(q, do, gc, dfinal, scale, True, s0 is not None, config, extra, seg,
+                             varlen)  # after each chunk
         # dq and dk in float32 whenever the decay needs a gradient: it is built from q . dq - k . dk.
         wide = torch.float32 if ctx.needs_input_grad[3] else q.dtype
         kconf = _config(V, K, v.dtype)
@@ -359,7 +445,9 @@ class ChunkLinearAttention(torch.autograd.Function):
             # position, which final depends on through exp(G_{T-1} - G_j)); g_r enters every
             # G_t with t >= r, so dL/dg_r is the reverse cumulative sum.
             dG = (q.float() * dq).sum(-1) - (k.float() * dk).sum(-1)
-            if dfinal is not None:
+            if dfinal is not None and varlen is not None:  # final state i sits at the end of sequence i
+                dG[0].index_add_(-1, varlen.end, (dfinal.float() * final).sum((-1, -2)).T)
+            elif dfinal is not None:
                 dG[..., -1] += (dfinal.float() * final).sum((-1, -2))
             if extra is not None:  # the state before chunk n >= 1 holds exp(G_{nC-1} - G_s) like a final state
                 Bsz, H, T, _ = q.shape
@@ -367,8 +455,10 @@ class ChunkLinearAttention(torch.autograd.Function):
                 inner = (extra * states).sum((-1, -2)).reshape(Bsz, H, -1)[..., 1:]  # [B, H, NT - 1]
                 dG[..., CHUNK - 1::CHUNK][..., :inner.shape[-1]] += inner
             dg = dG.flip(-1).cumsum(-1).flip(-1)
+            if varlen is not None:  # the sum runs to the end of each sequence only
+                dg = dg - torch.nn.functional.pad(dg, (0, 1))[..., varlen.stop]
         ds0 = None if ds0 is None else ds0.to(s0.dtype)
-        return dq.to(q.dtype), dk.to(k.dtype), dv, dg, None, ds0, None, None
+        return dq.to(q.dtype), dk.to(k.dtype), dv, dg, None, ds0, None, None, None
 
 
 @triton.jit

@@ -11,7 +11,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .._checks import check_bool, check_float_dtypes, check_same_device, check_shape, check_tensor
+from .._checks import (check_bool, check_float_dtypes, check_same_device, check_shape, check_tensor,
+                       values_checkable)
 from ..linear_attention.api import linear_attention
 
 
@@ -21,8 +22,33 @@ def _check_float(name, x, layout):
         raise TypeError(f"{name} must be a real floating-point tensor {layout}, got {x.dtype}")
 
 
+def _check_cu_seqlens(cu_seqlens, seq_idx, b, L, device):
+    """``cu_seqlens [N + 1]``: int offsets from 0 to L of a batch of one; with ``seq_idx``, the same
+    sequences (values read on CPU tensors only)."""
+    check_tensor("cu_seqlens", cu_seqlens, 1, "[N + 1]")
+    if cu_seqlens.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"cu_seqlens must hold int32 or int64 offsets, got {cu_seqlens.dtype}")
+    if cu_seqlens.device != device:
+        raise ValueError(f"cu_seqlens must be on the device of x ({device}), got {cu_seqlens.device}")
+    if cu_seqlens.shape[0] < 2:
+        raise ValueError(f"cu_seqlens must hold N + 1 >= 2 offsets (N sequences), got shape {tuple(cu_seqlens.shape)}")
+    if b != 1:
+        raise ValueError(f"packed sequences (cu_seqlens) lie along L of a batch of one, x [1, L, h, p]; got b = {b}")
+    if not values_checkable(cu_seqlens):
+        return
+    cu = cu_seqlens.cpu().long()
+    if cu[0] != 0 or cu[-1] != L or (cu[1:] < cu[:-1]).any():
+        raise ValueError(f"cu_seqlens must rise from 0 to the packed length L = {L} without falling, got {cu.tolist()}")
+    if seq_idx is not None and values_checkable(seq_idx) and L > 1:
+        ids = torch.searchsorted(cu[1:], torch.arange(L), right=True)  # the sequence of each position
+        if not torch.equal(ids[1:] != ids[:-1], seq_idx[0, 1:].cpu() != seq_idx[0, :-1].cpu()):
+            raise ValueError("seq_idx and cu_seqlens must describe the same sequences: seq_idx changes at "
+                             f"positions {(seq_idx[0, 1:] != seq_idx[0, :-1]).nonzero().flatten().add(1).tolist()}, "
+                             f"cu_seqlens starts sequences at {cu[1:-1].tolist()}")
+
+
 def _check_ssd_inputs(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, cu_seqlens,
-                      dt_softplus, dt_limit, return_final_states, return_varlen_states):
+                      dt_softplus, dt_limit, return_final_states, return_varlen_states, state_dtype=None):
     check_tensor("x", x, 4, "[b, L, h, p]")
     check_tensor("dt", dt, 3, "[b, L, h]")
     check_tensor("A", A, 1, "[h]")
@@ -68,9 +94,10 @@ def _check_ssd_inputs(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states,
             raise TypeError(f"seq_idx must hold int32 or int64 sequence ids, got {seq_idx.dtype}")
         check_shape("seq_idx", seq_idx, (b, L), "[b, L]")
         tensors["seq_idx"] = seq_idx
-    if cu_seqlens is not None or return_varlen_states:
-        raise NotImplementedError("ssd does not support return_varlen_states (and cu_seqlens, which only "
-                                  "serves it) yet: the final state of each packed sequence is not returned")
+    if cu_seqlens is not None:
+        _check_cu_seqlens(cu_seqlens, seq_idx, b, L, x.device)
+    if state_dtype is not None and (not isinstance(state_dtype, torch.dtype) or not state_dtype.is_floating_point):
+        raise TypeError(f"state_dtype must be a floating torch.dtype or None, got {state_dtype!r}")
     if (not isinstance(dt_limit, (tuple, list)) or len(dt_limit) != 2
             or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in dt_limit)
             or math.isnan(dt_limit[0]) or math.isnan(dt_limit[1]) or dt_limit[0] > dt_limit[1]):
@@ -78,6 +105,8 @@ def _check_ssd_inputs(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states,
     check_bool("dt_softplus", dt_softplus)
     check_bool("return_final_states", return_final_states)
     check_bool("return_varlen_states", return_varlen_states)
+    if return_varlen_states and cu_seqlens is None:
+        raise ValueError("return_varlen_states needs cu_seqlens: the offsets of the packed sequences")
     check_same_device(tensors)
     if A.device.type == "cpu" and (not torch.isfinite(A).all() or (A > 0).any()):
         raise ValueError("A must hold finite decay rates <= 0 (the log-decay dt * A must be <= 0), "
@@ -109,7 +138,7 @@ def ssd(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, initial_st
         B (torch.Tensor): ``[b, L, g, n]``; ``g`` groups of ``h / g`` heads share one.
         C (torch.Tensor): ``[b, L, g, n]``.
         chunk_size (int): accepted for compatibility; the kernels choose their own chunk length,
-            and the result does not depend on it.
+            and the result does not depend on it (in mamba_ssm it affects speed only, too).
         D (torch.Tensor, optional): skip connection ``[h]`` or ``[h, p]``.
         z (torch.Tensor, optional): gate ``[b, L, h, p]``.
         dt_bias (torch.Tensor, optional): ``[h]``, added to ``dt``.
@@ -117,27 +146,38 @@ def ssd(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, initial_st
         seq_idx (torch.Tensor, optional): int32 or int64 sequence ids ``[b, L]``, nondecreasing
             along ``L``, for sequences packed into one row: the state restarts from zero where the
             id changes (the initial state belongs to the sequence of the first token).
-        cu_seqlens: not supported yet (``NotImplementedError``); mamba_ssm uses it only for
-            ``return_varlen_states``.
+        cu_seqlens (torch.Tensor, optional): int32 or int64 offsets ``[N + 1]`` of ``N``
+            sequences packed along ``L`` of a batch of one (``b = 1``), from 0 to ``L``: the
+            state restarts at each offset, as with the ``seq_idx`` those offsets describe (which
+            mamba_ssm needs beside them; when both are given they must agree, checked on CPU
+            tensors). Runs `kernels.linear_attention`'s packed path: no padding to the longest
+            sequence. The initial state belongs to the first sequence.
         dt_softplus (bool): apply softplus to ``dt`` after the bias (the identity above 20, as in mamba_ssm).
         dt_limit (tuple): ``(dt_min, dt_max)`` the step is clamped to, ``dt_min >= 0``; no gradient
             flows through a clamped step.
         return_final_states (bool): also return the state after the last token ``[b, h, p, n]``.
-        return_varlen_states (bool): not supported yet (``NotImplementedError`` when True).
-        state_dtype: accepted for compatibility; the states are float32.
+        return_varlen_states (bool): also return the state after the last token of each packed
+            sequence ``[N, h, p, n]`` (needs ``cu_seqlens``); an empty sequence's is its initial
+            state (0, or ``initial_states`` for the first).
+        state_dtype (torch.dtype, optional): the dtype of the returned final and varlen states,
+            float32 by default. (In mamba_ssm it is also the dtype of the states kept between
+            chunks; here those are always float32.)
 
     Where it runs: as `kernels.linear_attention` (Triton on CUDA, Triton's interpreter on CPU
     under ``TRITON_INTERPRET=1`` except bfloat16, otherwise the PyTorch reference). Gradients flow
     to every tensor argument: ``x, dt, A, B, C, D, z, dt_bias, initial_states``.
 
     Returns:
-        ``y [b, L, h, p]`` in the dtype of ``x``, or ``(y, final_states [b, h, p, n])`` (float32).
+        ``y [b, L, h, p]`` in the dtype of ``x``, or ``(y, final_states [b, h, p, n])``, or
+        ``(y, varlen_states [N, h, p, n])``, or ``(y, final_states, varlen_states)``, as
+        mamba_ssm (states in ``state_dtype``, float32 by default).
 
     Raises:
         TypeError: a non-tensor, a dtype that is not floating point, a flag that is not a bool.
         ValueError: wrong dims or shapes, groups that do not divide the heads, a bad chunk_size or
-            dt_limit, different devices, positive ``A`` (on CPU).
-        NotImplementedError: cu_seqlens or return_varlen_states.
+            dt_limit, different devices, positive ``A`` (on CPU); ``cu_seqlens`` with ``b != 1``,
+            offsets that do not rise from 0 to ``L`` or that disagree with ``seq_idx`` (on CPU),
+            ``return_varlen_states`` without ``cu_seqlens``.
 
     Examples:
         >>> b, L, h, p, n = 1, 10, 2, 4, 8
@@ -145,9 +185,13 @@ def ssd(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, initial_st
         >>> B, C = torch.randn(b, L, 1, n), torch.randn(b, L, 1, n)
         >>> ssd(x, dt, A, B, C, 64).shape
         torch.Size([1, 10, 2, 4])
+        >>> cu = torch.tensor([0, 3, 10], dtype=torch.int32)  # two sequences packed in one row
+        >>> y, states = ssd(x, dt, A, B, C, 64, cu_seqlens=cu, return_varlen_states=True)
+        >>> states.shape
+        torch.Size([2, 2, 4, 8])
     """
     _check_ssd_inputs(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, cu_seqlens,
-                      dt_softplus, dt_limit, return_final_states, return_varlen_states)
+                      dt_softplus, dt_limit, return_final_states, return_varlen_states, state_dtype)
     b, L, h, p = x.shape
     g, n = B.shape[2], B.shape[3]
     step = dt.float()
@@ -166,12 +210,24 @@ def ssd(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, initial_st
 
     v = (x.float() * step[..., None]).to(x.dtype).transpose(1, 2)  # dt x: [b, h, L, p]
     s0 = None if initial_states is None else initial_states.float().transpose(-1, -2)  # [b, h, n, p]
+    if cu_seqlens is not None:
+        if s0 is not None:  # the first sequence's; the others start from 0: [N, h, n, p]
+            s0 = torch.cat([s0, s0.new_zeros(cu_seqlens.shape[0] - 2, h, n, p)])
+        seq_idx = None  # the offsets say the same
     o, final = linear_attention(per_head(C), per_head(B), v, decay=log_decay, scale=1.0, initial_state=s0,
-                                return_final_state=True, seq_idx=seq_idx)
+                                return_final_state=True, seq_idx=seq_idx, cu_seqlens=cu_seqlens)
+    final = final.transpose(-1, -2).to(torch.float32 if state_dtype is None else state_dtype)  # [b or N, h, p, n]
     y = o.transpose(1, 2).float()  # [b, L, h, p]
     if D is not None:
         y = y + (D.float()[:, None] if D.dim() == 1 else D.float()) * x.float()
     if z is not None:
         y = y * F.silu(z.float())
     y = y.to(x.dtype)
-    return (y, final.transpose(-1, -2)) if return_final_states else y
+    if cu_seqlens is None:
+        return (y, final) if return_final_states else y
+    varlen = final  # [N, h, p, n]
+    # the state after the last token is that of the sequence holding it (read on the device)
+    last = torch.searchsorted(cu_seqlens[1:].contiguous(), cu_seqlens[-1:] - 1, right=True)
+    final = varlen.index_select(0, last.clamp_max(varlen.shape[0] - 1))  # [1, h, p, n]
+    out = (y, final) if return_final_states else (y,)
+    return (*out, varlen) if return_varlen_states else (out if return_final_states else y)

@@ -179,11 +179,12 @@ def linear_attention_cases():
                            {"Q", "K_", "V_", "O"}, sizes, dtype, num_warps, num_stages, small={"G"})
     pconf = la._pass_config(interpret=False)
     for reverse in (False, True):
-        for has_seg in (False, True):
+        for has_seg, varlen in ((False, False), (True, False), (False, True)):
             flags = dict(HAS_S0=True, STORE_SN=True, REVERSE=reverse, HAS_DS=reverse, HAS_SEG=has_seg,
-                         CHUNK=la._config(64, 64, torch.bfloat16, interpret=False)["CHUNK"], BLOCK=pconf["BLOCK"])
+                         CHUNK=la._config(64, 64, torch.bfloat16, interpret=False)["CHUNK"], BLOCK=pconf["BLOCK"],
+                         VARLEN=varlen)
             yield Case(la._state_pass_kernel, flags, set(), sizes, torch.float32, pconf["num_warps"], 1,
-                       small={"KEEP"})
+                       small={"KEEP", "FIRST", "LAST"}, int_pointers={"FIRST", "LAST"})
 
 
 def selective_scan_cases():

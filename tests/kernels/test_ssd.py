@@ -165,7 +165,7 @@ BAD = [
     (lambda a: a.update(dt=a["dt"].long()), TypeError, "dt must be a real floating-point tensor"),
     (lambda a: a.update(return_final_states=1), TypeError, "return_final_states must be True or False"),
     (lambda a: a.update(seq_idx=torch.zeros(1, 4, dtype=torch.int32)), ValueError, r"seq_idx must have shape \[b, L\]"),
-    (lambda a: a.update(cu_seqlens=torch.tensor([0, 5])), NotImplementedError, "return_varlen_states"),
+    (lambda a: a.update(cu_seqlens=torch.tensor([0, 5], dtype=torch.int16)), TypeError, "cu_seqlens must hold int32"),
 ]
 
 
