@@ -66,9 +66,9 @@ for i in range(tree.num_nodes):
 
 
 # %% [markdown]
-# The drawing: on the left the tree (edge labels say which top-k choice of which
-# head a node is), on the right `tree.mask`, row `i` marking the nodes that node
-# `i` attends to.
+# The drawing: at the top the tree (edge labels say which top-k choice of which
+# head a node is), below it `tree.mask`, row `i` marking the nodes that node `i`
+# attends to.
 
 
 # %%
@@ -93,7 +93,7 @@ def layout(tree):
 
 pos = layout(tree)
 fig, (ax_t, ax_m) = plt.subplots(
-    1, 2, figsize=(11, 4.6), gridspec_kw={"width_ratios": [1.1, 1]}
+    2, 1, figsize=(6.8, 9.6), gridspec_kw={"height_ratios": [1, 1.25]}
 )
 for i in range(1, tree.num_nodes):
     (x0, y0), (x1, y1) = pos[int(tree.parent[i])], pos[i]
@@ -102,7 +102,7 @@ for i in range(1, tree.num_nodes):
         (x0 + x1) / 2,
         (y0 + y1) / 2 + 0.12,
         f"top-{int(tree.rank[i]) + 1}",
-        fontsize=7,
+        fontsize=9,
         ha="center",
         color="C3",
     )
@@ -115,7 +115,7 @@ for i, (x, y) in pos.items():
         edgecolors="black",
         zorder=2,
     )
-    ax_t.text(x, y, str(i), ha="center", va="center", fontsize=8, zorder=3)
+    ax_t.text(x, y, str(i), ha="center", va="center", fontsize=9, zorder=3)
 ax_t.set_xticks(
     range(tree.max_depth + 1),
     ["root"]
@@ -131,9 +131,9 @@ ax_m.imshow(tree.mask.int(), cmap="Blues", vmin=0, vmax=1.4)
 ax_m.set_xticks(range(tree.num_nodes))
 ax_m.set_yticks(range(tree.num_nodes))
 ax_m.set(
-    xlabel="key: node j",
-    ylabel="query: node i",
-    title="Tree mask: i sees j (filled); all nodes see the cache",
+    xlabel="key: node $j$",
+    ylabel="query: node $i$",
+    title="Tree mask: $i$ sees $j$ (filled); all nodes see the cache",
 )
 ax_m.set_xticks([x - 0.5 for x in range(1, tree.num_nodes)], minor=True)
 ax_m.set_yticks([x - 0.5 for x in range(1, tree.num_nodes)], minor=True)

@@ -251,7 +251,7 @@ for rule in RULES:
     )
 
 fig, (ax_h, ax_a) = plt.subplots(
-    1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [1, 1.6]}
+    2, 1, figsize=(6.8, 9.0), gridspec_kw={"height_ratios": [1, 1.5]}
 )
 for name, acc in accuracy.items():
     ax_h.plot(
@@ -263,37 +263,38 @@ for name, acc in accuracy.items():
         color="black" if name.startswith("target") else None,
     )
 ax_h.set(
-    xlabel="k (candidates kept)",
-    ylabel="top-k accuracy (fraction of positions)",
+    xlabel="$k$ (candidates kept)",
+    ylabel="top-$k$ accuracy (fraction)",
     xscale="log",
-    title="Is the right byte among the top k?",
+    title="Is the right byte among the top $k$?",
     ylim=(0, 1),
 )
 ax_h.set_xticks(TOP_KS, [str(k) for k in TOP_KS])
-ax_h.legend(fontsize=8)
+ax_h.legend(loc="lower right")
 ax_h.grid(alpha=0.3)
 width = 0.8 / len(RULES)
+# one group of horizontal bars per tree, the smallest tree at the top
 for j, rule in enumerate(RULES):
-    ax_a.bar(
+    ax_a.barh(
         [i + (j - 1) * width for i in range(len(TREES))],
         list(acceptance[rule].values()),
         width,
         label=rule,
-        yerr=[2 * se for se in acceptance_se[rule].values()],
+        xerr=[2 * se for se in acceptance_se[rule].values()],
         capsize=2,
         error_kw={"lw": 0.8},
     )
-ax_a.set_xticks(
+ax_a.set_yticks(
     range(len(TREES)),
-    [f"{name}\n({len(tree)} cand.)" for name, tree in TREES.items()],
-    fontsize=8,
+    [f"{name} ({len(tree)} cand.)" for name, tree in TREES.items()],
 )
+ax_a.invert_yaxis()
 ax_a.set(
-    ylabel="accepted candidates per target forward",
+    xlabel="accepted candidates per target forward (tokens)",
     title="Acceptance length vs tree (± 2 standard errors)",
 )
-ax_a.legend(fontsize=8)
-ax_a.grid(alpha=0.3, axis="y")
+ax_a.legend(loc="upper right")
+ax_a.grid(alpha=0.3, axis="x")
 fig.suptitle(
     f"Medusa heads on the {SIZE}-size target, held-out prompts ({DEVICE})"
 )

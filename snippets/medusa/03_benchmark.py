@@ -158,7 +158,7 @@ for mode in MODES:
 # length behind it.
 
 # %%
-fig, (ax_s, ax_a) = plt.subplots(1, 2, figsize=(11, 4))
+fig, (ax_s, ax_a) = plt.subplots(2, 1, figsize=(6.8, 7.4), sharex=True)
 sizes = [len(tree) for tree in TREES.values()]
 for mode in MODES:
     ax_s.plot(
@@ -176,21 +176,20 @@ for mode in MODES:
 ax_s.axhline(1.0, color="gray", ls="--", lw=1)
 ax_s.set(
     xscale="log",
-    xlabel="candidates in the tree",
-    ylabel="speed-up over plain decoding (x)",
+    ylabel="speed-up over plain decoding (×)",
     title="Tokens/s relative to plain decoding",
 )
 ax_a.set(
     xscale="log",
-    xlabel="candidates in the tree",
-    ylabel="accepted candidates per target forward",
+    xlabel="candidates in the tree (tokens)",
+    ylabel="accepted per target forward (tokens)",
     title="Acceptance length",
 )
 for ax in (ax_s, ax_a):
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend()
 fig.suptitle(
-    f"Medusa decoding, {SIZE}-size target, batch 1, {NEW_TOKENS} new tokens x "
+    f"Medusa decoding, {SIZE}-size target, batch 1,\n{NEW_TOKENS} new tokens x "
     f"{PROMPTS} prompts ({WHERE})"
 )
 fig.tight_layout()

@@ -98,9 +98,10 @@ def box(x: float, y: float, width: float, **style) -> plt.Rectangle:
     return plt.Rectangle((x, y + 0.1), width, 0.8, **style)
 
 
-fig, ax = plt.subplots(figsize=(9.5, 4.2))
+ROW = 1.6  # height of a row: its caption above its boxes
+fig, ax = plt.subplots(figsize=(6.8, 4.8))
 for i, row in enumerate(rows):
-    y = len(rows) - 1 - i
+    y = (len(rows) - 1 - i) * ROW
     fields = [
         f for f in ("sign", "exponent", "mantissa") for _ in range(row[f])
     ]
@@ -114,7 +115,7 @@ for i, row in enumerate(rows):
             bit,
             ha="center",
             va="center",
-            fontsize=8,
+            fontsize=9,
             family="monospace",
         )
     # the low bits of the float32 register that the matrix units ignore
@@ -125,16 +126,9 @@ for i, row in enumerate(rows):
         f"1 + {row['exponent']} + {row['mantissa']} bits, bias {bias}:  π "
         f"→ {row['pi']:.6f}"
     )
-    ax.text(
-        -0.4,
-        y + 0.5,
-        row["name"],
-        ha="right",
-        va="center",
-        fontsize=10,
-        weight="bold",
-    )
-    ax.text(32.6, y + 0.5, label, ha="left", va="center", fontsize=9)
+    # the caption above the row: the format's name, then its rules and pi
+    ax.text(0, y + 0.95, row["name"], va="bottom", weight="bold")
+    ax.text(6, y + 0.95, label, va="bottom")
 handles = [
     box(0, 0, 1, facecolor=c, edgecolor="black", lw=0.6)
     for c in COLOURS.values()
@@ -144,13 +138,13 @@ ax.legend(
     handles,
     ["sign", "exponent", "mantissa (fraction)", "ignored by TF32 matrix units"],
     loc="upper center",
-    bbox_to_anchor=(0.5, -0.16),
-    ncol=4,
+    bbox_to_anchor=(0.5, -0.14),
+    ncol=2,
     frameon=False,
 )
-ax.set_xlim(-5.5, 49)
+ax.set_xlim(-0.3, 32.3)
 ax.spines["bottom"].set_bounds(0, 32)
-ax.set_ylim(-0.1, len(rows))
+ax.set_ylim(-0.1, len(rows) * ROW)
 ax.set_xticks(range(0, 33, 4))
 ax.set_xlabel("bit position, counted from the most significant bit (bits)")
 ax.set_yticks([])

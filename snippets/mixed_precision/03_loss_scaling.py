@@ -197,7 +197,7 @@ COLOURS = {
     "bf16": "#009e73",
 }
 STYLES = {"fp32": "-", "fp16": "-", "fp16_scaled": "--", "bf16": ":"}
-fig, (ax_loss, ax_zero) = plt.subplots(1, 2, figsize=(9.5, 3.8))
+fig, (ax_loss, ax_zero) = plt.subplots(2, 1, figsize=(6.8, 7.0), sharex=True)
 for key, colour in COLOURS.items():
     ax_loss.plot(
         runs[key]["loss"], STYLES[key], color=colour, label=RUNS[key][0], lw=1.4
@@ -210,19 +210,18 @@ for key, colour in COLOURS.items():
     )
 ax_loss.set(
     yscale="log",
-    xlabel="optimizer step",
     ylabel="training loss (mean squared error)",
     title=f"Same model, data and seed ({DEVICE})",
 )
 ax_zero.set(
-    xlabel="optimizer step",
+    xlabel="optimizer step (steps)",
     ylabel="gradient values that are zero (%)",
     title="Gradients at the layer outputs",
     ylim=(-3, 103),
 )
 for ax in (ax_loss, ax_zero):
     ax.grid(alpha=0.3)
-ax_loss.legend(fontsize=9)
+ax_loss.legend()
 fig.tight_layout()
 fig.savefig("loss_curves.svg")
 
@@ -232,7 +231,7 @@ fig.savefig("loss_curves.svg")
 
 # %%
 h = runs["fp16_scaled"]
-fig, ax = plt.subplots(figsize=(7, 3))
+fig, ax = plt.subplots(figsize=(6.8, 3.2))
 ax.plot(
     [math.log2(s) for s in h["scale"]],
     color=COLOURS["fp16_scaled"],
@@ -247,8 +246,8 @@ ax.plot(
     label=f"overflow: step skipped ({len(h['skipped'])})",
 )
 ax.set(
-    xlabel="optimizer step",
-    ylabel="log2 of the loss scale S",
+    xlabel="optimizer step (steps)",
+    ylabel=r"$\log_2$ of the loss scale $S$",
     title="GradScaler's dynamic loss scale",
 )
 ax.yaxis.set_major_locator(plt.MaxNLocator(integer=True))
@@ -290,15 +289,23 @@ def share_per_bin(values: torch.Tensor) -> list:
     ).tolist()
 
 
-fig, axes = plt.subplots(2, 1, figsize=(9, 5.6), sharex=True)
+fig, axes = plt.subplots(2, 1, figsize=(6.8, 6.4), sharex=True)
 for ax, (key, g) in zip(axes, populations.items()):
-    # The bands differ in pattern, not only in tint, so that they stay apart in
-    # grey or inverted.
+    # The bands differ in pattern and hue, not only in tint, so that they stay
+    # apart in grey or inverted (the dark theme inverts figures): mid grey with
+    # stripes for zero, orange with dots for the subnormals.
     ax.axvspan(
-        bins[0], -24, facecolor="0.93", edgecolor="0.55", hatch="//", lw=0
+        bins[0], -24, facecolor="0.78", edgecolor="0.35", hatch="//", lw=0
     )
-    ax.axvspan(-24, -14, color="#e69f00", alpha=0.3, lw=0)
-    ax.axvspan(-14, math.log2(65504), color="#009e73", alpha=0.12, lw=0)
+    ax.axvspan(
+        -24,
+        -14,
+        facecolor="#f5c469",
+        edgecolor="#a05a00",
+        hatch="..",
+        lw=0,
+    )
+    ax.axvspan(-14, math.log2(65504), color="#009e73", alpha=0.15, lw=0)
     ax.axvspan(
         math.log2(65504),
         bins[-1],
@@ -322,7 +329,7 @@ for ax, (key, g) in zip(axes, populations.items()):
         bins,
         color=COLOURS["fp16_scaled"],
         lw=1.5,
-        label=f"multiplied by the loss scale S = 2^{math.log2(S):.0f}",
+        label=f"multiplied by the loss scale $S = 2^{{{math.log2(S):.0f}}}$",
     )
     ax.set(
         ylabel="share of values (%)",
@@ -332,7 +339,7 @@ for ax, (key, g) in zip(axes, populations.items()):
     ax.grid(alpha=0.3, axis="y")
 for x, text in [
     (-32, "zero in FP16"),
-    (-19, "FP16 subnormal"),
+    (-19, "FP16\nsubnormal"),
     (1, "FP16 normal"),
     (18.5, "inf"),
 ]:
@@ -343,11 +350,11 @@ for x, text in [
         transform=axes[0].get_xaxis_transform(),
         ha="center",
         va="top",
-        fontsize=9,
+        bbox={"facecolor": "white", "edgecolor": "none", "pad": 1},
     )
 axes[0].legend(loc="center left", bbox_to_anchor=(0.3, 0.55))
 axes[1].set_xlabel(
-    "log2 of the gradient's magnitude (binary orders of magnitude)"
+    r"$\log_2$ of the gradient's magnitude (binary orders of magnitude)"
 )
 fig.tight_layout()
 fig.savefig("grad_histogram.svg")

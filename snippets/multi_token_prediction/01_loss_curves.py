@@ -145,14 +145,19 @@ curves = {
     f"main loss, lambda = {MTP_WEIGHT}": models["history"]["mtp"]["main"],
     f"MTP loss, lambda = {MTP_WEIGHT}": models["history"]["mtp"]["mtp"],
 }
-fig, ax = plt.subplots(figsize=(8, 4.4))
+fig, ax = plt.subplots(figsize=(6.8, 4.4))
 for (name, values), color, style in zip(
     curves.items(), ("C0", "C1", "C2"), ("-", "-", "--")
 ):
     steps = range(1, len(values) + 1)
     ax.plot(steps, values, color=color, alpha=0.2, lw=0.8)
     ax.plot(
-        steps, running_mean(values), color=color, ls=style, lw=2, label=name
+        steps,
+        running_mean(values),
+        color=color,
+        ls=style,
+        lw=2,
+        label=name.replace("lambda", r"$\lambda$"),
     )
     ax.plot(
         [len(values)],
@@ -169,11 +174,11 @@ smoothed = [
 ]
 low = min(smoothed + [loss.mean().item() for loss in held.values()])
 ax.set(
-    xlabel="training step",
+    xlabel="training step (optimizer steps)",
     ylabel="cross-entropy (nats per byte)",
     ylim=(low - 0.3, max(smoothed) + 0.3),
     title=(
-        f"{SIZE}-size model ({parameters(model) / 1e6:.2f}M parameters), "
+        f"{SIZE}-size model ({parameters(model) / 1e6:.2f}M parameters),\n"
         f"{train.batch_size} x {model.max_seq_len} bytes per step"
     ),
 )

@@ -174,7 +174,7 @@ for name in ("MTP", "draft"):
     )
 
 # %%
-fig, (ax_t, ax_p) = plt.subplots(1, 2, figsize=(11, 4))
+fig, (ax_t, ax_p) = plt.subplots(2, 1, figsize=(6.8, 8.0))
 for name, label, color in (
     ("MTP", "MTP module (self-speculation)", "C1"),
     ("draft", "separate draft model", "C0"),
@@ -184,7 +184,7 @@ for name, label, color in (
         [runs[(name, 1.0, k)]["tokens_per_forward"] for k in KS],
         "o-",
         color=color,
-        label=f"{label}, T=1",
+        label=f"{label}, $T = 1$",
     )
     ax_t.plot(
         KS,
@@ -202,26 +202,30 @@ for name, label, color in (
         label=label,
     )
 ax_t.plot(
-    KS, predicted, "k--", lw=1, label="(1 - a^(k+1)) / (1 - a), a from MTP k=1"
+    KS,
+    predicted,
+    "k--",
+    lw=1,
+    label=r"$(1 - \alpha^{k+1}) / (1 - \alpha)$, $\alpha$ from MTP at $k = 1$",
 )
 ax_t.set(
-    xlabel="draft tokens per step k",
-    ylabel="tokens per forward of the main model",
+    xlabel="draft tokens per step $k$ (tokens)",
+    ylabel="tokens per main-model forward",
     title="Tokens per verification step",
 )
 ax_t.set_xticks(KS)
 ax_p.set(
-    xlabel="draft position j",
-    ylabel="P(accept j | drafts 1..j-1 accepted)",
+    xlabel="draft position $j$",
+    ylabel="P(accept $j$ | drafts $1..j-1$ accepted)",
     ylim=(0, 1),
-    title=f"Acceptance by draft position (k = {KS[-1]}, T = 1)",
+    title=f"Acceptance by draft position ($k = {KS[-1]}$, $T = 1$)",
 )
 ax_p.set_xticks(range(1, KS[-1] + 1))
 for ax in (ax_t, ax_p):
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend()
 fig.suptitle(
-    f"{SIZE}-size main model trained with MTP, {PROMPTS} held-out prompts x "
+    f"{SIZE}-size main model trained with MTP,\n{PROMPTS} held-out prompts x "
     f"{NEW_TOKENS} tokens ({DEVICE})"
 )
 fig.tight_layout()

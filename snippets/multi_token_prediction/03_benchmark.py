@@ -148,7 +148,9 @@ for mode, temperature in TEMPERATURES.items():
 # Speed-up over plain decoding at the same temperature.
 
 # %%
-fig, axes = plt.subplots(1, len(TEMPERATURES), figsize=(10, 4), sharey=True)
+fig, axes = plt.subplots(
+    len(TEMPERATURES), 1, figsize=(6.8, 3.3 * len(TEMPERATURES)), sharex=True
+)
 for ax, mode in zip(axes, TEMPERATURES):
     for name in DECODERS:
         ax.plot(
@@ -158,11 +160,11 @@ for ax, mode in zip(axes, TEMPERATURES):
             label=name,
         )
     ax.axhline(1.0, color="gray", ls="--", lw=1, label="plain decoding")
-    ax.set(xlabel="draft tokens per step k", title=mode)
+    ax.set(ylabel="speed-up over plain (×)", title=mode)
     ax.set_xticks(KS)
     ax.grid(alpha=0.3)
-axes[0].set_ylabel("speed-up over plain decoding (x)")
-axes[0].legend(fontsize=8)
+axes[-1].set_xlabel("draft tokens per step $k$ (tokens)")
+axes[0].legend()
 fig.suptitle(
     f"Self-speculation with the MTP module, {SIZE}-size model, batch 1 "
     f"({WHERE})"

@@ -108,7 +108,7 @@ print(
 # device's ridge point, and the roofline time relative to one token.
 
 # %%
-fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(6.8, 7.4))
 ax1.plot(ns, intensity, label=f"gpu-target forward, L = {CONTEXT}")
 ax1.axhline(
     RIDGE,
@@ -119,25 +119,25 @@ ax1.axhline(
 ax1.set(
     xscale="log",
     yscale="log",
-    xlabel="new tokens per forward n",
+    xlabel="new tokens per forward $n$ (tokens)",
     ylabel="arithmetic intensity (FLOP/byte)",
     title="FLOPs per byte read",
 )
-ax2.plot(ns, relative, label="roofline time / time for n = 1")
-ax2.plot(ns, ns, color="gray", ls=":", label="n separate forwards")
+ax2.plot(ns, relative, label="roofline time / time for $n = 1$")
+ax2.plot(ns, ns, color="gray", ls=":", label="$n$ separate forwards")
 ax2.axvline(
-    ridge_n, color="gray", ls="--", label=f"compute-bound from n = {ridge_n}"
+    ridge_n, color="gray", ls="--", label=f"compute-bound from $n = {ridge_n}$"
 )
 ax2.set(
     xscale="log",
     yscale="log",
-    xlabel="new tokens per forward n",
-    ylabel="relative time",
-    title="Cost of verifying n tokens at once (model, not measured)",
+    xlabel="new tokens per forward $n$ (tokens)",
+    ylabel="time (multiples of one token's)",
+    title="Cost of verifying $n$ tokens at once (roofline model, not measured)",
 )
 for ax in (ax1, ax2):
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend()
 fig.tight_layout()
 fig.savefig("intensity.svg")
 

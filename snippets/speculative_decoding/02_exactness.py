@@ -155,11 +155,11 @@ print(f"sum_x min(p(x), q(x)) at the first position: {overlap:.4f}")
 # emitted; and every three-token sequence, counted against expected.
 
 # %%
-fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(6.8, 7.6))
 x = torch.arange(V)
 width = 0.2
-ax1.bar(x - 1.5 * width, target[START], width, label="target q")
-ax1.bar(x - 0.5 * width, draft[START], width, label="draft p")
+ax1.bar(x - 1.5 * width, target[START], width, label="target $q$")
+ax1.bar(x - 0.5 * width, draft[START], width, label="draft $p$")
 for i, (name, label) in enumerate(
     (
         ("verify_draft", "emitted, verify_draft"),
@@ -175,9 +175,9 @@ for i, (name, label) in enumerate(
 ax1.set(
     xlabel="first emitted token",
     ylabel="probability",
-    title=f"First token ({TRIALS} generations, k = {K})",
+    title=f"First token ({TRIALS} generations, $k = {K}$)",
 )
-ax1.legend(fontsize=8)
+ax1.legend()
 expected = (TRIALS * exact).flatten()
 for name, marker in (("verify_draft", "o"), ("wrong_rule", "x")):
     ax2.scatter(
@@ -190,11 +190,11 @@ for name, marker in (("verify_draft", "o"), ("wrong_rule", "x")):
 top = expected.max().item() * 1.1
 ax2.plot([0, top], [0, top], color="gray", lw=1)
 ax2.set(
-    xlabel="expected count (target's probability x trials)",
-    ylabel="observed count",
+    xlabel="expected count (target's probability × trials)",
+    ylabel="observed count (sequences)",
     title=f"All {V**3} sequences of three tokens",
 )
-ax2.legend(fontsize=8)
+ax2.legend()
 for ax in (ax1, ax2):
     ax.grid(alpha=0.3)
 fig.tight_layout()

@@ -168,12 +168,12 @@ for row in rows:
 
 # %%
 ks = [r["k"] for r in rows]
-fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10.5, 4))
+fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(6.8, 7.6))
 ax1.plot(
     ks,
     [r["alpha_mle"] for r in rows],
     "o-",
-    label="alpha from accepted lengths",
+    label=r"$\alpha$ from accepted lengths",
 )
 ax1.plot(
     ks,
@@ -181,9 +181,14 @@ ax1.plot(
     "s:",
     label="accepted / proposed drafts",
 )
-ax1.axhline(alpha, color="gray", ls="--", label="alpha = mean sum min(p, q)")
+ax1.axhline(
+    alpha,
+    color="gray",
+    ls="--",
+    label=r"$\alpha$ = mean of $\sum_x \min(p, q)$",
+)
 ax1.set(
-    xlabel="draft tokens per step k",
+    xlabel="draft tokens per step $k$ (tokens)",
     ylabel="probability",
     ylim=(0, 1),
     title="Acceptance",
@@ -200,24 +205,24 @@ fine = [x / 10 for x in range(10, 81)]
 ax2.plot(
     fine,
     [expected_tokens(alpha, x) for x in fine],
-    label="(1 - alpha^(k+1)) / (1 - alpha)",
+    label=r"$(1 - \alpha^{k+1}) / (1 - \alpha)$",
 )
 ax2.plot(
     fine,
     [x + 1 for x in fine],
     color="gray",
     ls=":",
-    label="k + 1 (every draft accepted)",
+    label="$k + 1$ (every draft accepted)",
 )
 ax2.set(
-    xlabel="draft tokens per step k",
-    ylabel="tokens per target forward",
+    xlabel="draft tokens per step $k$ (tokens)",
+    ylabel="tokens per target forward (tokens)",
     ylim=(0, None),
     title="Tokens per target forward",
 )
 for ax in (ax1, ax2):
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend()
 fig.suptitle(
     f"{SIZE}-size target and draft, temperature {TEMPERATURE:g}, {PROMPTS} "
     f"prompts x {NEW_TOKENS} tokens"

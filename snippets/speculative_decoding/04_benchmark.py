@@ -379,13 +379,18 @@ for temperature in TEMPERATURES:
     )
     print(line)
 
+# three panels per temperature, stacked in one column
 fig, axes = plt.subplots(
-    len(TEMPERATURES), 3, figsize=(14, 4 * len(TEMPERATURES)), squeeze=False
+    3 * len(TEMPERATURES),
+    1,
+    figsize=(6.8, 3.3 * 3 * len(TEMPERATURES)),
+    squeeze=False,
 )
 for row, temperature in enumerate(TEMPERATURES):
     o = ours[temperature]
     ks = [r["k"] for r in o["rows"]]
-    ax = axes[row][0]
+    panels = axes[3 * row : 3 * row + 3, 0]
+    ax = panels[0]
     ax.plot(
         ks,
         [r["tokens_per_s"] for r in o["rows"]],
@@ -399,7 +404,7 @@ for row, temperature in enumerate(TEMPERATURES):
             [r["tokens_per_s"] for r in hf[temperature]["rows"]],
             "s-",
             color="C1",
-            label="assisted generation (HF), fixed k",
+            label="assisted generation (HF), fixed $k$",
         )
         ax.axhline(
             hf[temperature]["plain"],
@@ -414,12 +419,12 @@ for row, temperature in enumerate(TEMPERATURES):
             label="assisted generation (HF), defaults",
         )
     ax.set(
-        xlabel="draft tokens per step k",
+        xlabel="draft tokens per step $k$ (tokens)",
         ylabel="tokens/s",
         ylim=(0, None),
         title=f"Throughput, temperature {temperature:g}",
     )
-    ax = axes[row][1]
+    ax = panels[1]
     ax.plot(
         ks, [r["speedup"] for r in o["rows"]], "o-", label="measured (ours)"
     )
@@ -427,7 +432,7 @@ for row, temperature in enumerate(TEMPERATURES):
         ks,
         [r["predicted"] for r in o["rows"]],
         "k--",
-        label=f"predicted from alpha and c = {o['c']:.2f}",
+        label=rf"predicted from $\alpha$ and $c = {o['c']:.2f}$",
     )
     if temperature in hf:
         ax.plot(
@@ -439,11 +444,11 @@ for row, temperature in enumerate(TEMPERATURES):
         )
     ax.axhline(1, color="gray", lw=1)
     ax.set(
-        xlabel="draft tokens per step k",
-        ylabel="speed-up over plain decoding",
-        title="Speed-up",
+        xlabel="draft tokens per step $k$ (tokens)",
+        ylabel="speed-up over plain decoding (×)",
+        title=f"Speed-up, temperature {temperature:g}",
     )
-    ax = axes[row][2]
+    ax = panels[2]
     ax.plot(
         ks,
         [r["ratio"] for r in o["rows"]],
@@ -452,17 +457,17 @@ for row, temperature in enumerate(TEMPERATURES):
     )
     ax.axhline(0.9, color="red", ls="--", label="target 0.9")
     ax.set(
-        xlabel="draft tokens per step k",
-        ylabel="ratio",
+        xlabel="draft tokens per step $k$ (tokens)",
+        ylabel="measured / predicted",
         ylim=(0, 1.3),
-        title="Measured over predicted speed-up",
+        title=f"Measured over predicted speed-up, temperature {temperature:g}",
     )
-    for ax in axes[row]:
+    for ax in panels:
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend()
 fig.suptitle(
     f"Batch-1 decoding of {NEW_TOKENS} tokens x {PROMPTS} prompts, {SIZE}-size "
-    f"models, {str(DTYPE).replace('torch.', '')} ({summary['device']})"
+    f"models,\n{str(DTYPE).replace('torch.', '')} ({summary['device']})"
 )
 fig.tight_layout()
 fig.savefig("speedup.svg")
