@@ -193,8 +193,11 @@ colors = {
     "focused ReLU, p = 3": "C4",
     "positive random features": "C1",
 }
-fig, axes = plt.subplots(2, 2, figsize=(11, 9))
-(ax_max, ax_h), (ax_c, ax_legend) = axes
+# three panels stacked, and a fourth row that holds the shared legend
+fig, axes = plt.subplots(
+    4, 1, figsize=(6.8, 12.5), gridspec_kw={"height_ratios": [1, 1, 1, 0.6]}
+)
+ax_max, ax_h, ax_c, ax_legend = axes
 lengths = list(by_length)
 for kind in KINDS:
     ax_max.plot(
@@ -253,14 +256,14 @@ for kind, rho in RHO.items():
         lw=0.8,
         alpha=0.7,
     )
-ax_max.plot([], [], "k--", lw=0.8, label="prediction rho / (rho + T - 1)")
+ax_max.plot([], [], "k--", lw=0.8, label=r"prediction $\rho / (\rho + T - 1)$")
 ax_max.plot(
     lengths,
     [1 / T for T in lengths],
     color="black",
     lw=2.5,
     alpha=0.25,
-    label="uniform: 1 / T, log T",
+    label=r"uniform: $1 / T$, $\log T$",
 )
 ax_h.plot(
     lengths,
@@ -268,37 +271,39 @@ ax_h.plot(
     color="black",
     lw=2.5,
     alpha=0.25,
-    label="uniform: log T",
+    label=r"uniform: $\log T$",
 )
 ax_max.set(
     xscale="log",
     yscale="log",
-    xlabel="sequence length T (keys)",
+    xlabel="sequence length $T$ (keys)",
     ylabel="largest attention weight",
     title="Largest weight (mean over trials)",
 )
 ax_h.set(
     xscale="log",
-    xlabel="sequence length T (keys)",
+    xlabel="sequence length $T$ (keys)",
     ylabel="entropy of the weights (nats)",
     title="Entropy (mean over trials)",
 )
 ax_c.set(
     xscale="log",
     yscale="log",
-    xlabel="query scale c (the query is c times the matching key)",
+    xlabel="query scale $c$ (the query is $c$ times the matching key)",
     ylabel="largest attention weight",
-    title=f"Scaling the query, T = {SCALE_T}",
+    title=f"Scaling the query, $T = {SCALE_T}$",
 )
 for ax, ticks in ((ax_max, lengths), (ax_h, lengths), (ax_c, QUERY_SCALES)):
     ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.minorticks_off()
     ax.grid(alpha=0.3)
 ax_legend.axis("off")
-ax_legend.legend(*ax_max.get_legend_handles_labels(), loc="center", fontsize=9)
+ax_legend.legend(
+    *ax_max.get_legend_handles_labels(), loc="center", ncol=2, frameon=False
+)
 fig.suptitle(
-    f"One query, T random keys, one of which equals the query (d = {D}, "
-    f"{TRIALS} trials per point)"
+    f"One query, $T$ random keys, one of which equals the query\n"
+    f"($d = {D}$, {TRIALS} trials per point)"
 )
 fig.tight_layout()
 fig.savefig("dilution.svg")

@@ -121,7 +121,7 @@ for name, p in maps.items():
     )
 
 # %%
-fig, axes = plt.subplots(2, 2, figsize=(10, 9.6), layout="constrained")
+fig, axes = plt.subplots(2, 2, figsize=(6.8, 7.6), layout="constrained")
 norm = LogNorm(vmin=1e-3, vmax=1)
 # grey: keys a query cannot see
 cmap = plt.get_cmap("magma").with_extremes(bad="#dddddd", under="black")
@@ -138,8 +138,8 @@ for ax, (name, p) in zip(axes.flat, maps.items()):
     )
     ax.set(
         title=f"{name}\nweight on the match {stats[name]['match_weight']:.2f}",
-        xlabel="key position s",
-        ylabel="query position t",
+        xlabel="key position $s$",
+        ylabel="query position $t$",
     )
 fig.colorbar(
     image,
@@ -149,8 +149,8 @@ fig.colorbar(
     label="attention weight (log scale)",
 )
 fig.suptitle(
-    f"Causal attention maps, T = {T}, d = {D}; circles: the key each query "
-    "copies"
+    f"Causal attention maps, $T = {T}$, $d = {D}$;\n"
+    "circles: the key each query copies"
 )
 fig.savefig("attention_maps.svg")
 

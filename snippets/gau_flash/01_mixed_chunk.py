@@ -228,7 +228,7 @@ kind = torch.zeros(T_PLOT, T_PLOT)
 kind[(g[:, None] == g[None, :]) & (t[None, :] <= t[:, None])] = 1  # quadratic
 kind[g[None, :] < g[:, None]] = 2  # linear
 colors = ["#ffffff", "#d95f02", "#7570b3"]
-fig, ax = plt.subplots(figsize=(5.2, 4.6))
+fig, ax = plt.subplots(figsize=(6.8, 6.4))
 ax.imshow(
     kind.numpy(),
     cmap=ListedColormap(colors),
@@ -240,9 +240,9 @@ for edge in range(C_PLOT, T_PLOT, C_PLOT):
     ax.axhline(edge - 0.5, color="gray", lw=0.6)
     ax.axvline(edge - 0.5, color="gray", lw=0.6)
 ax.set(
-    xlabel="key position s (token index)",
-    ylabel="query position t (token index)",
-    title=f"Causal mixed chunk attention, T = {T_PLOT}, C = {C_PLOT}",
+    xlabel="key position $s$ (token index)",
+    ylabel="query position $t$ (token index)",
+    title=f"Causal mixed chunk attention, $T = {T_PLOT}$, $C = {C_PLOT}$",
 )
 ax.legend(
     handles=[
@@ -251,7 +251,6 @@ ax.legend(
         Patch(facecolor=colors[0], edgecolor="gray", label="masked (future)"),
     ],
     loc="upper right",
-    fontsize=8,
 )
 fig.tight_layout()
 fig.savefig("mixed_chunk_mask.svg")

@@ -119,7 +119,7 @@ for name, T in crossovers.items():
     )
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
+fig, axes = plt.subplots(2, 1, figsize=(6.8, 7.8))
 styles = ["o-", "s-", "^-"]
 for name, style in zip(names, styles):
     lengths = sorted(timings[name])
@@ -137,7 +137,6 @@ for name, T in crossovers.items():
             f"crossover {name.split(', ')[1]}",
             (T, axes[0].get_ylim()[1]),
             rotation=90,
-            fontsize=7,
             va="top",
             ha="right",
             color="gray",
@@ -147,7 +146,7 @@ axes[1].plot(
     [flops_quadratic(T) for T in LENGTHS],
     "o-",
     ms=4,
-    label="quadratic GAU [T, T]",
+    label="quadratic GAU, $[T, T]$ scores",
 )
 for chunk, style in zip(CHUNKS, styles[1:]):
     axes[1].plot(
@@ -155,19 +154,20 @@ for chunk, style in zip(CHUNKS, styles[1:]):
         [flops_chunked(T, chunk) for T in LENGTHS],
         style,
         ms=4,
-        label=f"chunked, C = {chunk}",
+        label=f"chunked, $C = {chunk}$",
     )
 axes[0].set(title=f"Time of one call, PyTorch on {WHERE}", ylabel="time (ms)")
 axes[1].set(
-    title="Work of one call (FLOP model)", ylabel="floating-point operations"
+    title="Work of one call (FLOP model)",
+    ylabel="floating-point operations (FLOP)",
 )
 for ax in axes:
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
-    ax.set_xlabel("sequence length T (tokens)")
+    ax.set_xlabel("sequence length $T$ (tokens)")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-fig.suptitle(f"Causal GAU attention, one head: S = {S}, E = {E}, float32")
+    ax.legend()
+fig.suptitle(f"Causal GAU attention, one head: $S = {S}$, $E = {E}$, float32")
 fig.tight_layout()
 fig.savefig("cost.svg")
 

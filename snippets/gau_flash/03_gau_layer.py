@@ -239,16 +239,16 @@ for name, attention in MODELS.items():
         f"{by_part[name]['later positions']:.3f})"
     )
 
-fig, ax = plt.subplots(figsize=(7, 4.2))
+fig, ax = plt.subplots(figsize=(6.8, 4.2))
 for name, losses in curves.items():
     ax.plot(range(1, STEPS + 1), losses, label=name)
 ax.set_yscale("log")
 ax.set(
-    xlabel="training step",
-    ylabel="mean squared error (target variance = 1)",
+    xlabel="training step (optimizer steps)",
+    ylabel="mean squared error (target variance 1)",
     title=(
-        f"Toy task: recover each sequence's hidden vector\nT = {T}, d = {D}, "
-        f"chunks of {CHUNK}"
+        f"Toy task: recover each sequence's hidden vector\n$T = {T}$, "
+        f"$d = {D}$, chunks of {CHUNK}"
     ),
 )
 ax.grid(alpha=0.3, which="both")

@@ -127,6 +127,7 @@ ax_t.set(
     title="Default candidate tree (node numbers)",
 )
 ax_t.set_xlim(-0.4, tree.max_depth + 0.4)
+ax_t.margins(y=0.1)
 ax_m.imshow(tree.mask.int(), cmap="Blues", vmin=0, vmax=1.4)
 ax_m.set_xticks(range(tree.num_nodes))
 ax_m.set_yticks(range(tree.num_nodes))

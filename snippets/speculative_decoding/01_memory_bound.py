@@ -109,7 +109,7 @@ print(
 
 # %%
 fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(6.8, 7.4))
-ax1.plot(ns, intensity, label=f"gpu-target forward, L = {CONTEXT}")
+ax1.plot(ns, intensity, label=f"gpu-target forward, $L = {CONTEXT}$")
 ax1.axhline(
     RIDGE,
     color="gray",

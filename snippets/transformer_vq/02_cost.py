@@ -161,7 +161,7 @@ for name, T in crossovers.items():
     )
 
 # %%
-fig, ax = plt.subplots(figsize=(7, 4.6))
+fig, ax = plt.subplots(figsize=(6.8, 4.6))
 for name, style in zip(names, ["o-", "s-", "^-"]):
     ax.plot(
         LENGTHS,
@@ -177,20 +177,20 @@ for (name, T), color in zip(crossovers.items(), ["C1", "C2"]):
             color=color,
             lw=0.8,
             ls="--",
-            label=f"crossover, {name.split(', ')[1]}: T = {T}",
+            label=f"crossover, {name.split(', ')[1]}: $T = {T}$",
         )
 ax.set_xscale("log", base=2)
 ax.set_yscale("log")
 ax.set(
-    xlabel="sequence length T (tokens)",
+    xlabel="sequence length $T$ (tokens)",
     ylabel="time (ms)",
     title=(
-        f"Causal attention with quantised keys, PyTorch on {WHERE}\nB={B}, "
-        f"H={H}, K=V={K}, blocks of {BLOCK}, float32"
+        f"Causal attention with quantised keys, PyTorch on {WHERE}\n"
+        f"$B = {B}$, $H = {H}$, $K = V = {K}$, blocks of {BLOCK}, float32"
     ),
 )
 ax.grid(alpha=0.3, which="both")
-ax.legend(fontsize=8)
+ax.legend()
 fig.tight_layout()
 fig.savefig("cost.svg")
 

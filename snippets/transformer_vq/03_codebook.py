@@ -145,7 +145,7 @@ for kind, fit in (
     )
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
+fig, axes = plt.subplots(2, 1, figsize=(6.8, 7.8), sharex=True)
 for (kind, curve), style in zip(curves.items(), ["o-", "s--", "^-"]):
     axes[0].plot(SIZES, curve["output_error"], style, ms=4, label=kind)
     axes[1].plot(SIZES, curve["key_error"], style, ms=4, label=kind)
@@ -165,21 +165,21 @@ axes[1].axvline(
 )
 axes[0].set(
     title="Causal VQ attention against exact attention",
-    ylabel="relative error of the outputs  ‖O_VQ − O‖ / ‖O‖",
+    ylabel=r"output error $\|O_{VQ} - O\| / \|O\|$",
 )
 axes[1].set(
     title="Quantised keys against the keys",
-    ylabel="relative squared error  ‖K − K_hat‖² / ‖K‖²",
+    ylabel=r"key error $\|K - \hat{K}\|^2 / \|K\|^2$",
 )
 for ax in axes:
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
-    ax.set_xlabel("codebook size S_c (codewords)")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    ax.legend()
+axes[-1].set_xlabel("codebook size $S_c$ (codewords)")
 fig.suptitle(
-    f"Codebooks fitted on {TRAIN_KEYS} training keys, tested on a new sequence "
-    f"of T = {T}, K = {K}"
+    f"Codebooks fitted on {TRAIN_KEYS} training keys,\n"
+    f"tested on a new sequence of $T = {T}$, $K = {K}$"
 )
 fig.tight_layout()
 fig.savefig("vq_error.svg")
