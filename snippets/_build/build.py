@@ -82,9 +82,9 @@ def child_env(root: Path, interpret: bool = False) -> dict:
 
 def cuda_available(root: Path) -> bool:
     """Whether torch sees a CUDA device, asked in a child process (this one
-    never imports torch),
-    unless the caller already knows and says so in `SNIPPETS_CUDA` ("1" or "0",
-    as the GPU run does, which saves each of its builds the probe)."""
+    never imports torch), unless the caller already knows and says so in
+    `SNIPPETS_CUDA` ("1" or "0", as the GPU run does, which saves each of its
+    builds the probe)."""
     known = os.environ.get(CUDA_KNOWN_ENV)
     if known in ("0", "1"):
         return known == "1"
@@ -117,8 +117,8 @@ def _git(root: Path, *args: str) -> str | None:
 
 def git_state(root: Path, generated: Path) -> tuple[str | None, bool]:
     """(commit, dirty): HEAD's hash and whether the sources differ from it
-    (untracked files
-    count; changes under the generated folder and `gpu-bundle.json` do not).
+    (untracked files count; changes under the generated folder and
+    `gpu-bundle.json` do not).
 
     Where git is unavailable (a copy of the tree without `.git`, on a GPU
     machine) both come from `gpu-bundle.json`, written by `make gpu-bundle`

@@ -200,9 +200,8 @@ class Run:
         extra_env: dict | None = None,
     ) -> str:
         """Run `command` as step `name` under `min(cap, time left)`; record and
-        return its status
-        ("0", another exit code, "timeout" or "skipped: ..."), then repack the
-        outputs."""
+        return its status ("0", another exit code, "timeout" or "skipped: ..."),
+        then repack the outputs."""
         cap = min(cap, self.left())
         if cap < MIN_STEP:
             return self.record(name, "skipped: out of budget", 0.0, 0.0)
@@ -290,9 +289,8 @@ def _run_capped(
     command: list[str], cwd: Path, env: dict, cap: float, say
 ) -> int | None:
     """Run `command` in its own process group, passing each output line to
-    `say`; its exit
-    status, or None when it ran past `cap` seconds and its whole group was
-    killed."""
+    `say`; its exit status, or None when it ran past `cap` seconds and its whole
+    group was killed."""
     process = subprocess.Popen(
         command,
         cwd=cwd,
@@ -553,8 +551,7 @@ def _install_wheels(state: Run, python: str) -> None:
 
 def _smoke(state: Run, python: str, smoke: str) -> dict[str, dict]:
     """Run the op smoke (in parallel when pytest-xdist is installed), write
-    smoke.json and
-    return its verdicts (see `smoke_verdicts`)."""
+    smoke.json and return its verdicts (see `smoke_verdicts`)."""
     log = Path(tempfile.mkdtemp(prefix="gpu-smoke-")) / "smoke.jsonl"
     state.scratch.append(log.parent)
     env = state.env()
@@ -619,8 +616,7 @@ def _tests(state: Run, python: str, tests: list[str] | None) -> None:
 
 def _after_kill(root: Path, generated: Path, snippet: Snippet) -> None:
     """Tidy up after a snippet's build was killed: its staging folders go, its
-    notebook is
-    rewritten (the previous output stayed in place)."""
+    notebook is rewritten (the previous output stayed in place)."""
     folder = output_dir(generated, snippet).parent
     for leftover in folder.glob(f".{snippet.stem}.*"):
         shutil.rmtree(leftover, ignore_errors=True)
@@ -702,9 +698,8 @@ def unpack(
     archive: Path, root: Path, generated: Path, accept_cpu: bool = False
 ) -> int:
     """Put the archive's output folders into `generated`; 0 when all were taken,
-    1 when one was
-    refused, 2 when the archive is unreadable or holds something else than
-    output folders."""
+    1 when one was refused, 2 when the archive is unreadable or holds something
+    else than output folders."""
     root, generated = Path(root).resolve(), Path(generated).resolve()
     folders: dict[str, dict[str, bytes]] = {}
     try:
@@ -792,9 +787,8 @@ def unpack(
 
 def bundle(root: Path) -> int:
     """Write `gpu-bundle.json`: the commit, whether the tree is dirty, and the
-    sha256 of every
-    file git tracks or would add (the tree that travels), for the build step to
-    read where git is unavailable. 1 when git cannot say."""
+    sha256 of every file git tracks or would add (the tree that travels), for
+    the build step to read where git is unavailable. 1 when git cannot say."""
     root = Path(root).resolve()
     commit, dirty = _build.git_state(root, root / "docs" / "generated")
     listed = _build._git(
@@ -837,9 +831,9 @@ WHEEL_SPECS = ("flash-linear-attention", "fla-core", "einops")
 
 def wheels(root: Path) -> int:
     """Download the optional baselines' pure-Python wheels for Python 3.12 into
-    `.gpu-wheels/`:
-    flash-linear-attention with fla-core and einops, from PyPI, without their
-    dependencies (the GPU machine has torch, triton and transformers).
+    `.gpu-wheels/`: flash-linear-attention with fla-core and einops, from PyPI,
+    without their dependencies (the GPU machine has torch, triton and
+    transformers).
 
     mamba-ssm is not among them: PyPI has it as a source package only, and
     although it builds without its CUDA extension

@@ -4,19 +4,26 @@ cells.
 `docs/generated/<article>/<article>.ipynb` (nbformat 4.5, written with the json
 module only): a title cell naming the article, with the article's opening
 paragraphs (`article_lead`) and how to run the notebook, then for each snippet
-in order a section: a heading in plain language (the first line of the snippet's
-docstring), the rest of its docstring as prose, its provenance line and file
-name, then the cells that ran with their outputs (its markdown cells as prose).
-A snippet without an output yet contributes its source cells, without outputs,
-and a note saying why. Headings carry no code, links or math, so that the
-anchors of mkdocs-jupyter's table of contents (Python-Markdown's slugs of the
-heading text) match the ids nbconvert gives the rendered headings.
+in order:
+
+* the article's prose that introduces it (`article_sections`): the sections of
+  `docs/<article>.md` that show the snippet's code or outputs, with the sections
+  before them that no earlier snippet took, so that the notebook carries the
+  article's paragraphs and display formulas and reads on its own;
+* a section of its own: a heading in plain language (the first paragraph of the
+  snippet's docstring), the rest of its docstring as prose, its provenance line
+  and file name, then the cells that ran with their outputs (its markdown cells
+  as prose). A snippet without an output yet contributes its source cells,
+  without outputs, and a note saying why.
+
+Headings carry no code, links or math, so that the anchors of mkdocs-jupyter's
+table of contents (Python-Markdown's slugs of the heading text) match the ids
+nbconvert gives the rendered headings.
 
 Each output image carries its alt text in `metadata[<mime>]["alt"]`, where
 nbconvert looks for it: the alt text of the page marker that shows the same file
 (`[[ output: <article>/<stem>/<file> | alt ]]` in `docs/*.md`), else "Figure
-<file> from
-<snippet>".
+<file> from <snippet>".
 """
 
 from __future__ import annotations
@@ -29,11 +36,14 @@ from pathlib import Path
 
 from snippets._build.provenance import (
     CELLS_FILE,
+    OUTPUT_MARKER,
     Snippet,
     discover,
     figure_alt_texts,
+    markdown_lines,
     output_dir,
     provenance_line,
+    read_meta,
     status,
 )
 from snippets._build.runner import parse_cells
@@ -47,6 +57,15 @@ KERNELSPEC = {
 IMAGE_NAME = re.compile(r"^<(?P<name>[^<>]+)>$")
 RST_LITERAL = re.compile(r"``(?P<code>[^`]+)``")
 BULLET = re.compile(r"^\s*[*-]\s")
+# the page's inline markers (as the site's hook reads them), outside code spans
+INLINE_MARKER = re.compile(
+    r"(?P<code>(?P<ticks>`+).*?(?P=ticks))"
+    r"|\[\[\s*value:\s*(?P<target>[^\]#]+?)\s*#\s*(?P<key>[^\]\s]+)\s*\]\]"
+    r"|\[\[\s*device:\s*(?P<snippet>[^\]\s]+)\s*\]\]",
+    re.DOTALL,
+)
+SECTION = re.compile(r"^## (?P<title>.+)$", re.MULTILINE)
+SUBHEADING = re.compile(r"^(?P<level>#{3,6}) (?P<title>.+)$")
 
 
 def _markdown(cell_id: str, source: str) -> dict:
@@ -71,13 +90,13 @@ def article_title(root: Path, article: str) -> str:
     return article.replace("_", " ").capitalize()
 
 
-def article_lead(root: Path, article: str) -> str:
+def article_lead(
+    root: Path, article: str, generated: Path | None = None
+) -> str:
     """The opening paragraphs of `docs/<article>.md` (between its title and its
-    first section)
-    as notebook Markdown: math in `$ $` / `$$ $$` instead of `\\( \\)` /
-    `\\[ \\]`, links to other pages as their text (the notebook is also read on
-    its own), and without the blocks that only the site renders (output markers,
-    admonitions, HTML, attribute lists)."""
+    first section) as notebook Markdown (see `notebook_markdown`); `generated`
+    is where the values the paragraphs quote are read (without it, a paragraph
+    that quotes one is left out)."""
     page = Path(root) / "docs" / f"{article}.md"
     if not page.is_file():
         return ""
@@ -86,17 +105,44 @@ def article_lead(root: Path, article: str) -> str:
     if start is None:
         return ""
     body = text[start.end() :]
-    end = re.search(r"^## ", body, re.MULTILINE)
-    body = body[: end.start()] if end else body
+    end = SECTION.search(body)
+    return notebook_markdown(body[: end.start()] if end else body, generated)
+
+
+def notebook_markdown(text: str, generated: Path | None = None) -> str:
+    """Page Markdown as notebook Markdown, for a reader without the site.
+
+    Kept: paragraphs, lists and display formulas, with math in `$ $` / `$$ $$`
+    instead of `\\( \\)` / `\\[ \\]`, links to other pages as their text
+    (the notebook is also read on its own), footnote references removed, and
+    `###` headings as plain text. The values the text quotes
+    (`[[ value: <article>/<stem>/<file>.json#key ]]`) and the devices it names
+    (`[[ device: <article>/<stem> ]]`) are read from `generated`; a paragraph
+    with one that cannot be read is left out. Left out: what only the site
+    renders or what the notebook shows otherwise (output markers, fenced code,
+    admonitions and other indented blocks, tables, HTML, attribute lists,
+    abbreviations and footnote definitions).
+    """
+    prose = "\n".join(
+        "" if in_code else line for line, in_code in markdown_lines(text)
+    )
     kept = []
-    for block in re.split(r"\n\s*\n", body.strip()):
+    for block in re.split(r"\n\s*\n", prose.strip()):
+        heading = SUBHEADING.match(block.strip())
+        if heading and "\n" not in block.strip():
+            title = plain_heading(heading.group("title"))
+            kept.append(f"{heading.group('level')} {title}")
+            continue
         if (
             not block.strip()
-            or block.lstrip()[0] in "<{!?|>"
+            or block.lstrip()[0] in "<{!?|>#"
             or block.startswith((" ", "\t"))
-            or "[[" in block
-            or block.lstrip().startswith(("```", "--8<--", "*["))
+            or block.lstrip().startswith(("--8<--", "*[", "[^"))
+            or any(OUTPUT_MARKER.match(line) for line in block.splitlines())
         ):
+            continue
+        block = INLINE_MARKER.sub(lambda m: _inline(m, generated), block)
+        if "[[" in block:  # a marker that could not be read
             continue
         # footnote references
         block = re.sub(r"\[\^[^\]]+\]", "", block)
@@ -106,6 +152,84 @@ def article_lead(root: Path, article: str) -> str:
         block = re.sub(r"\\\[(.+?)\\\]", r"$$\1$$", block, flags=re.DOTALL)
         kept.append(block.strip())
     return "\n\n".join(kept)
+
+
+def _inline(match: re.Match, generated: Path | None) -> str:
+    """The text of one inline match: a code span unchanged, a value or a device
+    as the site shows it, a marker that cannot be read unchanged."""
+    if match.group("code") or generated is None:
+        return match.group(0)
+    if match.group("snippet"):
+        meta = read_meta(Path(generated) / match.group("snippet").strip("/"))
+        return str(meta["device"]) if meta and meta.get("device") else match[0]
+    path = Path(generated) / match.group("target").strip()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        for part in match.group("key").split("."):
+            data = data[int(part) if isinstance(data, list) else part]
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return match.group(0)
+    return format_value(data)
+
+
+def format_value(value) -> str:
+    """A JSON value as the site's pages quote it: str() for strings, ints and
+    bools, 3 significant digits for floats (large floats as integers), JSON for
+    lists, objects and null."""
+    if isinstance(value, float):
+        text = f"{value:.3g}"
+        return f"{value:.0f}" if "e+" in text else text
+    if isinstance(value, (str, int)):
+        return str(value)
+    return json.dumps(value)
+
+
+def article_sections(
+    root: Path, article: str, generated: Path | None = None
+) -> dict[str, tuple[str, ...]]:
+    """The article's prose that introduces each snippet, by snippet stem.
+
+    The sections (`## ` headings) of `docs/<article>.md` are handed out to the
+    article's snippets in order: a snippet gets the sections that show its code
+    (`--8<-- "snippets/<article>/<stem>.py"`) or its outputs
+    (`[[ output: <article>/<stem>/... ]]`) and that no earlier snippet took,
+    together with the sections before them that no snippet took (the
+    explanation that leads up to it). Each section comes as notebook Markdown
+    (`notebook_markdown`) under its heading as plain text. Sections after the
+    last snippet's (the package, the sources) are not handed out; a snippet the
+    page does not show, or whose sections an earlier snippet took, gets none.
+    """
+    page = Path(root) / "docs" / f"{article}.md"
+    if not page.is_file():
+        return {}
+    text = page.read_text(encoding="utf-8")
+    starts = list(SECTION.finditer(text))
+    sections = [
+        (m.group("title"), text[m.end() : nxt.start() if nxt else len(text)])
+        for m, nxt in zip(starts, starts[1:] + [None])
+    ]
+    handed, taken = {}, 0
+    for snippet in discover(root):
+        if snippet.article != article:
+            continue
+        include = f'"snippets/{article}/{snippet.stem}.py"'
+        output = re.compile(
+            rf"^[ \t]*\[\[\s*output:\s*{re.escape(snippet.key)}/", re.MULTILINE
+        )
+        shown = [
+            i
+            for i, (_, body) in enumerate(sections)
+            if i >= taken and (include in body or output.search(body))
+        ]
+        if not shown:
+            continue
+        handed[snippet.stem] = tuple(
+            f"## {plain_heading(title)}\n\n"
+            + notebook_markdown(body, generated)
+            for title, body in sections[taken : shown[-1] + 1]
+        )
+        taken = shown[-1] + 1
+    return handed
 
 
 def _title(name: str, article: str, lead: str = "") -> dict:
@@ -161,14 +285,15 @@ def plain_heading(text: str) -> str:
     """`text` fit for a heading whose anchor is stable: without code, emphasis
     or math marks.
     """
+    text = re.sub(r"\\\((.+?)\\\)", r"\1", text)  # the page's inline math
     text = re.sub(r"\$([^$]*)\$", r"\1", text)
     text = re.sub(r"[`*\\]", "", text)
     return " ".join(text.split()).rstrip(".")
 
 
 def docstring(snippet: Snippet) -> tuple[str, str]:
-    """(title, prose) of a snippet's module docstring: its first line, and the
-    rest as Markdown.
+    """(title, prose) of a snippet's module docstring: its first paragraph (the
+    lines before the first blank one, joined), and the rest as Markdown.
 
     reST literals (``x``) become Markdown code spans and a bulleted list gets
     the blank line Markdown needs before it. A snippet without a docstring is
@@ -186,8 +311,10 @@ def docstring(snippet: Snippet) -> tuple[str, str]:
     lines = text.strip().splitlines()
     if not lines:
         return snippet.stem.split("_", 1)[-1].replace("_", " ").capitalize(), ""
-    title, prose = plain_heading(lines[0]), []
-    for line in lines[1:]:
+    first = next((i for i, line in enumerate(lines) if not line.strip()), None)
+    first = len(lines) if first is None else first
+    title, prose = plain_heading(" ".join(lines[:first])), []
+    for line in lines[first:]:
         if (
             BULLET.match(line)
             and prose
@@ -256,17 +383,19 @@ def snippet_cells(
     generated: Path,
     hashes: dict | None = None,
     alts: dict[str, str] | None = None,
+    level: int = 2,
 ) -> list[dict]:
     """The notebook cells of one snippet: a heading with provenance, then its
     cells.
 
     `hashes` is a cache of file hashes (see `status`); `alts` are the alt texts
-    of the figures shown on the pages (`figure_alt_texts`).
+    of the figures shown on the pages (`figure_alt_texts`); `level` is the
+    heading's level (3 under the article's section that introduces it).
     """
     alts = {} if alts is None else alts
     state = status(snippet, generated, hashes)
     title, prose = docstring(snippet)
-    heading = f"## {title}\n\n" + (f"{prose}\n\n" if prose else "")
+    heading = f"{'#' * level} {title}\n\n" + (f"{prose}\n\n" if prose else "")
     heading += f"Script: `{snippet.rel}`. "
     if state.meta is None:
         why = (
@@ -305,25 +434,32 @@ def snippet_cells(
 
 def notebook(root: Path, generated: Path, article: str) -> dict:
     """The companion notebook of `article` as a JSON-ready dict."""
-    cells = [
-        _title(
-            article_title(root, article), article, article_lead(root, article)
-        )
-    ]
+    lead = article_lead(root, article, generated)
+    cells = [_title(article_title(root, article), article, lead)]
     alts, hashes, headings = figure_alt_texts(Path(root) / "docs"), {}, set()
+    sections = article_sections(root, article, generated)
+    introduced = False  # whether the article's prose introduced a snippet yet
     for snippet in discover(root):
-        if snippet.article == article:
-            section = snippet_cells(snippet, generated, hashes, alts)
-            # Two sections with one heading would share an anchor: tell them
+        if snippet.article != article:
+            continue
+        prose = [
+            _markdown(f"{snippet.stem}-article-{number}"[:64], text)
+            for number, text in enumerate(sections.get(snippet.stem, ()), 1)
+        ]
+        introduced = introduced or bool(prose)
+        # under the article's section, or a section of its own when the page
+        # has introduced none of the snippets
+        level = 3 if introduced else 2
+        section = snippet_cells(snippet, generated, hashes, alts, level)
+        for number, cell in enumerate(prose + section):
+            # Two headings with one text would share an anchor: tell them
             # apart.
-            first, rest = section[0]["source"].split("\n", 1)
+            first, _, rest = cell["source"].partition("\n")
             if first in headings:
-                section[0] = {
-                    **section[0],
-                    "source": f"{first} ({snippet.stem})\n{rest}",
-                }
-            headings.add(section[0]["source"].split("\n", 1)[0])
-            cells += section
+                label = snippet.stem + (f", {number + 1}" if prose else "")
+                cell["source"] = f"{first} ({label})\n{rest}"
+            headings.add(cell["source"].partition("\n")[0])
+        cells += prose + section
     return {
         "cells": cells,
         "metadata": {

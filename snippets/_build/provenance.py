@@ -194,8 +194,8 @@ def sha256_file(path: Path) -> str:
 
 def cached_sha256(path: Path, cache: dict | None) -> str | None:
     """`sha256_file(path)`, or None when there is no such file; `cache` ({path:
-    hash}, or None for
-    no caching) saves hashing a module once per snippet that imported it."""
+    hash}, or None for no caching) saves hashing a module once per snippet that
+    imported it."""
     path = Path(path)
     if cache is not None and path in cache:
         return cache[path]
@@ -279,9 +279,8 @@ def status(
 
 def markdown_lines(markdown: str):
     """Yield `(line, in_code)` for each line of `markdown`; `in_code` is True
-    for the lines of a
-    fenced code block, its fences included, where markers are examples and never
-    rendered."""
+    for the lines of a fenced code block, its fences included, where markers are
+    examples and never rendered."""
     fence = None
     for line in markdown.split("\n"):
         if fence is not None:

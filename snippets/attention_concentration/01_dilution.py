@@ -108,9 +108,8 @@ def entropy(p: torch.Tensor) -> float:
 
 def trial(T: int, query_scale: float = 1.0, kinds=KINDS):
     """One task: T random keys, the query is ``query_scale`` times one of them.
-    Returns per kind
-    (largest weight, weight on the matching key, entropy, whether the largest
-    weight is the match)."""
+    Returns per kind (largest weight, weight on the matching key, entropy,
+    whether the largest weight is the match)."""
     k = torch.randn(T, D, generator=generator).to(DEVICE)
     match = torch.randint(T, (1,), generator=generator).item()
     q = query_scale * k[match]

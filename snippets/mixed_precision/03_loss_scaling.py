@@ -119,9 +119,8 @@ RUNS = {
 
 def train(dtype, scaling: bool, divided: bool) -> dict:
     """Train a fresh model for STEPS steps; return the loss, the share of zero
-    gradient values
-    and the loss scale of every step, the skipped steps, and the last step's
-    gradients."""
+    gradient values and the loss scale of every step, the skipped steps, and the
+    last step's gradients."""
     model = make_model()
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     scaler = torch.amp.GradScaler(
