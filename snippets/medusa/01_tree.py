@@ -4,7 +4,7 @@ verifies it.
 You will see:
 * the default tree: each node's path, parent, depth and position id, and its
   attention mask (a node sees itself and its ancestors, plus the whole KV
-  cache), drawn side by side;
+  cache), drawn one above the other;
 * ``tree_attention`` (the Triton kernel) equals the PyTorch reference
   ``tree_attention_ref``, and with a lower-triangular mask it is ordinary causal
   attention over a cache;
