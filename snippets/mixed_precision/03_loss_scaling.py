@@ -336,6 +336,8 @@ for ax, (key, g) in zip(axes, populations.items()):
         xlim=(bins[0], bins[-1]),
     )
     ax.grid(alpha=0.3, axis="y")
+# headroom above the bars for the names of the bands
+axes[0].set_ylim(top=1.3 * axes[0].get_ylim()[1])
 for x, text in [
     (-32, "zero in FP16"),
     (-19, "FP16\nsubnormal"),

@@ -221,9 +221,9 @@ ax_p.set(
     title=f"Acceptance by draft position ($k = {KS[-1]}$, $T = 1$)",
 )
 ax_p.set_xticks(range(1, KS[-1] + 1))
-for ax in (ax_t, ax_p):
+for ax, corner in ((ax_t, "upper left"), (ax_p, "lower left")):
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc=corner)
 fig.suptitle(
     f"{SIZE}-size main model trained with MTP,\n{PROMPTS} held-out prompts x "
     f"{NEW_TOKENS} tokens ({DEVICE})"
