@@ -194,7 +194,7 @@ colors = {
 }
 # three panels stacked, and a fourth row that holds the shared legend
 fig, axes = plt.subplots(
-    4, 1, figsize=(6.8, 12.5), gridspec_kw={"height_ratios": [1, 1, 1, 0.6]}
+    4, 1, figsize=(6.8, 12), gridspec_kw={"height_ratios": [1, 1, 1, 0.42]}
 )
 ax_max, ax_h, ax_c, ax_legend = axes
 lengths = list(by_length)

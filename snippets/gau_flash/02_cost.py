@@ -130,17 +130,21 @@ for name, style in zip(names, styles):
         ms=4,
         label=f"{name} (PyTorch)",
     )
+# one dashed line per crossover length, naming every chunk size that crosses
+crossing = {}
 for name, T in crossovers.items():
     if T is not None:
-        axes[0].axvline(T, color="gray", lw=0.8, ls="--")
-        axes[0].annotate(
-            f"crossover {name.split(', ')[1]}",
-            (T, axes[0].get_ylim()[1]),
-            rotation=90,
-            va="top",
-            ha="right",
-            color="gray",
-        )
+        crossing.setdefault(T, []).append(name.split(", ")[1])
+for T, chunks in crossing.items():
+    axes[0].axvline(T, color="gray", lw=0.8, ls="--")
+    axes[0].annotate(
+        f"crossover {' and '.join(chunks)}",
+        (T, axes[0].get_ylim()[1]),
+        rotation=90,
+        va="top",
+        ha="right",
+        color="gray",
+    )
 axes[1].plot(
     LENGTHS,
     [flops_quadratic(T) for T in LENGTHS],
