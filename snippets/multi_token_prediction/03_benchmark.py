@@ -166,7 +166,7 @@ for ax, mode in zip(axes, TEMPERATURES):
 axes[-1].set_xlabel("draft tokens per step $k$ (tokens)")
 axes[0].legend()
 fig.suptitle(
-    f"Self-speculation with the MTP module, {SIZE}-size model, batch 1 "
+    f"Self-speculation with the MTP module, {SIZE}-size model, batch 1\n"
     f"({WHERE})"
 )
 fig.tight_layout()
