@@ -385,6 +385,7 @@ fig, axes = plt.subplots(
     1,
     figsize=(6.8, 3.3 * 3 * len(TEMPERATURES)),
     squeeze=False,
+    layout="constrained",
 )
 for row, temperature in enumerate(TEMPERATURES):
     o = ours[temperature]
@@ -463,13 +464,13 @@ for row, temperature in enumerate(TEMPERATURES):
         title=f"Measured over predicted speed-up, temperature {temperature:g}",
     )
     for ax in panels:
+        ax.set_xticks(ks)
         ax.grid(alpha=0.3)
         ax.legend()
 fig.suptitle(
     f"Batch-1 decoding of {NEW_TOKENS} tokens x {PROMPTS} prompts, {SIZE}-size "
     f"models,\n{str(DTYPE).replace('torch.', '')} ({summary['device']})"
 )
-fig.tight_layout()
 fig.savefig("speedup.svg")
 
 with open("benchmark.md", "w") as f:
