@@ -1,5 +1,5 @@
-"""Can one query put most of its attention on one key? Softmax against linear
-attention.
+"""Can one query put most of its attention on
+one key? Softmax against linear attention.
 
 You will see, on a task where one key out of T is the query itself and the
 others are random:

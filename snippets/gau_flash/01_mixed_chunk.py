@@ -1,5 +1,5 @@
-"""Mixed chunk attention (FLASH): quadratic inside a chunk, linear across
-chunks.
+"""Mixed chunk attention (FLASH): quadratic
+inside a chunk, linear across chunks.
 
 You will see:
 * the naive definition: one ``[T, T]`` matrix of weights, squared-ReLU scores on

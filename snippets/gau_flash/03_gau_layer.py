@@ -1,5 +1,5 @@
-"""A gated attention unit (GAU) with mixed chunk attention: forward, backward
-and a toy fit.
+"""A gated attention unit (GAU) with mixed chunk
+attention: forward, backward and a toy fit.
 
 You will see:
 * the GAU layer in PyTorch: one projection to ``U``, ``V`` and a small shared

@@ -1,5 +1,5 @@
-"""The candidate tree of Medusa, its attention mask, and one forward that
-verifies it.
+"""The candidate tree of Medusa, its attention
+mask, and one forward that verifies it.
 
 You will see:
 * the default tree: each node's path, parent, depth and position id, and its

@@ -1,5 +1,5 @@
-"""How many tokens a Medusa step accepts, for trees of different sizes and both
-acceptance rules.
+"""How many tokens a Medusa step accepts, for trees
+of different sizes and both acceptance rules.
 
 You will see:
 * how often each Medusa head's top-k bytes contain the right one, on held-out

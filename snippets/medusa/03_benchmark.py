@@ -1,5 +1,5 @@
-"""Speed: Medusa decoding against plain decoding, in tokens per second, for
-several trees.
+"""Speed: Medusa decoding against plain decoding,
+in tokens per second, for several trees.
 
 You will see, for the GPU-size target (8 layers, 26M parameters) and its four
 Medusa heads, the tokens per second of plain decoding and of Medusa decoding

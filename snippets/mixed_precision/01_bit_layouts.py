@@ -1,5 +1,5 @@
-"""Bit layouts: how FP32, TF32, FP16, BF16 and the two FP8 formats spend their
-bits.
+"""Bit layouts: how FP32, TF32, FP16, BF16
+and the two FP8 formats spend their bits.
 
 You will see:
 * the sign, exponent and mantissa fields of each format, drawn bit by bit;

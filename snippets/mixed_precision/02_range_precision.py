@@ -1,5 +1,5 @@
-"""Range and precision: what each format can hold, and what happens to what it
-cannot.
+"""Range and precision: what each format can
+hold, and what happens to what it cannot.
 
 You will see:
 * the largest value, the smallest normal and subnormal values, the machine

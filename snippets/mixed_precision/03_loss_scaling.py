@@ -1,5 +1,5 @@
-"""One model trained four ways: FP32, FP16 with and without dynamic loss
-scaling, and BF16.
+"""One model trained four ways: FP32, FP16 with
+and without dynamic loss scaling, and BF16.
 
 You will see:
 * the loss of the same model, on the same data from the same seed, in four

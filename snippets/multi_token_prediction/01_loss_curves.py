@@ -1,5 +1,5 @@
-"""Multi-token prediction as a training objective: the loss curves with and
-without it.
+"""Multi-token prediction as a training
+objective: the loss curves with and without it.
 
 You will see:
 * the MTP module's shapes: the pairs (hidden state h_i, next token t_{i+1}) in,

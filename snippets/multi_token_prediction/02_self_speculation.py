@@ -1,5 +1,5 @@
-"""Multi-token prediction as a draft: self-speculative decoding with the MTP
-module.
+"""Multi-token prediction as a draft:
+self-speculative decoding with the MTP module.
 
 You will see:
 * greedy self-speculation emits exactly the main model's greedy tokens, for 1 to

@@ -1,5 +1,5 @@
-"""Why decoding one token at a time is memory-bound: bytes read against FLOPs
-done.
+"""Why decoding one token at a time is
+memory-bound: bytes read against FLOPs done.
 
 You will see:
 * the parameter count of the target and draft models used on a GPU on this page;

@@ -1,5 +1,5 @@
-"""Speculative sampling is exact: what it emits is distributed as the target's
-own samples.
+"""Speculative sampling is exact: what it emits
+is distributed as the target's own samples.
 
 You will see:
 * a toy "language model" on a vocabulary of 6 tokens: a target and a draft that

@@ -1,5 +1,5 @@
-"""Acceptance and tokens per target forward against the number of draft tokens
-k.
+"""Acceptance and tokens per target forward
+against the number of draft tokens k.
 
 You will see, for the small target and draft trained on Python's standard
 library (CPU sizes, tiny models trained for seconds on 128-byte windows; the

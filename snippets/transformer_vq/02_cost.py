@@ -1,5 +1,5 @@
-"""The cost of VQ attention as the sequence grows: quadratic form against the
-compressed cache.
+"""The cost of VQ attention as the sequence grows:
+quadratic form against the compressed cache.
 
 You will see, for one causal attention layer with quantised keys, on this
 device:

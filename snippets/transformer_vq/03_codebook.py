@@ -1,5 +1,5 @@
-"""A codebook learned by k-means, and how close VQ attention gets to exact
-attention.
+"""A codebook learned by k-means, and how
+close VQ attention gets to exact attention.
 
 You will see:
 * k-means (Lloyd's algorithm) fitting a codebook of ``S_c`` codewords to keys
