@@ -463,3 +463,89 @@ def test_notebook_opens_with_the_articles_lead_as_notebook_markdown(copy):
                             "A state $x_t$ of the other page grows.\n\n$$\ny = C x\n$$\n\n")
     for absent in ("[[", "Aside", "Not in the lead", "\\(", "other.md"):
         assert absent not in title
+
+
+ARTICLE = r'''# Demo: the title
+
+The lead, with \(x_t\).
+
+## Where it starts
+
+No snippet shows here, but the next one needs it:
+
+\[
+h_t = A h_{t-1} + B x_t
+\]
+
+## The plot
+
+The speedup is [[ value: demo/01_plot/results.json#speedup ]], measured on
+[[ device: demo/01_plot ]]; see [the other page](other.md).
+
+$$
+y = C x
+$$
+
+```python
+print("page code")
+
+print("after a blank line")
+```
+
+??? example "Snippet"
+
+    ```python
+    --8<-- "snippets/demo/01_plot.py"
+    ```
+
+[[ output: demo/01_plot/line.svg | A line ]]
+
+A value that is not there: [[ value: demo/01_plot/results.json#absent ]].
+
+### A `code` subsection with \(z\)
+
+Text of the subsection.
+
+## Notes on the text
+
+[[ output: demo/02_text/notes.txt | Notes ]]
+
+## Companion notebook
+
+Not handed out.
+'''
+
+
+def test_notebook_carries_the_articles_sections_before_their_snippets(copy):
+    """Each snippet comes after the page's sections that lead up to it and show it,
+    with their display formulas and resolved values, and without what only the site
+    renders; sections after the last snippet's stay out."""
+    (copy / "docs/demo.md").write_text(ARTICLE)
+    nb = _notebook.notebook(copy, out_of(copy), "demo")
+    sources = [c["source"] for c in nb["cells"]]
+    plot = next(i for i, s in enumerate(sources) if s.startswith("### A figure"))
+    before = "\n\n".join(sources[1:plot])
+    assert before.startswith("## Where it starts\n\n")
+    assert "$$\nh_t = A h_{t-1} + B x_t\n$$" in before  # \[ \] as $$ $$
+    assert "$$\ny = C x\n$$" in before
+    meta = json.loads((out_of(copy, "demo/01_plot") / "meta.json").read_text())
+    assert f"The speedup is 2.35, measured on\n{meta['device']}; see the other page." in before
+    assert "### A code subsection with z\n\nText of the subsection." in before
+    for absent in ("page code", "after a blank line", "--8<--", "[[", "Snippet", "absent",
+                   "other.md", "\\["):
+        assert absent not in before, absent
+    text = next(i for i, s in enumerate(sources) if s.startswith("### Text"))
+    assert sources[text - 1].startswith("## Notes on the text")
+    assert sources[-1] == 'print("timing")'  # the GPU snippet: not shown on the page
+    assert "### Timings" in "\n".join(sources) and "Not handed out" not in "\n".join(sources)
+    headings = [s.partition("\n")[0] for s in sources if s.startswith("#")]
+    assert len(headings) == len(set(headings))
+    nbformat = pytest.importorskip("nbformat")
+    nbformat.validate(nbformat.from_dict(nb))
+
+
+def test_a_snippets_heading_is_its_docstrings_first_paragraph(copy):
+    script = copy / "snippets/demo/01_plot.py"
+    script.write_text('"""A title that runs on\nover two lines.\n\nThe prose."""\n')
+    snippet = next(s for s in discover(copy) if s.stem == "01_plot")
+    assert _notebook.docstring(snippet) == ("A title that runs on over two lines", "The prose.")
