@@ -768,3 +768,55 @@ def test_api_page_documents_flash_attention_with_its_args(context, base_url):
     for needed in ("Returns:", "Raises:", "TypeError", "ValueError", "attention_ref", "attention_blockwise"):
         assert needed in text, f"the API page does not show {needed!r}"
     page.close()
+
+
+def test_generated_figures_open_at_full_size(site_dir):
+    """Each figure the build step inserts opens at full size when clicked or tapped: it sits
+    inside a lightbox link (GLightbox) that points at the figure file itself."""
+    count, unlinked = 0, []
+    figure = re.compile(
+        r'(<a\b[^>]*>\s*)?<img\b[^>]*class="[^"]*\bgenerated-figure\b[^"]*"[^>]*>', re.DOTALL)
+    for article, _ in articles():
+        page_dir = site_dir / page_url(article)
+        text = (page_dir / "index.html").read_text(encoding="utf-8")
+        for match in figure.finditer(text):
+            count += 1
+            src = re.search(r'\bsrc="([^"]+)"', match.group(0)).group(1)
+            anchor = match.group(1) or ""
+            href = re.search(r'\bhref="([^"]+)"', anchor)
+            lightbox = re.search(r'\bclass="[^"]*\bglightbox\b', anchor)
+            target = (page_dir / html.unescape(href.group(1))).resolve() if href else None
+            if not (lightbox and href and href.group(1) == src and target and target.is_file()):
+                unlinked.append(f"{article}: {src}")
+    assert count, "no generated figure on any article"
+    assert not unlinked, f"generated figures not linked to their file: {unlinked[:5]}"
+    assert (site_dir / "assets" / "javascripts" / "glightbox.min.js").is_file(), (
+        "the lightbox script is not in the built site")
+
+
+# Every code block on the page that is wider than its column: it would scroll sideways.
+WIDE_CODE_JS = """
+() => Array.from(document.querySelectorAll(".md-typeset pre > code"))
+  .filter(code => code.scrollWidth > code.clientWidth + 1)
+  .map(code => ({
+    width: code.scrollWidth, column: code.clientWidth,
+    line: (code.textContent.split("\\n").reduce((a, b) => (b.length > a.length ? b : a), ""))
+      .trim().slice(0, 60),
+  }))
+"""
+
+
+@pytest.mark.parametrize("article", [article for article, _ in articles()])
+def test_code_fits_the_column_on_a_desktop(browser, base_url, article):
+    """At 1280 px no code block of an article is wider than its column: snippet lines are at
+    most 80 characters (tests/test_format.py), and the column shows 83."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        page = context.new_page()
+        page.goto(base_url + page_url(article), wait_until="load")
+        count = page.evaluate("() => document.querySelectorAll('.md-typeset pre > code').length")
+        wide = page.evaluate(WIDE_CODE_JS)
+        assert count, f"{article}: no code block on the page"
+        assert not wide, f"{article} at 1280 px: code blocks wider than the column: {wide[:5]}"
+    finally:
+        context.close()
