@@ -131,7 +131,9 @@ PATTERNS = {
 
 # %%
 cmap = ListedColormap(["white", "#9ecae1", "#08306b"])
-fig, axes = plt.subplots(3, 3, figsize=(10, 10.6))
+fig, axes = plt.subplots(
+    3, 3, figsize=(6.8, 8.0), sharex=True, sharey=True, layout="constrained"
+)
 for ax, (name, pattern) in zip(axes.flat, PATTERNS.items()):
     explicit, through_state = pattern(T_DRAWN), None
     if isinstance(explicit, tuple):
@@ -144,9 +146,8 @@ for ax, (name, pattern) in zip(axes.flat, PATTERNS.items()):
     ax.set_title(
         f"{name}\n{100 * fraction:.0f}% of the dense causal pairs", fontsize=9
     )
-    ax.set_xticks([0, 16, 32, 48, 63])
-    ax.set_yticks([0, 16, 32, 48, 63])
-    ax.tick_params(labelsize=7)
+    ax.set_xticks([0, 32, 63])
+    ax.set_yticks([0, 32, 63])
 for ax in axes[-1]:
     ax.set_xlabel("key position s")
 for ax in axes[:, 0]:
@@ -159,12 +160,10 @@ fig.legend(
             facecolor="white", edgecolor="gray", label="no interaction (masked)"
         ),
     ],
-    loc="lower center",
-    ncol=3,
-    fontsize=9,
+    loc="outside lower center",
+    ncol=2,
     frameon=False,
 )
-fig.tight_layout(rect=(0, 0.04, 1, 1))
 fig.savefig("masks.svg")
 
 # %% [markdown]

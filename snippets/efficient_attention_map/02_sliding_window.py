@@ -120,7 +120,9 @@ for T in LENGTHS:
         )
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+fig, axes = plt.subplots(
+    2, 1, figsize=(6.8, 7.2), sharex=True, layout="constrained"
+)
 for ax, mode in zip(axes, ("fwd", "fwd+bwd")):
     points = [r for r in rows if r["mode"] == mode]
     for name in CONTENDERS:
@@ -135,16 +137,15 @@ for ax, mode in zip(axes, ("fwd", "fwd+bwd")):
     ax.set_yscale("log")
     ax.set(
         title=f"{mode}, {TOKENS} tokens per batch, H={H}, D={D}",
-        xlabel="sequence length T (tokens)",
         ylabel="time (ms)",
     )
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend()
+axes[-1].set_xlabel("sequence length T (tokens)")
 fig.suptitle(
-    f"flash_attention with a sliding window of {WINDOW} keys "
+    f"flash_attention with a sliding window of {WINDOW} keys\n"
     f"({torch.cuda.get_device_name() if DEVICE == 'cuda' else 'CPU'})"
 )
-fig.tight_layout()
 fig.savefig("window.svg")
 
 last = {

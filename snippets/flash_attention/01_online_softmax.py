@@ -58,26 +58,25 @@ for i, (m, l) in enumerate(history):
 
 # %%
 tiles = range(1, len(history) + 1)
-fig, (ax_m, ax_l) = plt.subplots(1, 2, figsize=(9, 3.4))
-ax_m.plot(tiles, [m for m, _ in history], "o-", label="running max m")
+fig, (ax_m, ax_l) = plt.subplots(2, 1, figsize=(6.8, 5.6), sharex=True)
+ax_m.plot(tiles, [m for m, _ in history], "o-", label="running max $m$")
 ax_m.axhline(s.max().item(), color="gray", ls="--", label="max over all keys")
 ax_m.set(
-    xlabel="key tiles processed (128 keys each)",
-    ylabel="m (score units)",
+    ylabel="$m$ (score units)",
     title="Running maximum",
 )
 ax_l.plot(
-    tiles, [l for _, l in history], "o-", color="C1", label="running sum l"
+    tiles, [l for _, l in history], "o-", color="C1", label="running sum $\ell$"
 )
 ax_l.axhline(
     torch.exp(s - s.max()).sum().item(),
     color="gray",
     ls="--",
-    label="sum of exp(s - max)",
+    label=r"$\Sigma_j \exp(s_j - \max\, s)$",
 )
 ax_l.set(
     xlabel="key tiles processed (128 keys each)",
-    ylabel="l (dimensionless)",
+    ylabel=r"$\ell$ (dimensionless)",
     title="Running sum",
 )
 for ax in (ax_m, ax_l):

@@ -77,13 +77,14 @@ for T in LENGTHS:
 
 # %%
 lengths, naive, tiled = zip(*rows)
-fig, ax = plt.subplots(figsize=(6, 4))
+fig, ax = plt.subplots(figsize=(6.8, 4.2))
 ax.loglog(lengths, naive, "o-", label="naive attention (scores materialised)")
 ax.loglog(lengths, tiled, "s-", label=tiled_name)
 ax.set(
     xlabel="sequence length T (tokens)",
     ylabel="peak extra memory (MiB)",
-    title=f"One attention call, B={B}, H={H}, D={D}, {str(DTYPE).replace('torch.', '')}, {DEVICE}",
+    title=f"One attention call, B={B}, H={H}, D={D}, "
+    f"{str(DTYPE).replace('torch.', '')}, {DEVICE}",
 )
 ax.set_xticks(lengths, [str(t) for t in lengths])
 # only the measured lengths as ticks

@@ -278,14 +278,16 @@ for mode, against, target in TARGETS:
         f"{got:.2f}x, target {target:.1f}x: {verdict}"
     )
 
+# One row per head dim and mask, forward and forward + backward side by side.
 fig, axes = plt.subplots(
-    2,
     2 * len(HEAD_DIMS),
-    figsize=(4.2 * 2 * len(HEAD_DIMS), 7.5),
+    2,
+    figsize=(6.8, 1.2 + 2.6 * 2 * len(HEAD_DIMS)),
     squeeze=False,
+    layout="constrained",
 )
-for row, mode in enumerate(("fwd", "fwd+bwd")):
-    for col, (D, causal) in enumerate(
+for col, mode in enumerate(("fwd", "fwd+bwd")):
+    for row, (D, causal) in enumerate(
         (D, c) for D in HEAD_DIMS for c in (False, True)
     ):
         ax = axes[row][col]
@@ -306,18 +308,18 @@ for row, mode in enumerate(("fwd", "fwd+bwd")):
         ax.set_xscale("log", base=2)
         ax.set(
             title=f"{mode}, D={D}, {'causal' if causal else 'not causal'}",
-            xlabel="sequence length T (tokens)",
+            xlabel="sequence length T (tokens)" if row == len(axes) - 1 else "",
             ylabel="TFLOP/s",
         )
         ax.grid(alpha=0.3)
-axes[0][0].legend(fontsize=8)
+fig.legend(
+    *axes[0][0].get_legend_handles_labels(), loc="outside lower center", ncol=3
+)
 fig.suptitle(
     f"Attention throughput, {str(DTYPE).replace('torch.', '')}, {TOKENS} "
-    "tokens per batch, "
-    f"hidden {HIDDEN} "
+    f"tokens per batch, hidden {HIDDEN}\n"
     f"({torch.cuda.get_device_name() if DEVICE == 'cuda' else 'CPU'})"
 )
-fig.tight_layout()
 fig.savefig("tflops.svg")
 
 # %% [markdown]
@@ -326,7 +328,9 @@ fig.savefig("tflops.svg")
 
 # %%
 D_RATIO = max(HEAD_DIMS)
-fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+fig, axes = plt.subplots(
+    2, 1, figsize=(6.8, 7.4), sharex=True, layout="constrained"
+)
 for ax, mode in zip(axes, ("fwd", "fwd+bwd")):
     for against in SDPA + ["fastest SDPA"]:
         for causal, style in ((False, "o-"), (True, "s--")):
@@ -352,12 +356,13 @@ for ax, mode in zip(axes, ("fwd", "fwd+bwd")):
     ax.set_xscale("log", base=2)
     ax.set(
         title=f"{mode}, D={D_RATIO}: ours / SDPA backend",
-        xlabel="sequence length T (tokens)",
         ylabel="ratio of TFLOP/s",
     )
     ax.grid(alpha=0.3)
-axes[1].legend(fontsize=7)
-fig.tight_layout()
+axes[1].set_xlabel("sequence length T (tokens)")
+fig.legend(
+    *axes[1].get_legend_handles_labels(), loc="outside lower center", ncol=2
+)
 fig.savefig("ratios.svg")
 
 # %% [markdown]

@@ -132,7 +132,15 @@ for moment in MOMENTS:
     )
 
 # %%
-fig, axes = plt.subplots(2, len(MOMENTS), figsize=(13, 5.5), sharey=True)
+# One row per moment: LegS on the left, LegT on the right.
+fig, axes = plt.subplots(
+    len(MOMENTS),
+    2,
+    figsize=(6.8, 1.2 + 2.0 * len(MOMENTS)),
+    sharex=True,
+    sharey=True,
+    layout="constrained",
+)
 tc, fc = t.numpy(), f.cpu().numpy()
 for j, moment in enumerate(MOMENTS):
     k = int(moment * L) - 1
@@ -140,7 +148,7 @@ for j, moment in enumerate(MOMENTS):
     for row, (rec, lo, name) in enumerate(
         [(legs_rec, 0, "LegS"), (legt_rec, start, "LegT")]
     ):
-        ax = axes[row][j]
+        ax = axes[j][row]
         ax.plot(tc, fc, color="0.75", lw=1, label="signal")
         ax.plot(
             tc[lo : k + 1],
@@ -150,20 +158,20 @@ for j, moment in enumerate(MOMENTS):
             label=f"{name} reconstruction",
         )
         ax.axvline(moment, color="k", lw=0.8, ls=":")
-        ax.set_title(f"{name}, at t = {moment:.2f}", fontsize=10)
+        ax.set_title(f"{name}, at t = {moment:.2f}")
         ax.set_xlim(0, 1)
         ax.grid(alpha=0.3)
-        if row == 1:
+        if j == len(MOMENTS) - 1:
             ax.set_xlabel("time t (fraction of the signal)")
-        if j == 0:
+        if row == 0:
             ax.set_ylabel("signal value")
-            ax.legend(fontsize=8, loc="lower left")
+handles = dict(zip(*reversed(axes[0][0].get_legend_handles_labels())))
+handles.update(zip(*reversed(axes[0][1].get_legend_handles_labels())))
+fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncol=3)
 fig.suptitle(
-    f"What N = {N} HiPPO coefficients remember at four moments: LegS (whole "
-    "history) and "
-    f"LegT (window of {THETA})"
+    f"What N = {N} HiPPO coefficients remember at four moments:\n"
+    f"LegS (whole history) and LegT (window of {THETA})"
 )
-fig.tight_layout()
 fig.savefig("online_memory.svg", facecolor="white")
 
 with open("results.json", "w") as f_out:

@@ -141,7 +141,9 @@ for N in STATE_SIZES:
     )
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+fig, axes = plt.subplots(
+    2, 1, figsize=(6.8, 8.2), sharex=True, sharey=True, layout="constrained"
+)
 for ax, (name, e) in zip(axes, errors.items()):
     ax.plot(
         STATE_SIZES,
@@ -191,15 +193,16 @@ for ax, (name, e) in zip(axes, errors.items()):
     )
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
-    ax.set(title=name, xlabel="state size N (coefficients)")
+    ax.set(title=name, ylabel="RMS error (peak of signal = 1)")
     ax.grid(alpha=0.3, which="both")
-axes[0].set_ylabel("RMS reconstruction error (peak of signal = 1)")
-axes[0].legend(fontsize=8)
-fig.suptitle(
-    f"Error of the history recalled after the last of {L} samples, against "
-    "the state size"
+axes[-1].set_xlabel("state size N (coefficients)")
+fig.legend(
+    *axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=2
 )
-fig.tight_layout()
+fig.suptitle(
+    f"Error of the history recalled after the last of {L} samples,\n"
+    "against the state size"
+)
 fig.savefig("state_size.svg", facecolor="white")
 
 # %%

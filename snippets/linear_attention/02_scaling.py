@@ -234,7 +234,7 @@ print(
 )
 
 # %%
-fig, axes = plt.subplots(2, 2, figsize=(10, 7.5))
+fig, axes = plt.subplots(2, 2, figsize=(6.8, 7.6), layout="constrained")
 styles = {
     "softmax attention (SDPA)": "o-",
     "linear, chunk-wise": "s-",
@@ -304,8 +304,8 @@ axes[1][1].plot(
 labels = [
     ("Prefill: time of one call", "time (ms)"),
     ("Prefill: peak extra memory", "memory (MiB)"),
-    ("Decoding: time of one token", "time per token (ms)"),
-    ("Decoding: memory kept between tokens", "memory (MiB)"),
+    ("Decoding: one token", "time per token (ms)"),
+    ("Decoding: memory kept", "memory (MiB)"),
 ]
 for index, (ax, (title, ylabel)) in enumerate(zip(axes.flat, labels)):
     ax.set_xscale("log", base=2)
@@ -316,12 +316,17 @@ for index, (ax, (title, ylabel)) in enumerate(zip(axes.flat, labels)):
         ylabel=ylabel,
     )
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+# The prefill's forms in one legend, below the figure; each decoding panel
+# has its own.
+for ax in axes[1]:
+    ax.legend()
+fig.legend(
+    *axes[0][0].get_legend_handles_labels(), loc="outside lower center", ncol=2
+)
 fig.suptitle(
-    f"One causal attention layer, PyTorch implementations timed on {WHERE}: "
+    f"One causal attention layer, PyTorch implementations timed on {WHERE}:\n"
     f"B={B}, H={H}, K=V={D}, {str(DTYPE).replace('torch.', '')}"
 )
-fig.tight_layout()
 fig.savefig("scaling.svg")
 
 # %%

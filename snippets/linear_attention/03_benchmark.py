@@ -204,14 +204,16 @@ for key, T in crossovers.items():
     )
 
 # %%
+# One row per head dim and measure, forward and forward + backward side by side.
 fig, axes = plt.subplots(
-    2,
     2 * len(HEAD_DIMS),
-    figsize=(4.2 * 2 * len(HEAD_DIMS), 7.5),
+    2,
+    figsize=(6.8, 1.4 + 2.6 * 2 * len(HEAD_DIMS)),
     squeeze=False,
+    layout="constrained",
 )
-for row, mode in enumerate(("fwd", "fwd+bwd")):
-    for col, (K, what) in enumerate(
+for col, mode in enumerate(("fwd", "fwd+bwd")):
+    for row, (K, what) in enumerate(
         (K, w) for K in HEAD_DIMS for w in ("ms", "mib")
     ):
         ax = axes[row][col]
@@ -235,18 +237,23 @@ for row, mode in enumerate(("fwd", "fwd+bwd")):
             )
         ax.set_xscale("log", base=2)
         ax.set(
-            title=f"{mode}, K=V={K}: {'time' if what == 'ms' else 'peak extra memory'}",
-            xlabel="sequence length T (tokens)",
+            title=f"{mode}, K=V={K}: "
+            + ("time" if what == "ms" else "peak extra memory"),
+            xlabel="sequence length T (tokens)" if row == len(axes) - 1 else "",
             ylabel="time (ms)" if what == "ms" else "memory (MiB)",
         )
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
+# One legend for every panel, below them: the layers, and the crossover line.
+handles = {}
+for ax in axes.flat:
+    for handle, label in zip(*ax.get_legend_handles_labels()):
+        handles.setdefault(label, handle)
+fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncol=2)
 fig.suptitle(
     f"Triton kernels timed on {WHERE}: causal, "
-    f"{str(DTYPE).replace('torch.', '')}, "
+    f"{str(DTYPE).replace('torch.', '')},\n"
     f"B*T = {TOKENS} tokens, hidden size {HIDDEN}"
 )
-fig.tight_layout()
 fig.savefig("kernels.svg")
 
 with open("kernels.md", "w") as f:

@@ -129,18 +129,17 @@ for name, value in defects.items():
     )
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(9.5, 4.3))
+fig, axes = plt.subplots(2, 1, figsize=(6.8, 8.6), layout="constrained")
 for ax, W, title in (
-    (axes[0], W_lti, "time-invariant Δ, B, C: a convolution"),
-    (axes[1], W_sel, "selective Δ_t, B_t, C_t: no convolution"),
+    (axes[0], W_lti, r"time-invariant $\Delta$, $B$, $C$: a convolution"),
+    (axes[1], W_sel, r"selective $\Delta_t$, $B_t$, $C_t$: no convolution"),
 ):
     # colours saturate at the largest 1% of entries
     limit = W.abs().flatten().quantile(0.99).item()
     image = ax.imshow(W.cpu(), cmap="RdBu_r", vmin=-limit, vmax=limit)
     ax.set(title=title, xlabel="input position s", ylabel="output position t")
-    fig.colorbar(image, ax=ax, shrink=0.8, extend="both", label="W[t, s]")
+    fig.colorbar(image, ax=ax, extend="both", label="$W[t, s]$")
 fig.suptitle(f"The matrix of one channel's scan (N = {N} states, L = {L})")
-fig.tight_layout()
 fig.savefig("scan_matrices.svg", facecolor="white")
 
 with open("results.json", "w") as f:

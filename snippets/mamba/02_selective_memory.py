@@ -130,7 +130,7 @@ i = 0
 fig, (ax_in, ax_dt, ax_out) = plt.subplots(
     3,
     1,
-    figsize=(9, 7.2),
+    figsize=(6.8, 6.6),
     sharex=True,
     gridspec_kw={"height_ratios": [1.2, 0.8, 1.4]},
 )
@@ -142,11 +142,14 @@ ax_in.bar(
 ax_in.bar(
     t[marked], u_test[i][marked], color="tab:red", label="marked (remember)"
 )
-ax_in.set(ylabel="value u_t", title="Input stream of one test sequence")
-ax_in.legend(fontsize=8, loc="upper right")
+ax_in.set(ylabel="value $u_t$", title="Input stream of one test sequence")
+# headroom for the legend above the bars
+ax_in.margins(y=0.35)
+ax_in.legend(loc="upper center", ncol=2)
 ax_dt.semilogy(t, F.softplus(20.0 * m_test[i] - 10.0), "k.-", ms=3)
 ax_dt.set(
-    ylabel="step size Δ_t", title="Selection: Δ_t = softplus(20 m_t - 10)"
+    ylabel=r"step size $\Delta_t$",
+    title=r"Selection: $\Delta_t = \mathrm{softplus}(20\,m_t - 10)$",
 )
 ax_out.step(
     t,
@@ -168,8 +171,8 @@ ax_out.plot(
     color="tab:orange",
     label="best time-invariant filter",
 )
-ax_out.set(xlabel="position t (tokens)", ylabel="output y_t", title="Outputs")
-ax_out.legend(fontsize=8, loc="upper right")
+ax_out.set(xlabel="position t (tokens)", ylabel="output $y_t$", title="Outputs")
+ax_out.legend(loc="lower left")
 for ax in (ax_in, ax_dt, ax_out):
     ax.grid(alpha=0.3)
 fig.tight_layout()

@@ -265,12 +265,11 @@ with open("decode.md", "w") as f:
     f.write("|---:|" + "---:|" * (len(STEPS) + 1) + "\n")
     for row in decode:
         ms = row["ms"]
+        speedup = ms["plain PyTorch step"] / ms["selective_scan_step (ours)"]
         f.write(
             f"| {row['d']} | "
             + " | ".join(f"{ms[name] * 1e3:.1f}" for name in STEPS)
-            + " | "
-            + f"{ms['plain PyTorch step'] / ms['selective_scan_step (ours)']:.1f}"
-            + " |\n"
+            + f" | {speedup:.1f} |\n"
         )
     f.write(
         f"\nOne token at batch 1, n = {n}, inputs in "
@@ -284,7 +283,12 @@ with open("decode.md", "w") as f:
 # %%
 MODES = ("fwd", "fwd+bwd")
 fig, axes = plt.subplots(
-    len(MODES), len(CHANNELS), figsize=(5 * len(CHANNELS), 7.5), squeeze=False
+    len(MODES),
+    len(CHANNELS),
+    figsize=(6.8, 7.2),
+    squeeze=False,
+    sharex=True,
+    layout="constrained",
 )
 for row, mode in enumerate(MODES):
     for col, d in enumerate(CHANNELS):
@@ -306,21 +310,29 @@ for row, mode in enumerate(MODES):
         ax.set_xscale("log", base=2)
         ax.set(
             title=f"{mode}, d = {d}",
-            xlabel="sequence length L (tokens)",
-            ylabel="achieved bandwidth (GB/s)",
+            xlabel="sequence length L (tokens)"
+            if row == len(MODES) - 1
+            else "",
+            ylabel="bandwidth (GB/s)" if col == 0 else "",
         )
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
-axes[0][0].legend(fontsize=8)
+fig.legend(
+    *axes[0][0].get_legend_handles_labels(), loc="outside lower center", ncol=2
+)
 fig.suptitle(
-    f"Selective scan bandwidth on {WHERE}: "
+    f"Selective scan bandwidth on {WHERE}:\n"
     f"{str(DTYPE).replace('torch.', '')}, b = {b}, n = {n}"
 )
-fig.tight_layout()
 fig.savefig("bandwidth.svg", facecolor="white")
 
 fig, axes = plt.subplots(
-    2, len(MODES), figsize=(5.5 * len(MODES), 7.5), squeeze=False
+    2,
+    len(MODES),
+    figsize=(6.8, 7.6),
+    squeeze=False,
+    sharex=True,
+    layout="constrained",
 )
 for col, mode in enumerate(MODES):
     for d, style in zip(CHANNELS, ("-", "--")):
@@ -346,28 +358,29 @@ for col, mode in enumerate(MODES):
                 )
     axes[0][col].set(
         title=f"{mode}: time",
-        xlabel="sequence length L (tokens)",
         ylabel="time (ms)",
         xscale="log",
         yscale="log",
     )
     axes[1][col].axhline(1.0, color="black", lw=1)
     axes[1][col].set(
-        title=f"{mode}: time of the other scan / our time (above 1: ours is faster)",
+        title=f"{mode}: other / ours\n(above 1: ours is faster)",
         xlabel="sequence length L (tokens)",
-        ylabel="time ratio",
+        ylabel="time ratio (other / ours)",
         xscale="log",
         yscale="log",
     )
     for ax in axes[:, col]:
         ax.set_xscale("log", base=2)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-fig.suptitle(
-    f"Selective scan time on {WHERE}: {str(DTYPE).replace('torch.', '')}, b = "
-    f"{b}, n = {n}"
+# One legend for all panels, below them: each scan at each channel count.
+fig.legend(
+    *axes[0][0].get_legend_handles_labels(), loc="outside lower center", ncol=2
 )
-fig.tight_layout()
+fig.suptitle(
+    f"Selective scan time on {WHERE}:\n"
+    f"{str(DTYPE).replace('torch.', '')}, b = {b}, n = {n}"
+)
 fig.savefig("time.svg", facecolor="white")
 
 # %%

@@ -193,7 +193,9 @@ for regime, logit in LOGITS.items():
             error = estimates(name, m, x, y) / math.exp(logit) - 1
             sweep[regime][name].append((error**2).mean().sqrt().item())
 
-fig, axes = plt.subplots(1, 3, figsize=(13, 4.2), sharey=True)
+fig, axes = plt.subplots(
+    3, 1, figsize=(6.8, 10.4), sharex=True, sharey=True, layout="constrained"
+)
 styles = {
     "trigonometric, iid": ("C0", "o-"),
     "trigonometric, orthogonal": ("C0", "s:"),
@@ -226,20 +228,20 @@ for ax, (regime, logit) in zip(axes, LOGITS.items()):
     ax.set(
         xscale="log",
         yscale="log",
-        title=f"{regime}: x·y = {logit:+.1f}, exp(x·y) = {math.exp(logit):.2f}",
-        xlabel="number of features m",
+        title=f"{regime}: $x \\cdot y$ = {logit:+.1f}, "
+        f"$\\exp(x \\cdot y)$ = {math.exp(logit):.2f}",
+        ylabel="relative RMS error",
     )
     ax.set_xscale("log", base=2)
     ax.grid(alpha=0.3, which="both")
-axes[0].set_ylabel("relative RMS error of exp(x·y) (dimensionless)")
+axes[-1].set_xlabel("number of features m")
 fig.legend(
-    *axes[0].get_legend_handles_labels(), loc="lower center", ncol=6, fontsize=8
+    *axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=2
 )
 fig.suptitle(
-    f"Random-feature estimates of the softmax kernel, d = {D}, |x|² = |y|² = "
-    f"{R2}"
+    "Random-feature estimates of the softmax kernel $\\exp(x \\cdot y)$,\n"
+    f"d = {D}, $|x|^2 = |y|^2$ = {R2}"
 )
-fig.tight_layout(rect=(0, 0.07, 1, 1))
 fig.savefig("kernel_error.svg")
 
 # %% [markdown]
@@ -261,7 +263,9 @@ for logit in sweep_logits:
         )
         by_logit[name]["negative"].append((est < 0).double().mean().item())
 
-fig, (ax_err, ax_neg) = plt.subplots(1, 2, figsize=(11, 4))
+fig, (ax_err, ax_neg) = plt.subplots(
+    2, 1, figsize=(6.8, 7.6), sharex=True, layout="constrained"
+)
 for name, (color, style) in styles.items():
     ax_err.plot(
         sweep_logits,
@@ -308,20 +312,18 @@ ax_err.plot(
 ax_err.set(
     yscale="log",
     ylim=(1e-2, 30),
-    xlabel="logit x·y = q·k / √d",
-    ylabel="relative RMS error (dimensionless)",
+    ylabel="relative RMS error",
     title=f"Error at m = {M} features",
 )
 ax_neg.set(
-    xlabel="logit x·y = q·k / √d",
+    xlabel=r"logit $x \cdot y = q \cdot k / \sqrt{d}$",
     ylabel="negative estimates (%)",
     title=f"Negative estimates at m = {M}",
 )
 for ax in (ax_err, ax_neg):
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-fig.suptitle(f"The whole range of logits at |x|² = |y|² = {R2}, d = {D}")
-fig.tight_layout()
+    ax.legend()
+fig.suptitle(f"The whole range of logits at $|x|^2 = |y|^2$ = {R2}, d = {D}")
 fig.savefig("error_vs_logit.svg")
 
 # %% [markdown]

@@ -170,7 +170,9 @@ for scale in SCALES:
         )
 
 # %%
-fig, axes = plt.subplots(2, 2, figsize=(11, 8.4), sharey=True)
+fig, axes = plt.subplots(
+    2, 2, figsize=(6.8, 8.6), sharex=True, sharey=True, layout="constrained"
+)
 styles = {
     "trigonometric, iid": ("C0", "o-"),
     "trigonometric, orthogonal": ("C0", "s:"),
@@ -198,26 +200,25 @@ for ax, scale in zip(axes.flat, SCALES):
     ax.set(
         xscale="log",
         yscale="log",
-        xlabel="number of features m",
-        title=f"E|x|² = {scale}: logit std {entry['logit_std']:.2f},\n"
-        f"softmax entropy {entry['entropy']:.2f} nats (log T = "
-        f"{math.log(T):.2f})",
+        title=f"$E|x|^2$ = {scale}: logit std {entry['logit_std']:.2f},\n"
+        f"softmax entropy {entry['entropy']:.2f} nats\n"
+        f"(log T = {math.log(T):.2f})",
     )
     ax.set_xscale("log", base=2)
     ax.grid(alpha=0.3, which="both")
 for ax in axes[:, 0]:
-    ax.set_ylabel("relative error of the output ‖Ô − O‖ / ‖O‖")
+    ax.set_ylabel(r"relative error $\|\hat O - O\| \,/\, \|O\|$")
+for ax in axes[1]:
+    ax.set_xlabel("number of features m")
 fig.legend(
     *axes[0, 0].get_legend_handles_labels(),
-    loc="lower center",
-    ncol=3,
-    fontsize=8,
+    loc="outside lower center",
+    ncol=2,
 )
 fig.suptitle(
-    f"Performer attention against exact softmax attention, T = {T}, d = {D} "
+    f"Performer attention against exact softmax attention, T = {T}, d = {D}\n"
     f"(median over {SEEDS} projections)"
 )
-fig.tight_layout(rect=(0, 0.06, 1, 1))
 fig.savefig("attention_error.svg")
 
 # %% [markdown]

@@ -144,23 +144,28 @@ print(
 )
 
 # %%
-fig, axes = plt.subplots(1, 3, figsize=(15, 4.3))
+fig, axes = plt.subplots(3, 1, figsize=(6.8, 10.4), layout="constrained")
 ax = axes[0]
 x = rates.cpu().numpy()
-ax.plot(x, factor["zoh"].cpu().numpy(), label="zero-order hold: exp(-step λ)")
+ax.plot(
+    x,
+    factor["zoh"].cpu().numpy(),
+    label=r"zero-order hold: $\exp(-\mathrm{step}\,\lambda)$",
+)
 ax.plot(
     x,
     factor["bilinear"].cpu().numpy(),
-    label="bilinear: (1 - step λ/2) / (1 + step λ/2)",
+    label=r"bilinear: $(1 - \mathrm{step}\,\lambda/2)"
+    r" / (1 + \mathrm{step}\,\lambda/2)$",
 )
 ax.axhline(0, color="k", lw=0.6)
 ax.set_xscale("log")
 ax.set(
-    title="One mode dx/dt = -λ x: factor per step",
-    xlabel="step × λ",
-    ylabel="Ab (state multiplier per step)",
+    title=r"One mode $dx/dt = -\lambda x$: factor per step",
+    xlabel=r"step $\times\ \lambda$",
+    ylabel=r"$\bar{A}$ (multiplier per step)",
 )
-ax.legend(fontsize=8)
+ax.legend()
 ax = axes[1]
 step = STEPS[0]
 L = round(HORIZON / step)
@@ -170,7 +175,7 @@ ax.plot(
     h.cpu().numpy(),
     color="0.6",
     lw=1.5,
-    label="continuous h(t) = C exp(At) B",
+    label="continuous $h(t) = C e^{At} B$",
 )
 ax.plot(
     centres, coarse["zoh"].cpu().numpy(), "o", ms=4, label="zero-order hold"
@@ -189,14 +194,14 @@ ax.plot(
     "^",
     ms=4,
     mfc="none",
-    label="Mamba: exp(step A), step B",
+    label=r"Mamba: $\exp(\mathrm{step}\,A)$, $\mathrm{step}\,B$",
 )
 ax.set(
-    title=f"LegS SSM (N = {N}): kernels K_k / step at step {step}",
+    title=f"LegS SSM (N = {N}): kernels $K_k$ / step at step {step}",
     xlabel="time t (step centres; Mamba: step starts)",
     ylabel="impulse response",
 )
-ax.legend(fontsize=8)
+ax.legend()
 ax = axes[2]
 ax.loglog(
     STEPS,
@@ -213,13 +218,12 @@ ax.loglog(
 ax.set(
     title="Kernel error against the exact (ZOH) kernel",
     xlabel="step",
-    ylabel="max |K - K_zoh| / max |K_zoh|",
+    ylabel=r"$\max|K - K_\mathrm{zoh}| \,/\, \max|K_\mathrm{zoh}|$",
 )
 ax.grid(alpha=0.3, which="both")
-ax.legend(fontsize=8)
+ax.legend()
 for ax in axes[:2]:
     ax.grid(alpha=0.3)
-fig.tight_layout()
 fig.savefig("discretisation.svg", facecolor="white")
 
 with open("results.json", "w") as f:

@@ -74,7 +74,7 @@ print(
 )
 
 # %%
-fig, ax = plt.subplots(figsize=(7, 4.2))
+fig, ax = plt.subplots(figsize=(6.8, 4.4))
 order = torch.argsort(steps)
 for h in order[torch.linspace(0, H - 1, 4).long()].tolist():
     ax.plot(
@@ -87,12 +87,12 @@ ax.set_xscale("log")
 ax.set_yscale("log")
 ax.set_ylim(bottom=1e-8)
 ax.set(
-    title=f"Kernels |K_k| of four channels (HiPPO-LegS, N = {N}, bilinear)",
+    title=f"Kernels $|K_k|$ of four channels (HiPPO-LegS, N = {N}, bilinear)",
     xlabel="lag k + 1 (tokens)",
-    ylabel="|K_k|",
+    ylabel="$|K_k|$",
 )
 ax.grid(alpha=0.3, which="both")
-ax.legend(fontsize=8)
+ax.legend()
 fig.tight_layout()
 fig.savefig("kernels.svg", facecolor="white")
 

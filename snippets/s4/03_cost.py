@@ -80,18 +80,19 @@ print(
 )
 
 # %%
-fig, ax = plt.subplots(figsize=(7.5, 4.8))
+fig, ax = plt.subplots(figsize=(6.8, 4.6))
 for (name, points), style in zip(times.items(), ["o-", "s-", "^--", "v:"]):
     ax.plot(LENGTHS, [points[L] for L in LENGTHS], style, ms=4, label=name)
 ax.set_xscale("log", base=2)
 ax.set_yscale("log")
 ax.set(
-    title=f"One SSM layer (H = {H}, N = {N}, float32), PyTorch timed on {WHERE}",
+    title=f"One SSM layer (H = {H}, N = {N}, float32),\n"
+    f"PyTorch timed on {WHERE}",
     xlabel="sequence length L (tokens)",
     ylabel="time (ms)",
 )
 ax.grid(alpha=0.3, which="both")
-ax.legend(fontsize=8)
+ax.legend()
 fig.tight_layout()
 fig.savefig("cost.svg", facecolor="white")
 

@@ -71,31 +71,30 @@ print(
 )
 
 # %%
-fig = plt.figure(figsize=(11, 5.2))
-grid = fig.add_gridspec(2, 2, height_ratios=[1, 3.2])
+fig = plt.figure(figsize=(6.8, 5.6), layout="constrained")
+grid = fig.add_gridspec(2, 2, height_ratios=[1, 2])
 ax_dt = fig.add_subplot(grid[0, :])
-ax_dt.bar(range(L), dt_varying, color="tab:blue", label="varying dt_t")
+ax_dt.bar(range(L), dt_varying, color="tab:blue", label="varying $dt_t$")
 ax_dt.axhline(
     dt_constant[0].item(), color="tab:orange", label="constant dt (same mean)"
 )
 ax_dt.set(
     xlabel="token t",
-    ylabel="dt_t",
+    ylabel="$dt_t$",
     yscale="log",
-    title="Step sizes of one head (A = -1)",
+    title="Step sizes of one head ($A = -1$)",
 )
-ax_dt.legend(fontsize=8)
+ax_dt.legend()
 for col, (M, title) in enumerate(
     (
-        (M_varying, "mask M for the varying dt"),
-        (M_constant, "mask M for the constant dt: gamma^(t-s)"),
+        (M_varying, "mask $M$, varying $dt_t$"),
+        (M_constant, r"constant $dt$: $M = \gamma^{t-s}$"),
     )
 ):
     ax = fig.add_subplot(grid[1, col])
     image = ax.imshow(M, cmap="viridis", vmin=0, vmax=1)
     ax.set(title=title, xlabel="source token s", ylabel="target token t")
-    fig.colorbar(image, ax=ax, shrink=0.85, label="M[t, s]")
-fig.tight_layout()
+    fig.colorbar(image, ax=ax, shrink=0.85, label="$M[t, s]$")
 fig.savefig("mask.svg", facecolor="white")
 
 with open("results.json", "w") as f:

@@ -177,7 +177,12 @@ for n in STATES:
 # %%
 names = list(LAYERS) + [LINEAR]
 fig, axes = plt.subplots(
-    2, len(MODES), figsize=(5.5 * len(MODES), 7.5), squeeze=False
+    2,
+    len(MODES),
+    figsize=(6.8, 7.6),
+    squeeze=False,
+    sharex=True,
+    layout="constrained",
 )
 for col, mode in enumerate(MODES):
     for n, style in zip(STATES, ("-", "--")):
@@ -203,20 +208,22 @@ for col, mode in enumerate(MODES):
     axes[0][col].set(title=f"{mode}: time", ylabel="time (ms)", yscale="log")
     axes[1][col].axhline(1.0, color="black", lw=1)
     axes[1][col].set(
-        title=f"{mode}: time of the other / our time (above 1: ours is faster)",
-        ylabel="time ratio",
+        title=f"{mode}: other / ours\n(above 1: ours is faster)",
+        ylabel="time ratio (other / ours)",
         yscale="log",
     )
     for ax in axes[:, col]:
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("sequence length L (tokens)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-fig.suptitle(
-    f"SSD layer on {WHERE}: {str(DTYPE).replace('torch.', '')}, b = {b}, h = "
-    f"{h}, p = {p}"
+    axes[1][col].set_xlabel("sequence length L (tokens)")
+# One legend for all panels, below them: each layer at each state size.
+fig.legend(
+    *axes[0][0].get_legend_handles_labels(), loc="outside lower center", ncol=2
 )
-fig.tight_layout()
+fig.suptitle(
+    f"SSD layer on {WHERE}:\n"
+    f"{str(DTYPE).replace('torch.', '')}, b = {b}, h = {h}, p = {p}"
+)
 fig.savefig("ssd_time.svg", facecolor="white")
 
 with open("ssd_time.md", "w") as f:

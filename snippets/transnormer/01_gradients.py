@@ -192,12 +192,16 @@ abs_D = samples["signed"]["D"].clone()
 abs_D[:, 0] = float("inf")  # query 0 is left out
 # [DRAWS, T]: min |D_t| over t >= s
 seen_by = abs_D.flip(1).cummin(dim=1).values.flip(1)
-fig, axes = plt.subplots(2, 3, figsize=(13, 7.2))
+# One column per input (queries, keys), one row per view.
+fig, axes = plt.subplots(3, 2, figsize=(6.8, 10.2), layout="constrained")
 for row, (which, label, plural) in enumerate(
     (("q", "query", "queries"), ("k", "key", "keys"))
 ):
+    gradient = (
+        f"$|\\partial\\,\\mathrm{{loss}} / \\partial {which}|$ per {label}"
+    )
     for col, (feature_name, (feature_label, _)) in enumerate(FEATURES.items()):
-        ax = axes[row, col]
+        ax = axes[col, row]
         by_method = samples[feature_name]
         bins = log_bins(*(by_method[m][which] for m in METHODS))
         for color, (method_name, (method_label, _)) in zip(
@@ -218,10 +222,10 @@ for row, (which, label, plural) in enumerate(
             xscale="log",
             yscale="log",
             title=feature_label,
-            xlabel=f"|d loss / d {which}| per {label} (dimensionless)",
+            xlabel=gradient,
             ylabel=f"fraction of {plural} per bin",
         )
-    ax = axes[row, 2]
+    ax = axes[2, row]
     x_D = abs_D[:, 1:].flatten() if which == "q" else seen_by.flatten()
     # at most 5000 points per method, drawn as pixels
     shown = torch.randperm(x_D.numel())[:5000]
@@ -244,20 +248,25 @@ for row, (which, label, plural) in enumerate(
     D_line = np.logspace(
         np.log10(x_D[ok].min().item()), np.log10(x_D[ok].max().item()), 50
     )
-    ax.plot(D_line, c / D_line**2, "k--", lw=1, label="slope -2 (∝ 1/|D_t|²)")
+    ax.plot(
+        D_line,
+        c / D_line**2,
+        "k--",
+        lw=1,
+        label=r"slope $-2$ ($\propto 1/|D_t|^2$)",
+    )
     ax.set(
         xscale="log",
         yscale="log",
         title="signed features: against the denominator",
-        xlabel="|D_t| of the query (dimensionless)"
+        xlabel="$|D_t|$ of the query"
         if which == "q"
-        else "smallest |D_t| over the queries t >= s (dimensionless)",
-        ylabel=f"|d loss / d {which}| per {label} (dimensionless)",
+        else r"smallest $|D_t|$ over the queries $t \geq s$",
+        ylabel=gradient,
     )
 for ax in axes.flat:
     ax.grid(alpha=0.3, which="major")
-    ax.legend(loc="best", fontsize=8, markerscale=4)
-fig.tight_layout()
+    ax.legend(loc="best", markerscale=4)
 fig.savefig("gradients.svg", dpi=150)
 
 # %%

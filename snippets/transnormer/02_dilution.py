@@ -181,7 +181,9 @@ for T in LENGTHS:
 # last query of the longest sequence against the distance `t - s` to each key.
 
 # %%
-fig, (ax_h, ax_l, ax_row) = plt.subplots(1, 3, figsize=(14, 4.2))
+fig, (ax_h, ax_l, ax_row) = plt.subplots(
+    3, 1, figsize=(6.8, 10.4), layout="constrained"
+)
 styles = dict(zip(names, ("C0", "C3", "C2", "C1")))
 for name in names:
     ax_h.plot(
@@ -203,12 +205,12 @@ for ax, key in ((ax_h, "entropy"), (ax_l, "local")):
     ax.set_xlabel("sequence length T (tokens)")
 ax_h.set(
     ylabel="mean entropy of a row (nats)",
-    title="Entropy of the attention rows, t ≥ T/2",
+    title=r"Entropy of the attention rows, $t \geq T/2$",
 )
 ax_l.set(
     yscale="log",
     ylabel=f"weight on the last {W} keys (fraction)",
-    title=f"Share of weight within {W} tokens, t ≥ T/2",
+    title=f"Share of weight within {W} tokens, $t \\geq T/2$",
 )
 # by lag t - s = 0, 1, ...
 last = {name: a[-1].flip(0).cpu() for name, a in attention_maps(x).items()}
@@ -221,13 +223,12 @@ ax_row.set(
     yscale="log",
     ylim=(1e-8, 2),
     xlabel="distance to the key, t - s + 1 (tokens)",
-    ylabel="attention weight a_ts",
+    ylabel="attention weight $a_{ts}$",
     title=f"Weights of the last query, T = {LENGTHS[-1]}",
 )
 for ax in (ax_h, ax_l, ax_row):
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-fig.tight_layout()
+    ax.legend()
 fig.savefig("dilution.svg")
 
 # %%
