@@ -30,23 +30,43 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m snippets",
         description="Run the snippets (each in a fresh process) and publish their outputs, "
-                    "or report which outputs are missing or stale.")
-    parser.add_argument("--only", metavar="PATTERN",
-                        help="run only snippets whose <article>/<stem> matches this fnmatch "
-                             "pattern or contains this text")
+        "or report which outputs are missing or stale.",
+    )
+    parser.add_argument(
+        "--only",
+        metavar="PATTERN",
+        help="run only snippets whose <article>/<stem> matches this fnmatch "
+        "pattern or contains this text",
+    )
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--check", action="store_true",
-                      help="run nothing; list outputs that are missing, stale or waiting for a "
-                           "GPU run, and exit 1 if one that a CPU run can update is not fresh")
-    mode.add_argument("--list", action="store_true",
-                      help="run nothing; list the snippets with the state of their outputs")
-    parser.add_argument("--root", type=Path, default=REPOSITORY,
-                        help="the repository root (default: the one holding this package)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="the folder of generated outputs (default: ROOT/docs/generated)")
+    mode.add_argument(
+        "--check",
+        action="store_true",
+        help="run nothing; list outputs that are missing, stale or waiting for a "
+        "GPU run, and exit 1 if one that a CPU run can update is not fresh",
+    )
+    mode.add_argument(
+        "--list",
+        action="store_true",
+        help="run nothing; list the snippets with the state of their outputs",
+    )
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=REPOSITORY,
+        help="the repository root (default: the one holding this package)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="the folder of generated outputs (default: ROOT/docs/generated)",
+    )
     # For the GPU run's dry run only (python -m snippets._build.gpu): run the `# requires: cuda`
     # snippets on a machine without CUDA too, into a scratch --out, never docs/generated.
-    parser.add_argument("--cuda-snippets-on-cpu", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--cuda-snippets-on-cpu", action="store_true", help=argparse.SUPPRESS
+    )
     return parser.parse_args(argv)
 
 
@@ -54,20 +74,31 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line `argv` (default: sys.argv[1:]); return the exit status."""
     args = parse_args(argv)
     root = args.root.resolve()
-    out = (args.out if args.out is not None else root / "docs" / "generated").resolve()
+    out = (
+        args.out if args.out is not None else root / "docs" / "generated"
+    ).resolve()
     if not (root / "snippets").is_dir():
-        print(f"error: --root must be a repository with a snippets/ folder, got {root}",
-              file=sys.stderr)
+        print(
+            f"error: --root must be a repository with a snippets/ folder, got {root}",
+            file=sys.stderr,
+        )
         return 2
-    if args.cuda_snippets_on_cpu and (args.out is None or out == root / "docs" / "generated"):
-        print("error: --cuda-snippets-on-cpu writes CPU outputs of GPU snippets: give a scratch "
-              f"--out, not {out}", file=sys.stderr)
+    if args.cuda_snippets_on_cpu and (
+        args.out is None or out == root / "docs" / "generated"
+    ):
+        print(
+            "error: --cuda-snippets-on-cpu writes CPU outputs of GPU snippets: give a scratch "
+            f"--out, not {out}",
+            file=sys.stderr,
+        )
         return 2
     if args.check:
         return _build.check(root, out, args.only)
     if args.list:
         return _build.list_snippets(root, out, args.only)
-    return _build.build(root, out, args.only, cuda_snippets_on_cpu=args.cuda_snippets_on_cpu)
+    return _build.build(
+        root, out, args.only, cuda_snippets_on_cpu=args.cuda_snippets_on_cpu
+    )
 
 
 if __name__ == "__main__":

@@ -228,7 +228,10 @@ ax_row.set(
 )
 for ax in (ax_h, ax_l, ax_row):
     ax.grid(alpha=0.3)
-    ax.legend()
+# One legend for the three panels, below them.
+fig.legend(
+    *ax_h.get_legend_handles_labels(), loc="outside lower center", ncol=2
+)
 fig.savefig("dilution.svg")
 
 # %%
