@@ -16,6 +16,7 @@ You will see:
 # %%
 import json
 import math
+import textwrap
 
 import matplotlib.pyplot as plt
 import torch
@@ -143,8 +144,11 @@ for ax, (name, pattern) in zip(axes.flat, PATTERNS.items()):
     )
     fraction = explicit.sum().item() / dense(T_DRAWN).sum().item()
     ax.imshow(image, cmap=cmap, vmin=0, vmax=2, interpolation="nearest")
+    # the longer names on two lines: three panels share the column's width
     ax.set_title(
-        f"{name}\n{100 * fraction:.0f}% of the dense causal pairs", fontsize=9
+        f"{textwrap.fill(name, 26)}\n"
+        f"{100 * fraction:.0f}% of the dense causal pairs",
+        fontsize=9,
     )
     ax.set_xticks([0, 32, 63])
     ax.set_yticks([0, 32, 63])

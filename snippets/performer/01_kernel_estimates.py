@@ -322,7 +322,9 @@ ax_neg.set(
 )
 for ax in (ax_err, ax_neg):
     ax.grid(alpha=0.3, which="both")
-    ax.legend()
+# below the curves, where the error axis has room
+ax_err.legend(loc="lower center", ncol=2)
+ax_neg.legend()
 fig.suptitle(f"The whole range of logits at $|x|^2 = |y|^2$ = {R2}, d = {D}")
 fig.savefig("error_vs_logit.svg")
 

@@ -92,7 +92,8 @@ ax.set(
     ylabel="time (ms)",
 )
 ax.grid(alpha=0.3, which="both")
-ax.legend()
+# below the axes: the curves fill the panel
+ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
 fig.tight_layout()
 fig.savefig("cost.svg", facecolor="white")
 

@@ -258,7 +258,7 @@ for row, (which, label, plural) in enumerate(
     ax.set(
         xscale="log",
         yscale="log",
-        title="signed features: against the denominator",
+        title="signed features: against $|D_t|$",
         xlabel="$|D_t|$ of the query"
         if which == "q"
         else r"smallest $|D_t|$ over the queries $t \geq s$",
@@ -266,7 +266,13 @@ for row, (which, label, plural) in enumerate(
     )
 for ax in axes.flat:
     ax.grid(alpha=0.3, which="major")
-    ax.legend(loc="best", markerscale=4)
+# One legend for the six panels, below them: the colours are the methods.
+fig.legend(
+    *axes[2, 0].get_legend_handles_labels(),
+    loc="outside lower center",
+    ncol=2,
+    markerscale=4,
+)
 fig.savefig("gradients.svg", dpi=150)
 
 # %%
