@@ -10,7 +10,8 @@ It rewrites these markers in each page's Markdown (never inside
 fenced code blocks or inline code):
 
 - `[[ output: <article>/<stem>/<file> | alt text ]]` on a line of its own: an image (svg, png,
-  with the CSS class `generated-figure`), the inlined Markdown table (.md), a text block (.txt)
+  with the CSS class `generated-figure`; the `glightbox` plugin, listed after this one, wraps
+  it in a link that opens it at full size), the inlined Markdown table (.md), a text block (.txt)
   or a JSON block (.json), followed by a provenance paragraph (class `provenance`). A stale output
   gets a "Stale output" warning. The outputs of a `# requires: cuda` snippet that has not run on
   a GPU yet share one "Waiting for a GPU run" note, where the page's first marker of that

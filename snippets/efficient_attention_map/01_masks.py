@@ -16,7 +16,6 @@ You will see:
 # %%
 import json
 import math
-import textwrap
 
 import matplotlib.pyplot as plt
 import torch
@@ -145,10 +144,9 @@ for ax, (name, pattern) in zip(axes.flat, PATTERNS.items()):
     fraction = explicit.sum().item() / dense(T_DRAWN).sum().item()
     ax.imshow(image, cmap=cmap, vmin=0, vmax=2, interpolation="nearest")
     # the longer names on two lines: three panels share the column's width
+    title = name if len(name) <= 30 else name.replace(" (", "\n(", 1)
     ax.set_title(
-        f"{textwrap.fill(name, 26)}\n"
-        f"{100 * fraction:.0f}% of the dense causal pairs",
-        fontsize=9,
+        f"{title}\n{100 * fraction:.0f}% of the dense causal pairs", fontsize=9
     )
     ax.set_xticks([0, 32, 63])
     ax.set_yticks([0, 32, 63])

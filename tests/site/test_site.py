@@ -16,7 +16,9 @@ take the column. It also downloads each companion notebook through its page's bu
 each article by typing its title into the search box (and the FlashAttention article by
 `flash_attention`, the linear-attention one by `chunkwise`), and reads the API page. Without a
 browser it also checks that the search index holds no notebook prompts or button text and
-that the snippets shown carry no `# %%` cell markers. Without a browser it checks
+that the snippets shown carry no `# %%` cell markers, and that every generated figure opens
+at full size (a lightbox link to the figure file); at 1280 px it checks that no code block of an
+article is wider than its column. Without a browser it checks
 that each article has one name (navigation, page title, home page), that the snippets on the
 pages are open, that each article shows its reading time and that the headline table of the
 home page reads honestly.
