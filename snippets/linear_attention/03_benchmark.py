@@ -238,9 +238,9 @@ for col, mode in enumerate(("fwd", "fwd+bwd")):
         ax.set_xscale("log", base=2)
         ax.set(
             title=f"{mode}, K=V={K}: "
-            + ("time" if what == "ms" else "peak extra memory"),
+            + ("time" if what == "ms" else "peak memory"),
             xlabel="sequence length T (tokens)" if row == len(axes) - 1 else "",
-            ylabel="time (ms)" if what == "ms" else "memory (MiB)",
+            ylabel="time (ms)" if what == "ms" else "extra memory (MiB)",
         )
         ax.grid(alpha=0.3)
 # One legend for every panel, below them: the layers, and the crossover line.
