@@ -115,7 +115,7 @@ for T in LENGTHS:
         print(
             f"{mode:7s} T={T:6d} B={B:2d}  "
             + "  ".join(f"{n}: {t:8.3f} ms" for n, t in ms.items())
-            + "  dense / window: "
+            + "\n  dense / window: "
             + f"{ms['dense causal'] / ms[f'window {WINDOW}']:.2f}x"
         )
 

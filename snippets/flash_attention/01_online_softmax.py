@@ -106,8 +106,8 @@ blockwise_diff = (
     .item()
 )
 print(
-    "blockwise reference vs plain reference (float64, causal), max "
-    f"|difference|: {blockwise_diff:.2e}"
+    "blockwise reference vs plain reference (float64, causal),\n"
+    f"  max |difference|: {blockwise_diff:.2e}"
 )
 
 # %% [markdown]
@@ -131,8 +131,8 @@ kernel_diff = (
     .item()
 )
 print(
-    f"flash_attention ({path}, float32) vs reference (float64), max "
-    f"|difference|: {kernel_diff:.2e}"
+    f"flash_attention ({path}, float32) vs reference (float64),\n"
+    f"  max |difference|: {kernel_diff:.2e}"
 )
 
 with open("results.json", "w") as f:

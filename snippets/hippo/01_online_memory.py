@@ -86,8 +86,8 @@ bilinear = legs_coefficients(f[:prefix], N, method="bilinear")
 zoh_diff = (zoh - exact).abs().max().item()
 bilinear_diff = (bilinear - exact).abs().max().item()
 print(
-    f"first {prefix} prefixes, max |coefficient - projection|: zero-order "
-    f"hold {zoh_diff:.1e}, "
+    f"first {prefix} prefixes, max |coefficient - projection|:\n"
+    f"  zero-order hold {zoh_diff:.1e}, "
     f"bilinear {bilinear_diff:.1e}"
 )
 
@@ -126,8 +126,8 @@ for moment in MOMENTS:
         (legt_rec - f[start : k + 1]).pow(2).mean().sqrt().item()
     )
     print(
-        f"t = {moment:.2f}: RMS error of the recalled history, LegS "
-        f"{errors['legs'][moment]:.1e} over [0, t], "
+        f"t = {moment:.2f}: RMS error of the recalled history,\n"
+        f"  LegS {errors['legs'][moment]:.1e} over [0, t], "
         f"LegT {errors['legt'][moment]:.1e} over the window"
     )
 

@@ -105,7 +105,7 @@ for label, kind in (
         results[key] = compare(L, **kind)
         worst = max(results[key]["grad"].items(), key=lambda item: item[1])
         print(
-            f"{key:38s} out {results[key]['out']:.1e}  last state "
+            f"{key}:\n  out {results[key]['out']:.1e}  last state "
             f"{results[key]['last_state']:.1e}  "
             f"worst gradient d{worst[0]} {worst[1]:.1e}"
         )

@@ -130,9 +130,9 @@ y_mamba = selective_scan(
 )
 mamba_diff = (y_mamba.double() - y_s4).abs().max().item()
 print(
-    f"selective_scan ({path}) vs the S4 convolution, float32 vs float64: max "
-    f"|diff| {mamba_diff:.1e} "
-    f"(largest |y| {y_s4.abs().max().item():.2f})"
+    f"selective_scan ({path})\n"
+    "  vs the S4 convolution, float32 vs float64:\n"
+    f"  max |diff| {mamba_diff:.1e} (largest |y| {y_s4.abs().max().item():.2f})"
 )
 
 with open("results.json", "w") as f:

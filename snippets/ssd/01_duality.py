@@ -82,8 +82,8 @@ dual = {
     },
 }
 print(
-    "ssd (chunk kernels) vs ssd_ref (matrix form): max |diff| y "
-    f"{dual['y']:.1e}, final state {dual['final_state']:.1e}, "
+    "ssd (chunk kernels) vs ssd_ref (matrix form):\n"
+    f"  max |diff| y {dual['y']:.1e}, final state {dual['final_state']:.1e}, "
     f"gradients {max(dual['grad'].values()):.1e}"
 )
 
@@ -124,7 +124,7 @@ linear = {
 }
 print(
     "ssd vs linear_attention(q=C, k=B, v=dt x, decay=dt A per token, "
-    f"scale=1): max |diff| y {linear['y']:.1e}, "
+    f"scale=1):\n  max |diff| y {linear['y']:.1e}, "
     f"final state {linear['final_state']:.1e}"
 )
 print(f"largest |y|: {y_ssd.abs().max().item():.1f}")
