@@ -796,6 +796,28 @@ def test_generated_figures_open_at_full_size(site_dir):
         "the lightbox script is not in the built site")
 
 
+def test_clicking_a_figure_opens_it_in_the_lightbox(context, base_url):
+    """In the browser, a click on a generated figure shows that figure in the lightbox, larger
+    than in the column."""
+    page = context.new_page()
+    watch = PageWatch(page)
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.goto(base_url + page_url("flash_attention.md"), wait_until="load")
+    figure = page.locator("img.generated-figure").first
+    src = figure.evaluate("(img) => img.src")
+    shown_width = figure.evaluate("(img) => img.getBoundingClientRect().width")
+    figure.click()
+    slide = page.locator(".gslide-image img").first
+    slide.wait_for(state="visible", timeout=10_000)
+    assert slide.evaluate("(img) => img.src") == src, "the lightbox shows another image"
+    page.wait_for_function(
+        "(w) => { const img = document.querySelector('.gslide-image img');"
+        " return img && img.getBoundingClientRect().width > w; }",
+        arg=shown_width, timeout=10_000)
+    assert not watch.problems, "; ".join(watch.problems)
+    page.close()
+
+
 # Every code block on the page that is wider than its column: it would scroll sideways.
 WIDE_CODE_JS = """
 () => Array.from(document.querySelectorAll(".md-typeset pre > code"))
