@@ -66,13 +66,25 @@ from pathlib import Path
 from snippets._build import build as _build
 from snippets._build import notebook as _notebook
 from snippets._build.provenance import (
-    META_FILE, Snippet, discover, output_dir, read_meta, select, sha256_file, status,
+    META_FILE,
+    Snippet,
+    discover,
+    output_dir,
+    read_meta,
+    select,
+    sha256_file,
+    status,
 )
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 DEFAULT_BUDGET = 540
 ARCHIVE, STEPS, LOG, ENVIRONMENT, SMOKE = (
-    "outputs.tar.gz", "steps.txt", "run.log", "environment.json", "smoke.json")
+    "outputs.tar.gz",
+    "steps.txt",
+    "run.log",
+    "environment.json",
+    "smoke.json",
+)
 ARCHIVE_ROOT = "generated"
 BUNDLE = _build.BUNDLE_FILE
 WHEELS = ".gpu-wheels"
@@ -82,8 +94,15 @@ SMOKE_LOG_ENV = "GPU_SMOKE_LOG"  # where the smoke appends its JSON lines (see s
 CUDA_TESTS = "tests/kernels"
 # The articles whose timings matter most come first; any other `# requires: cuda` snippet
 # follows in alphabetical order.
-PRIORITY = ("flash_attention", "linear_attention", "mamba", "ssd", "speculative_decoding",
-            "medusa", "multi_token_prediction")
+PRIORITY = (
+    "flash_attention",
+    "linear_attention",
+    "mamba",
+    "ssd",
+    "speculative_decoding",
+    "medusa",
+    "multi_token_prediction",
+)
 # The ops each article's benchmark times: a failing smoke of one of them skips the benchmark.
 ARTICLE_OPS = {
     "flash_attention": {"flash_attention"},
@@ -94,7 +113,13 @@ ARTICLE_OPS = {
     "medusa": {"tree_attention", "flash_attention"},
     "multi_token_prediction": {"flash_attention"},
 }
-CAPS = {"wheels": 60, "environment": 90, "smoke": 150, "snippet": 150, "tests": 600}
+CAPS = {
+    "wheels": 60,
+    "environment": 90,
+    "smoke": 150,
+    "snippet": 150,
+    "tests": 600,
+}
 FIRST_SNIPPET_CAP = 200  # the flash attention benchmark has the most to measure
 RESERVE = 10  # seconds kept back for packing and the summary
 MIN_STEP = 15  # a step with less time than this left is not started
@@ -103,11 +128,25 @@ MIN_STEP = 15  # a step with less time than this left is not started
 class Run:
     """One GPU run: the budget, the log, the steps done, and the outputs folder it changes."""
 
-    def __init__(self, root: Path, out: Path, budget: float, generated: Path, has_cuda: bool):
-        self.root, self.out, self.generated, self.has_cuda = root, out, generated, has_cuda
+    def __init__(
+        self,
+        root: Path,
+        out: Path,
+        budget: float,
+        generated: Path,
+        has_cuda: bool,
+    ):
+        self.root, self.out, self.generated, self.has_cuda = (
+            root,
+            out,
+            generated,
+            has_cuda,
+        )
         self.deadline = time.monotonic() + budget
         self.budget = budget
-        self.steps: list[tuple[str, str, float, float]] = []  # (step, status, seconds, cap)
+        self.steps: list[
+            tuple[str, str, float, float]
+        ] = []  # (step, status, seconds, cap)
         self.before = _folder_hashes(generated)
         self.log = open(out / LOG, "a", encoding="utf-8")
         self.pythonpath: list[str] = [str(root)]
@@ -129,25 +168,46 @@ class Run:
         env.pop("TRITON_INTERPRET", None)
         if not self.has_cuda:
             env["TRITON_INTERPRET"] = "1"
-        env[_build.CUDA_KNOWN_ENV] = "1" if self.has_cuda else "0"  # saves each build a probe
+        env[_build.CUDA_KNOWN_ENV] = (
+            "1" if self.has_cuda else "0"
+        )  # saves each build a probe
         env["PYTHONPATH"] = os.pathsep.join(
-            self.pythonpath + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+            self.pythonpath
+            + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+        )
         return env
 
-    def step(self, name: str, command: list[str], cap: float, cwd: Path | None = None,
-             extra_env: dict | None = None) -> str:
+    def step(
+        self,
+        name: str,
+        command: list[str],
+        cap: float,
+        cwd: Path | None = None,
+        extra_env: dict | None = None,
+    ) -> str:
         """Run `command` as step `name` under `min(cap, time left)`; record and return its status
         ("0", another exit code, "timeout" or "skipped: ..."), then repack the outputs."""
         cap = min(cap, self.left())
         if cap < MIN_STEP:
             return self.record(name, "skipped: out of budget", 0.0, 0.0)
-        self.say(f"\n=== {name} (cap {cap:.0f} s, {self.left():.0f} s left) ===")
+        self.say(
+            f"\n=== {name} (cap {cap:.0f} s, {self.left():.0f} s left) ==="
+        )
         self.say("$ " + " ".join(command))
         began = time.monotonic()
-        code = _run_capped(command, cwd or self.root, {**self.env(), **(extra_env or {})}, cap,
-                           self.say)
-        return self.record(name, "timeout" if code is None else str(code),
-                           time.monotonic() - began, cap)
+        code = _run_capped(
+            command,
+            cwd or self.root,
+            {**self.env(), **(extra_env or {})},
+            cap,
+            self.say,
+        )
+        return self.record(
+            name,
+            "timeout" if code is None else str(code),
+            time.monotonic() - began,
+            cap,
+        )
 
     def record(self, name: str, state: str, seconds: float, cap: float) -> str:
         """Note a step's outcome, rewrite steps.txt and the archive."""
@@ -155,7 +215,8 @@ class Run:
         if state.startswith("skipped"):
             self.say(f"\n=== {name}: {state} ===")
         lines = ["step\tstatus\tseconds\tcap"] + [
-            f"{n}\t{s}\t{sec:.1f}\t{c:.0f}" for n, s, sec, c in self.steps]
+            f"{n}\t{s}\t{sec:.1f}\t{c:.0f}" for n, s, sec, c in self.steps
+        ]
         _write_atomic(self.out / STEPS, ("\n".join(lines) + "\n").encode())
         self.pack()
         return state
@@ -172,8 +233,11 @@ class Run:
             for key in self.changed_folders():
                 folder = self.generated / key
                 for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-                    info = tar.gettarinfo(str(path), f"{ARCHIVE_ROOT}/{key}/"
-                                          f"{path.relative_to(folder).as_posix()}")
+                    info = tar.gettarinfo(
+                        str(path),
+                        f"{ARCHIVE_ROOT}/{key}/"
+                        f"{path.relative_to(folder).as_posix()}",
+                    )
                     info.uid = info.gid = 0
                     info.uname = info.gname = ""
                     with open(path, "rb") as f:
@@ -201,11 +265,19 @@ def _folder_hashes(generated: Path) -> dict[str, str]:
     return found
 
 
-def _run_capped(command: list[str], cwd: Path, env: dict, cap: float, say) -> int | None:
+def _run_capped(
+    command: list[str], cwd: Path, env: dict, cap: float, say
+) -> int | None:
     """Run `command` in its own process group, passing each output line to `say`; its exit
     status, or None when it ran past `cap` seconds and its whole group was killed."""
-    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + cap
     with selectors.DefaultSelector() as selector:
         selector.register(process.stdout, selectors.EVENT_READ)
@@ -242,7 +314,10 @@ def ordered_cuda_snippets(root: Path, only: str | None = None) -> list[Snippet]:
     """The `# requires: cuda` snippets, most valuable first (`PRIORITY`, then alphabetical)."""
     snippets = [s for s in select(discover(root), only) if s.requires_cuda]
     rank = {article: number for number, article in enumerate(PRIORITY)}
-    return sorted(snippets, key=lambda s: (rank.get(s.article, len(rank)), s.article, s.stem))
+    return sorted(
+        snippets,
+        key=lambda s: (rank.get(s.article, len(rank)), s.article, s.stem),
+    )
 
 
 def smoke_verdicts(log: Path) -> dict[str, dict]:
@@ -268,27 +343,44 @@ def smoke_verdicts(log: Path) -> dict[str, dict]:
                 outcomes[record["case"]] = str(record.get("outcome"))
     ops: dict[str, dict] = {}
     for case in sorted(expected | set(outcomes)):
-        op = ops.setdefault(case.split("-", 1)[0], {"expected": 0, "passed": 0, "failed": []})
+        op = ops.setdefault(
+            case.split("-", 1)[0], {"expected": 0, "passed": 0, "failed": []}
+        )
         op["expected"] += case in expected
         if outcomes.get(case) == "passed":
             op["passed"] += 1
         elif case in outcomes:
             op["failed"].append(case)
     for op in ops.values():
-        op["verdict"] = ("failed" if op["failed"] else
-                         "passed" if op["passed"] >= op["expected"] > 0 else "incomplete")
+        op["verdict"] = (
+            "failed"
+            if op["failed"]
+            else "passed"
+            if op["passed"] >= op["expected"] > 0
+            else "incomplete"
+        )
     return ops
 
 
 def _has_module(python: str, module: str, env: dict) -> bool:
     """Whether `python` can import `module`."""
-    result = subprocess.run([python, "-c", f"import {module}"], capture_output=True, env=env,
-                            check=False)
+    result = subprocess.run(
+        [python, "-c", f"import {module}"],
+        capture_output=True,
+        env=env,
+        check=False,
+    )
     return result.returncode == 0
 
 
-def run(root: Path, out: Path, budget: float, only: str | None = None,
-        tests: list[str] | None = None, smoke: str = SMOKE_TESTS) -> int:
+def run(
+    root: Path,
+    out: Path,
+    budget: float,
+    only: str | None = None,
+    tests: list[str] | None = None,
+    smoke: str = SMOKE_TESTS,
+) -> int:
     """The GPU run (see the module docstring); the exit status.
 
     0 when every step that ran passed (the tests step may run out of time: it takes what budget
@@ -314,16 +406,27 @@ def run(root: Path, out: Path, budget: float, only: str | None = None,
     state = Run(root, out, budget, generated, has_cuda)
     try:
         commit, dirty = _build.git_state(root, real)
-        state.say(f"GPU run of {root} at commit {commit or 'unknown'}"
-                  f"{' (uncommitted changes)' if dirty else ''}, budget {budget:.0f} s, "
-                  + ("on CUDA" if has_cuda else "DRY RUN without CUDA, at CPU sizes, into a "
-                     "scratch copy of docs/generated/"))
+        state.say(
+            f"GPU run of {root} at commit {commit or 'unknown'}"
+            f"{' (uncommitted changes)' if dirty else ''}, budget {budget:.0f} s, "
+            + (
+                "on CUDA"
+                if has_cuda
+                else "DRY RUN without CUDA, at CPU sizes, into a "
+                "scratch copy of docs/generated/"
+            )
+        )
         if commit is None:
-            state.say("warning: no git and no gpu-bundle.json: outputs will name no commit "
-                      "(run `make gpu-bundle` before copying the tree)")
+            state.say(
+                "warning: no git and no gpu-bundle.json: outputs will name no commit "
+                "(run `make gpu-bundle` before copying the tree)"
+            )
         _install_wheels(state, python)
-        state.step("environment", [python, ENVIRONMENT_SCRIPT, str(out / ENVIRONMENT)],
-                   CAPS["environment"])
+        state.step(
+            "environment",
+            [python, ENVIRONMENT_SCRIPT, str(out / ENVIRONMENT)],
+            CAPS["environment"],
+        )
         ops = _smoke(state, python, smoke)
         for number, snippet in enumerate(ordered_cuda_snippets(root, only)):
             name = f"snippet {snippet.key}"
@@ -331,18 +434,36 @@ def run(root: Path, out: Path, budget: float, only: str | None = None,
                 state.record(name, "skipped: no smoke verdict", 0.0, 0.0)
                 continue
             needed = sorted(ARTICLE_OPS.get(snippet.article, set()))
-            blocked = [f"{op} {ops[op]['verdict'] if op in ops else 'not smoked'}"
-                       for op in needed if ops.get(op, {}).get("verdict") != "passed"]
+            blocked = [
+                f"{op} {ops[op]['verdict'] if op in ops else 'not smoked'}"
+                for op in needed
+                if ops.get(op, {}).get("verdict") != "passed"
+            ]
             if blocked:
-                state.record(name, f"skipped: smoke {', '.join(blocked)}", 0.0, 0.0)
+                state.record(
+                    name, f"skipped: smoke {', '.join(blocked)}", 0.0, 0.0
+                )
                 continue
-            command = [python, "-m", "snippets", "--only", snippet.key, "--root", str(root),
-                       "--out", str(generated)]
+            command = [
+                python,
+                "-m",
+                "snippets",
+                "--only",
+                snippet.key,
+                "--root",
+                str(root),
+                "--out",
+                str(generated),
+            ]
             if not has_cuda:
                 command.append("--cuda-snippets-on-cpu")
             # From the folder that holds this build tool, so that `-m snippets` finds it.
-            result = state.step(name, command, FIRST_SNIPPET_CAP if number == 0 else
-                                CAPS["snippet"], cwd=REPOSITORY)
+            result = state.step(
+                name,
+                command,
+                FIRST_SNIPPET_CAP if number == 0 else CAPS["snippet"],
+                cwd=REPOSITORY,
+            )
             if result == "timeout":
                 _after_kill(root, generated, snippet)
         _tests(state, python, tests)
@@ -350,25 +471,49 @@ def run(root: Path, out: Path, budget: float, only: str | None = None,
         state.pack()
         _summary(state)
         state.log.close()
-        for folder in state.scratch + ([scratch] if scratch is not None else []):
+        for folder in state.scratch + (
+            [scratch] if scratch is not None else []
+        ):
             shutil.rmtree(folder, ignore_errors=True)
-    return 0 if all(result == "0" or result.startswith("skipped")
-                    or (name == "tests" and result == "timeout")
-                    for name, result, _, _ in state.steps) else 1
+    return (
+        0
+        if all(
+            result == "0"
+            or result.startswith("skipped")
+            or (name == "tests" and result == "timeout")
+            for name, result, _, _ in state.steps
+        )
+        else 1
+    )
 
 
 def _install_wheels(state: Run, python: str) -> None:
     """Install the wheels of `.gpu-wheels/` into a temporary folder on the children's path."""
     wheels = sorted((state.root / WHEELS).glob("*.whl"))
     if not wheels:
-        state.say(f"no optional baseline wheels ({WHEELS}/ is empty or missing): the "
-                  "benchmarks skip those baselines")
+        state.say(
+            f"no optional baseline wheels ({WHEELS}/ is empty or missing): the "
+            "benchmarks skip those baselines"
+        )
         return
     target = Path(tempfile.mkdtemp(prefix="gpu-wheels-"))
     state.scratch.append(target)
-    result = state.step("wheels", [python, "-m", "pip", "install", "--no-deps", "--no-index",
-                                    "--disable-pip-version-check", "--target", str(target),
-                                    *map(str, wheels)], CAPS["wheels"])
+    result = state.step(
+        "wheels",
+        [
+            python,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--no-index",
+            "--disable-pip-version-check",
+            "--target",
+            str(target),
+            *map(str, wheels),
+        ],
+        CAPS["wheels"],
+    )
     if result == "0":
         state.pythonpath.append(str(target))
 
@@ -379,20 +524,39 @@ def _smoke(state: Run, python: str, smoke: str) -> dict[str, dict]:
     log = Path(tempfile.mkdtemp(prefix="gpu-smoke-")) / "smoke.jsonl"
     state.scratch.append(log.parent)
     env = state.env()
-    command = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "smoke", smoke]
+    command = [
+        python,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-m",
+        "smoke",
+        smoke,
+    ]
     if state.has_cuda and _has_module(python, "xdist", env):
         command += ["-n", "4"]
     if _has_module(python, "pytest_timeout", env):
         command.append("--timeout=120")
-    result = state.step("smoke", command, CAPS["smoke"], extra_env={SMOKE_LOG_ENV: str(log)})
+    result = state.step(
+        "smoke", command, CAPS["smoke"], extra_env={SMOKE_LOG_ENV: str(log)}
+    )
     ops = smoke_verdicts(log)
     report = {"status": result, "ops": ops}
-    _write_atomic(state.out / SMOKE, (json.dumps(report, indent=2, sort_keys=True) + "\n").encode())
+    _write_atomic(
+        state.out / SMOKE,
+        (json.dumps(report, indent=2, sort_keys=True) + "\n").encode(),
+    )
     for verdict in ("failed", "incomplete"):
-        names = sorted(op for op, facts in ops.items() if facts["verdict"] == verdict)
+        names = sorted(
+            op for op, facts in ops.items() if facts["verdict"] == verdict
+        )
         if names:
-            state.say(f"smoke {verdict.upper()} for: {', '.join(names)} (their benchmarks are "
-                      "skipped)")
+            state.say(
+                f"smoke {verdict.upper()} for: {', '.join(names)} (their benchmarks are "
+                "skipped)"
+            )
     if not ops:
         state.say(f"smoke gave no verdict ({result}): no benchmark runs")
     return ops
@@ -401,8 +565,17 @@ def _smoke(state: Run, python: str, smoke: str) -> dict[str, dict]:
 def _tests(state: Run, python: str, tests: list[str] | None) -> None:
     """The rest of the CUDA tests, with what budget is left."""
     env = state.env()
-    command = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not smoke",
-               *(tests or [CUDA_TESTS])]
+    command = [
+        python,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-m",
+        "not smoke",
+        *(tests or [CUDA_TESTS]),
+    ]
     if state.has_cuda and _has_module(python, "xdist", env):
         command += ["-n", "8"]
     if _has_module(python, "pytest_timeout", env):
@@ -429,21 +602,31 @@ def _summary(state: Run) -> None:
     environment = state.out / ENVIRONMENT
     if environment.is_file():
         facts = json.loads(environment.read_text(encoding="utf-8"))
-        state.say(f"device {facts.get('device')}: copy {facts.get('copy_gb_per_s')} GB/s, "
-                  f"{facts.get('matmul_dtype')} matmul {facts.get('matmul_tflops')} TFLOP/s "
-                  f"(torch {facts.get('torch')}, CUDA {facts.get('cuda')}, "
-                  f"triton {facts.get('triton')})")
+        state.say(
+            f"device {facts.get('device')}: copy {facts.get('copy_gb_per_s')} GB/s, "
+            f"{facts.get('matmul_dtype')} matmul {facts.get('matmul_tflops')} TFLOP/s "
+            f"(torch {facts.get('torch')}, CUDA {facts.get('cuda')}, "
+            f"triton {facts.get('triton')})"
+        )
     changed = state.changed_folders()
-    state.say(f"{len(changed)} output folder(s) packed into {state.out / ARCHIVE}"
-              + (": " + ", ".join(changed) if changed else ""))
+    state.say(
+        f"{len(changed)} output folder(s) packed into {state.out / ARCHIVE}"
+        + (": " + ", ".join(changed) if changed else "")
+    )
     used = state.budget - (state.deadline - time.monotonic())
     state.say(f"used {used:.0f} s of {state.budget:.0f} s")
 
 
 # --- unpack ------------------------------------------------------------------------------------
 
-def _refusal(snippet: Snippet | None, meta: dict, names: dict[str, bytes], current: dict | None,
-             accept_cpu: bool) -> str | None:
+
+def _refusal(
+    snippet: Snippet | None,
+    meta: dict,
+    names: dict[str, bytes],
+    current: dict | None,
+    accept_cpu: bool,
+) -> str | None:
     """Why an archived output folder may not be unpacked, or None when it may."""
     if snippet is None:
         return "no such snippet in this working tree"
@@ -452,12 +635,19 @@ def _refusal(snippet: Snippet | None, meta: dict, names: dict[str, bytes], curre
     modules = meta.get("modules")
     if not isinstance(modules, dict):
         return "its meta.json has no record of the modules it imported"
-    changed = [rel for rel, digest in sorted(modules.items())
-               if not (snippet.root / rel).is_file() or sha256_file(snippet.root / rel) != digest]
+    changed = [
+        rel
+        for rel, digest in sorted(modules.items())
+        if not (snippet.root / rel).is_file()
+        or sha256_file(snippet.root / rel) != digest
+    ]
     if changed:
         return f"{', '.join(changed)} changed since the run"
-    files = {name: hashlib.sha256(data).hexdigest() for name, data in names.items()
-             if name != META_FILE}
+    files = {
+        name: hashlib.sha256(data).hexdigest()
+        for name, data in names.items()
+        if name != META_FILE
+    }
     if meta.get("files") != files:
         return "its files do not match its meta.json"
     if current and current.get("gpu") and not meta.get("gpu"):
@@ -467,7 +657,9 @@ def _refusal(snippet: Snippet | None, meta: dict, names: dict[str, bytes], curre
     return None
 
 
-def unpack(archive: Path, root: Path, generated: Path, accept_cpu: bool = False) -> int:
+def unpack(
+    archive: Path, root: Path, generated: Path, accept_cpu: bool = False
+) -> int:
     """Put the archive's output folders into `generated`; 0 when all were taken, 1 when one was
     refused, 2 when the archive is unreadable or holds something else than output folders."""
     root, generated = Path(root).resolve(), Path(generated).resolve()
@@ -478,13 +670,23 @@ def unpack(archive: Path, root: Path, generated: Path, accept_cpu: bool = False)
                 parts = member.name.split("/")
                 if member.isdir():
                     continue
-                if (not member.isfile() or len(parts) < 4 or parts[0] != ARCHIVE_ROOT
-                        or any(p in ("", ".", "..") for p in parts) or member.name.startswith("/")):
-                    print(f"error: {archive} holds {member.name!r}, not a file of an output "
-                          f"folder ({ARCHIVE_ROOT}/<article>/<stem>/<file>)", file=sys.stderr)
+                if (
+                    not member.isfile()
+                    or len(parts) < 4
+                    or parts[0] != ARCHIVE_ROOT
+                    or any(p in ("", ".", "..") for p in parts)
+                    or member.name.startswith("/")
+                ):
+                    print(
+                        f"error: {archive} holds {member.name!r}, not a file of an output "
+                        f"folder ({ARCHIVE_ROOT}/<article>/<stem>/<file>)",
+                        file=sys.stderr,
+                    )
                     return 2
                 key = f"{parts[1]}/{parts[2]}"
-                folders.setdefault(key, {})["/".join(parts[3:])] = tar.extractfile(member).read()
+                folders.setdefault(key, {})["/".join(parts[3:])] = (
+                    tar.extractfile(member).read()
+                )
     except (OSError, tarfile.TarError) as error:
         print(f"error: cannot read {archive}: {error}", file=sys.stderr)
         return 2
@@ -506,7 +708,9 @@ def unpack(archive: Path, root: Path, generated: Path, accept_cpu: bool = False)
             continue
         dest = output_dir(generated, snippet)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{snippet.stem}.tmp-", dir=dest.parent))
+        staging = Path(
+            tempfile.mkdtemp(prefix=f".{snippet.stem}.tmp-", dir=dest.parent)
+        )
         try:
             for name, data in names.items():
                 (staging / name).parent.mkdir(parents=True, exist_ok=True)
@@ -521,16 +725,25 @@ def unpack(archive: Path, root: Path, generated: Path, accept_cpu: bool = False)
         _notebook.write_notebook(root, generated, article)
     for key in taken:
         meta = read_meta(generated / key)
-        where = meta.get("device") if meta.get("gpu") else f"CPU ({meta.get('device')})"
-        print(f"unpacked {key} ({where}, {str(meta.get('date'))[:10]}, "
-              f"{status(snippets[key], generated).state})")
+        where = (
+            meta.get("device")
+            if meta.get("gpu")
+            else f"CPU ({meta.get('device')})"
+        )
+        print(
+            f"unpacked {key} ({where}, {str(meta.get('date'))[:10]}, "
+            f"{status(snippets[key], generated).state})"
+        )
     for key, reason in refused:
         print(f"REFUSED {key}: {reason}")
-    print(f"{len(taken)} output(s) unpacked into {generated}, {len(refused)} refused")
+    print(
+        f"{len(taken)} output(s) unpacked into {generated}, {len(refused)} refused"
+    )
     return 1 if refused else 0
 
 
 # --- bundle and wheels -------------------------------------------------------------------------
+
 
 def bundle(root: Path) -> int:
     """Write `gpu-bundle.json`: the commit, whether the tree is dirty, and the sha256 of every
@@ -538,21 +751,38 @@ def bundle(root: Path) -> int:
     is unavailable. 1 when git cannot say."""
     root = Path(root).resolve()
     commit, dirty = _build.git_state(root, root / "docs" / "generated")
-    listed = _build._git(root, "ls-files", "-z", "--cached", "--others", "--exclude-standard")
+    listed = _build._git(
+        root, "ls-files", "-z", "--cached", "--others", "--exclude-standard"
+    )
     if commit is None or listed is None:
-        print("error: gpu-bundle needs a git checkout with a commit", file=sys.stderr)
+        print(
+            "error: gpu-bundle needs a git checkout with a commit",
+            file=sys.stderr,
+        )
         return 1
     files = {}
     for rel in sorted(set(filter(None, listed.split("\0")))):
         path = root / rel
-        if rel != BUNDLE and not rel.startswith("docs/generated/") and path.is_file():
+        if (
+            rel != BUNDLE
+            and not rel.startswith("docs/generated/")
+            and path.is_file()
+        ):
             files[rel] = sha256_file(path)
-    record = {"commit": commit, "dirty": dirty, "files": files,
-              "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    (root / BUNDLE).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n",
-                               encoding="utf-8")
-    print(f"wrote {root / BUNDLE}: commit {commit[:12]}"
-          + (" with uncommitted changes" if dirty else "") + f", {len(files)} files")
+    record = {
+        "commit": commit,
+        "dirty": dirty,
+        "files": files,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    (root / BUNDLE).write_text(
+        json.dumps(record, indent=1, sort_keys=True) + "\n", encoding="utf-8"
+    )
+    print(
+        f"wrote {root / BUNDLE}: commit {commit[:12]}"
+        + (" with uncommitted changes" if dirty else "")
+        + f", {len(files)} files"
+    )
     return 0
 
 
@@ -570,47 +800,110 @@ def wheels(root: Path) -> int:
     """
     target = Path(root).resolve() / WHEELS
     target.mkdir(exist_ok=True)
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--python-version", "3.12", "--implementation", "py", "--abi", "none",
-               "--platform", "any", "--dest", str(target), *WHEEL_SPECS]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--python-version",
+        "3.12",
+        "--implementation",
+        "py",
+        "--abi",
+        "none",
+        "--platform",
+        "any",
+        "--dest",
+        str(target),
+        *WHEEL_SPECS,
+    ]
     code = subprocess.run(command, check=False).returncode
     found = sorted(target.glob("*.whl"))
     size = sum(p.stat().st_size for p in found)
-    print(f"{target}: {len(found)} wheel(s), {size / 2**20:.1f} MiB (the tree that travels may "
-          "carry 64 MiB in all)")
+    print(
+        f"{target}: {len(found)} wheel(s), {size / 2**20:.1f} MiB (the tree that travels may "
+        "carry 64 MiB in all)"
+    )
     return code
 
 
 def main(argv: list[str] | None = None) -> int:
     """The command line (see the module docstring)."""
-    parser = argparse.ArgumentParser(prog="python -m snippets._build.gpu",
-                                     description="The GPU run and its archive of outputs.")
+    parser = argparse.ArgumentParser(
+        prog="python -m snippets._build.gpu",
+        description="The GPU run and its archive of outputs.",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
-    go = commands.add_parser("run", help="run everything that needs a GPU, within a budget")
-    go.add_argument("--out", type=Path, required=True, help="the folder for what comes back")
-    go.add_argument("--budget", type=float, default=DEFAULT_BUDGET,
-                    help=f"seconds for the whole run (default {DEFAULT_BUDGET})")
-    go.add_argument("--only", metavar="PATTERN", help="only the cuda snippets matching this")
-    go.add_argument("--tests", nargs="+", metavar="PATH",
-                    help=f"the test paths of the last step (default {CUDA_TESTS})")
-    go.add_argument("--smoke", default=SMOKE_TESTS, help=f"the smoke tests (default {SMOKE_TESTS})")
-    go.add_argument("--root", type=Path, default=REPOSITORY, help="the repository root")
-    back = commands.add_parser("unpack", help="put a GPU run's outputs into docs/generated/")
+    go = commands.add_parser(
+        "run", help="run everything that needs a GPU, within a budget"
+    )
+    go.add_argument(
+        "--out", type=Path, required=True, help="the folder for what comes back"
+    )
+    go.add_argument(
+        "--budget",
+        type=float,
+        default=DEFAULT_BUDGET,
+        help=f"seconds for the whole run (default {DEFAULT_BUDGET})",
+    )
+    go.add_argument(
+        "--only", metavar="PATTERN", help="only the cuda snippets matching this"
+    )
+    go.add_argument(
+        "--tests",
+        nargs="+",
+        metavar="PATH",
+        help=f"the test paths of the last step (default {CUDA_TESTS})",
+    )
+    go.add_argument(
+        "--smoke",
+        default=SMOKE_TESTS,
+        help=f"the smoke tests (default {SMOKE_TESTS})",
+    )
+    go.add_argument(
+        "--root", type=Path, default=REPOSITORY, help="the repository root"
+    )
+    back = commands.add_parser(
+        "unpack", help="put a GPU run's outputs into docs/generated/"
+    )
     back.add_argument("archive", type=Path)
-    back.add_argument("--root", type=Path, default=REPOSITORY, help="the repository root")
-    back.add_argument("--out", type=Path, default=None,
-                      help="the generated folder (default ROOT/docs/generated)")
-    back.add_argument("--accept-cpu", action="store_true",
-                      help="also take CPU outputs of `# requires: cuda` snippets (dry runs)")
-    pack = commands.add_parser("bundle", help="record the commit for a tree without .git")
-    pack.add_argument("--root", type=Path, default=REPOSITORY, help="the repository root")
-    fetch = commands.add_parser("wheels", help="download the optional baseline wheels")
-    fetch.add_argument("--root", type=Path, default=REPOSITORY, help="the repository root")
+    back.add_argument(
+        "--root", type=Path, default=REPOSITORY, help="the repository root"
+    )
+    back.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="the generated folder (default ROOT/docs/generated)",
+    )
+    back.add_argument(
+        "--accept-cpu",
+        action="store_true",
+        help="also take CPU outputs of `# requires: cuda` snippets (dry runs)",
+    )
+    pack = commands.add_parser(
+        "bundle", help="record the commit for a tree without .git"
+    )
+    pack.add_argument(
+        "--root", type=Path, default=REPOSITORY, help="the repository root"
+    )
+    fetch = commands.add_parser(
+        "wheels", help="download the optional baseline wheels"
+    )
+    fetch.add_argument(
+        "--root", type=Path, default=REPOSITORY, help="the repository root"
+    )
     args = parser.parse_args(argv)
     if args.command == "run":
         if args.budget <= 0:
-            parser.error(f"--budget must be a positive number of seconds, got {args.budget}")
-        return run(args.root, args.out, args.budget, args.only, args.tests, args.smoke)
+            parser.error(
+                f"--budget must be a positive number of seconds, got {args.budget}"
+            )
+        return run(
+            args.root, args.out, args.budget, args.only, args.tests, args.smoke
+        )
     if args.command == "unpack":
         generated = args.out or args.root / "docs" / "generated"
         return unpack(args.archive, args.root, generated, args.accept_cpu)

@@ -35,11 +35,27 @@ CELLS_FILE = "cells.json"
 STDOUT_FILE = "stdout.txt"
 RESERVED_FILES = (META_FILE, CELLS_FILE, STDOUT_FILE)
 META_KEYS = (
-    "snippet", "snippet_sha256", "modules", "gpu", "device", "driver", "cuda", "torch",
-    "triton", "python", "triton_interpret", "date", "commit", "dirty", "duration_s", "files",
+    "snippet",
+    "snippet_sha256",
+    "modules",
+    "gpu",
+    "device",
+    "driver",
+    "cuda",
+    "torch",
+    "triton",
+    "python",
+    "triton_interpret",
+    "date",
+    "commit",
+    "dirty",
+    "duration_s",
+    "files",
 )
-OUTPUT_MARKER = re.compile(r"^(?P<indent>[ \t]*)\[\[\s*output:\s*(?P<target>[^|\]]+?)\s*"
-                           r"(?:\|\s*(?P<alt>[^\]]*?)\s*)?\]\]\s*$")
+OUTPUT_MARKER = re.compile(
+    r"^(?P<indent>[ \t]*)\[\[\s*output:\s*(?P<target>[^|\]]+?)\s*"
+    r"(?:\|\s*(?P<alt>[^\]]*?)\s*)?\]\]\s*$"
+)
 FENCE = re.compile(r"^[ \t]*(?P<fence>`{3,}|~{3,})")
 
 
@@ -114,7 +130,9 @@ def discover(root: Path) -> list[Snippet]:
         for path in sorted(article.iterdir()):
             if path.is_file() and SNIPPET_NAME.match(path.name):
                 rel = path.relative_to(root).as_posix()
-                found.append(Snippet(article.name, path.stem, path.resolve(), rel))
+                found.append(
+                    Snippet(article.name, path.stem, path.resolve(), rel)
+                )
     return found
 
 
@@ -131,11 +149,20 @@ def select(snippets: list[Snippet], pattern: str | None) -> list[Snippet]:
         return list(snippets)
     if not isinstance(pattern, str) or not pattern.strip():
         raise ValueError(f"pattern must be a non-empty string, got {pattern!r}")
-    pattern = pattern.strip().replace("\\", "/").removeprefix("snippets/").removesuffix(".py")
+    pattern = (
+        pattern.strip()
+        .replace("\\", "/")
+        .removeprefix("snippets/")
+        .removesuffix(".py")
+    )
     exact = [s for s in snippets if s.key == pattern]
     if exact:  # a full name selects that snippet alone, even when it is part of another name
         return exact
-    return [s for s in snippets if fnmatch.fnmatchcase(s.key, pattern) or pattern in s.key]
+    return [
+        s
+        for s in snippets
+        if fnmatch.fnmatchcase(s.key, pattern) or pattern in s.key
+    ]
 
 
 def sha256_file(path: Path) -> str:
@@ -175,11 +202,15 @@ def read_meta(folder: Path) -> dict | None:
         return None
     meta = json.loads(path.read_text(encoding="utf-8"))
     if not isinstance(meta, dict):
-        raise ValueError(f"{path} must hold a JSON object, got {type(meta).__name__}")
+        raise ValueError(
+            f"{path} must hold a JSON object, got {type(meta).__name__}"
+        )
     return meta
 
 
-def status(snippet: Snippet, generated: Path, hashes: dict | None = None) -> Status:
+def status(
+    snippet: Snippet, generated: Path, hashes: dict | None = None
+) -> Status:
     """The freshness of `snippet`'s output under `generated`.
 
     `hashes` is a cache of file hashes ({path: sha256}) shared by the calls of one build or check,
@@ -189,7 +220,12 @@ def status(snippet: Snippet, generated: Path, hashes: dict | None = None) -> Sta
     requires_cuda = snippet.requires_cuda
     if meta is None:
         if requires_cuda:
-            return Status("waiting-for-gpu", "requires CUDA and waits for a GPU run", None, True)
+            return Status(
+                "waiting-for-gpu",
+                "requires CUDA and waits for a GPU run",
+                None,
+                True,
+            )
         return Status("missing", "has no output yet", None, False)
     needs_gpu = requires_cuda or bool(meta.get("gpu"))
     changed = []
@@ -197,8 +233,12 @@ def status(snippet: Snippet, generated: Path, hashes: dict | None = None) -> Sta
         changed.append(snippet.rel)
     modules = meta.get("modules")
     if not isinstance(modules, dict):
-        return Status("stale", "its meta.json predates the record of the modules it imported",
-                      meta, needs_gpu)
+        return Status(
+            "stale",
+            "its meta.json predates the record of the modules it imported",
+            meta,
+            needs_gpu,
+        )
     for rel, digest in sorted(modules.items()):
         current = cached_sha256(snippet.root / rel, hashes)
         if current != digest:
@@ -207,7 +247,11 @@ def status(snippet: Snippet, generated: Path, hashes: dict | None = None) -> Sta
         return Status("fresh", "", meta, needs_gpu)
     if len(changed) > 3:
         changed[2:] = [f"{len(changed) - 2} more files"]
-    listed = f"{', '.join(changed[:-1])} and {changed[-1]}" if len(changed) > 1 else changed[0]
+    listed = (
+        f"{', '.join(changed[:-1])} and {changed[-1]}"
+        if len(changed) > 1
+        else changed[0]
+    )
     return Status("stale", f"{listed} changed", meta, needs_gpu)
 
 
@@ -218,7 +262,9 @@ def markdown_lines(markdown: str):
     for line in markdown.split("\n"):
         if fence is not None:
             closing = line.strip()
-            if len(closing) >= len(fence) and closing == fence[0] * len(closing):
+            if len(closing) >= len(fence) and closing == fence[0] * len(
+                closing
+            ):
                 fence = None
             yield line, True
         elif opening := FENCE.match(line):
@@ -244,7 +290,9 @@ def figure_alt_texts(docs_dir: Path) -> dict[str, str]:
         for line, in_code in markdown_lines(page.read_text(encoding="utf-8")):
             marker = None if in_code else OUTPUT_MARKER.match(line)
             if marker and marker.group("alt"):
-                found.setdefault(marker.group("target").strip(), marker.group("alt"))
+                found.setdefault(
+                    marker.group("target").strip(), marker.group("alt")
+                )
     return found
 
 
@@ -264,7 +312,11 @@ def provenance_line(meta: dict) -> str:
     if not isinstance(meta, dict):
         raise TypeError(f"meta must be a dict, got {type(meta).__name__}")
     device = meta.get("device") or "an unknown device"
-    parts = [f"Generated on {device}" if meta.get("gpu") else f"Generated on CPU ({device})"]
+    parts = [
+        f"Generated on {device}"
+        if meta.get("gpu")
+        else f"Generated on CPU ({device})"
+    ]
     if meta.get("gpu") and meta.get("cuda"):
         parts.append(f"CUDA {meta['cuda']}")
     for name in ("torch", "triton"):
@@ -273,6 +325,10 @@ def provenance_line(meta: dict) -> str:
     if meta.get("triton_interpret") and not meta.get("gpu"):
         parts.append("Triton kernels in the interpreter")
     parts.append(short_date(meta))
-    commit = f"commit {meta['commit'][:7]}" if meta.get("commit") else "no commit"
-    parts.append(commit + (" (uncommitted changes)" if meta.get("dirty") else ""))
+    commit = (
+        f"commit {meta['commit'][:7]}" if meta.get("commit") else "no commit"
+    )
+    parts.append(
+        commit + (" (uncommitted changes)" if meta.get("dirty") else "")
+    )
     return " · ".join(parts)
