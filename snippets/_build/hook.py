@@ -10,7 +10,8 @@ It rewrites these markers in each page's Markdown (never inside
 fenced code blocks or inline code):
 
 - `[[ output: <article>/<stem>/<file> | alt text ]]` on a line of its own: an image (svg, png,
-  with the CSS class `generated-figure`), the inlined Markdown table (.md), a text block (.txt)
+  with the CSS class `generated-figure`; the `glightbox` plugin, listed after this one, wraps
+  it in a link that opens it at full size), the inlined Markdown table (.md), a text block (.txt)
   or a JSON block (.json), followed by a provenance paragraph (class `provenance`). A stale output
   gets a "Stale output" warning. The outputs of a `# requires: cuda` snippet that has not run on
   a GPU yet share one "Waiting for a GPU run" note, where the page's first marker of that
@@ -67,17 +68,30 @@ from mkdocs.utils import get_relative_url
 
 from snippets._build.notebook import docstring
 from snippets._build.provenance import (
-    OUTPUT_MARKER, Snippet, Status, discover, markdown_lines, provenance_line,
-    short_date, status,
+    OUTPUT_MARKER,
+    Snippet,
+    Status,
+    discover,
+    markdown_lines,
+    provenance_line,
+    short_date,
+    status,
 )
 
 log = logging.getLogger("mkdocs.plugins.snippets")
 
 TABLE_MARKER = re.compile(r"^[ \t]*\[\[\s*outputs-table\s*\]\]\s*$")
 GPU_ENVIRONMENT_MARKER = re.compile(r"^[ \t]*\[\[\s*gpu-environment\s*\]\]\s*$")
-VALUE_MARKER = r"\[\[\s*value:\s*(?P<target>[^\]#]+?)\s*#\s*(?P<key>[^\]\s]+)\s*\]\]"
+VALUE_MARKER = (
+    r"\[\[\s*value:\s*(?P<target>[^\]#]+?)\s*#\s*(?P<key>[^\]\s]+)\s*\]\]"
+)
 DEVICE_MARKER = r"\[\[\s*device:\s*(?P<snippet>[^\]\s]+)\s*\]\]"
-INLINE = re.compile(r"(?P<code>(?P<ticks>`+).*?(?P=ticks))|" + VALUE_MARKER + "|" + DEVICE_MARKER)
+INLINE = re.compile(
+    r"(?P<code>(?P<ticks>`+).*?(?P=ticks))|"
+    + VALUE_MARKER
+    + "|"
+    + DEVICE_MARKER
+)
 OUTPUT_START = re.compile(r"^[ \t]*\[\[\s*output\s*:")
 IMG_TAG = re.compile(r"<img\b[^>]*>")
 IMG_SRC = re.compile(r'\ssrc="(?P<src>[^"]*)"')
@@ -90,15 +104,21 @@ REQUIRED_EXTENSIONS = ("attr_list", "admonition")
 # ends an excluded element at the first closing tag of the same name.
 NOT_SEARCHED = re.compile(
     r'<(?P<tag>pre|div|span|a)\b(?P<attrs>(?<=<pre)[^>]*|[^>]*\bclass="(?:jp-InputPrompt|'
-    r'jp-OutputPrompt|clipboard-copy-txt|notice|anchor-link)\b[^"]*"[^>]*)>')
+    r'jp-OutputPrompt|clipboard-copy-txt|notice|anchor-link)\b[^"]*"[^>]*)>'
+)
 TAG = re.compile(r"<[^>]*>")
 PROVENANCE_PARAGRAPH = re.compile(r'<p class="provenance">.*?</p>', re.S)
 PROVENANCE_COMMIT = re.compile(r"\bcommit ([0-9a-f]{7,40})\b")
-GITHUB_REPO = re.compile(r"^https://github\.com/([\w.-]+/[\w.-]+?)(?:\.git)?/?$")
+GITHUB_REPO = re.compile(
+    r"^https://github\.com/([\w.-]+/[\w.-]+?)(?:\.git)?/?$"
+)
 HYPHENATED = re.compile(r"(?<![\w-])([A-Za-z]+(?:-[A-Za-z]+)+)(?![\w-])")
-SNIPPET_INCLUDE = re.compile(  # a whole-file include of a snippet (no section, no line range)
-    r"""^(?P<indent>[ \t]*)-+8<-+[ \t]+(?P<quote>["'])"""
-    r"""snippets/(?P<key>[^/"':]+/[^/"':]+)\.py(?P=quote)[ \t]*$""")
+SNIPPET_INCLUDE = (
+    re.compile(  # a whole-file include of a snippet (no section, no line range)
+        r"""^(?P<indent>[ \t]*)-+8<-+[ \t]+(?P<quote>["'])"""
+        r"""snippets/(?P<key>[^/"':]+/[^/"':]+)\.py(?P=quote)[ \t]*$"""
+    )
+)
 CELL_MARKER_LINE = re.compile(r"^# %%.*$")
 
 
@@ -107,7 +127,9 @@ class _Build:
 
     def __init__(self, config):
         config_file = config.get("config_file_path")
-        self.root = Path(config_file).resolve().parent if config_file else Path.cwd()
+        self.root = (
+            Path(config_file).resolve().parent if config_file else Path.cwd()
+        )
         self.docs_dir = Path(config["docs_dir"]).resolve()
         self.generated = self.docs_dir / "generated"
         self.hashes: dict = {}
@@ -118,7 +140,9 @@ class _Build:
     def status(self, snippet: Snippet) -> Status:
         """The (cached) state of `snippet`'s output."""
         if snippet.key not in self._statuses:
-            self._statuses[snippet.key] = status(snippet, self.generated, self.hashes)
+            self._statuses[snippet.key] = status(
+                snippet, self.generated, self.hashes
+            )
         return self._statuses[snippet.key]
 
 
@@ -136,11 +160,20 @@ def _build(config) -> _Build:
 def on_config(config):
     """Warn when a Markdown extension the rendered markers rely on is not enabled."""
     # Names, or {name: options}; plugins may add Extension instances (mkdocstrings does).
-    names = [e if isinstance(e, str) else next(iter(e), "") if isinstance(e, dict) else ""
-             for e in config["markdown_extensions"]]
+    names = [
+        e
+        if isinstance(e, str)
+        else next(iter(e), "")
+        if isinstance(e, dict)
+        else ""
+        for e in config["markdown_extensions"]
+    ]
     for needed in REQUIRED_EXTENSIONS:
         if not any(n.split(".")[-1] == needed for n in names):
-            log.warning("snippets hook: add the Markdown extension %r to mkdocs.yml", needed)
+            log.warning(
+                "snippets hook: add the Markdown extension %r to mkdocs.yml",
+                needed,
+            )
     return config
 
 
@@ -160,8 +193,12 @@ def on_page_markdown(markdown, page, config, files):
     every op, and either would otherwise come first.
     """
     build = _build(config)
-    if config.get("repo_url"):  # e.g. the Reproduce page's `git clone <repository-url>`
-        markdown = markdown.replace("<repository-url>", config["repo_url"].rstrip("/") + ".git")
+    if config.get(
+        "repo_url"
+    ):  # e.g. the Reproduce page's `git clone <repository-url>`
+        markdown = markdown.replace(
+            "<repository-url>", config["repo_url"].rstrip("/") + ".git"
+        )
     if page.file.src_uri.removesuffix(".md") in build.articles:
         page.meta.setdefault("search", {}).setdefault("boost", 2)
     return render(markdown, page.file.src_uri, build)
@@ -174,7 +211,9 @@ def on_page_content(html_text, page, config, files):
     html_text = link_commits(html_text, config.get("repo_url"))
     if not page.file.src_uri.endswith(".ipynb") or not page.file.abs_src_path:
         return html_text
-    notebook = json.loads(Path(page.file.abs_src_path).read_text(encoding="utf-8"))
+    notebook = json.loads(
+        Path(page.file.abs_src_path).read_text(encoding="utf-8")
+    )
     return exclude_from_search(with_notebook_alt_text(html_text, notebook))
 
 
@@ -187,7 +226,11 @@ def link_commits(html_text: str, repo_url: str | None) -> str:
 
     def paragraph(match):
         return PROVENANCE_COMMIT.sub(
-            lambda m: f'commit <a href="{base}/commit/{m.group(1)}">{m.group(1)}</a>', match.group(0))
+            lambda m: (
+                f'commit <a href="{base}/commit/{m.group(1)}">{m.group(1)}</a>'
+            ),
+            match.group(0),
+        )
 
     return PROVENANCE_PARAGRAPH.sub(paragraph, html_text)
 
@@ -213,23 +256,33 @@ def notebook_links(page, config, files) -> dict | None:
         article = src.removesuffix(".md")
         if "/" in article or article not in _build(config).articles:
             return None
-        notebook = files.get_file_from_path(f"generated/{article}/{article}.ipynb")
+        notebook = files.get_file_from_path(
+            f"generated/{article}/{article}.ipynb"
+        )
         if notebook is None:
             return None
     name = posixpath.basename(notebook.src_uri)
     links = {
         "name": name,
         "download": get_relative_url(notebook.url + name, page.url),
-        "page": None if notebook is page.file else get_relative_url(notebook.url, page.url),
+        "page": None
+        if notebook is page.file
+        else get_relative_url(notebook.url, page.url),
         "colab": None,
     }
     repo = github_path(config.get("repo_url"))
     if repo:
-        root = Path(config["config_file_path"]).resolve().parent if config.get("config_file_path") else Path.cwd()
+        root = (
+            Path(config["config_file_path"]).resolve().parent
+            if config.get("config_file_path")
+            else Path.cwd()
+        )
         docs = Path(config["docs_dir"]).resolve().relative_to(root).as_posix()
         branch = (config.get("extra") or {}).get("repo_branch") or "main"
-        links["colab"] = (f"https://colab.research.google.com/github/{repo}/blob/{branch}/"
-                          f"{docs}/{notebook.src_uri}")
+        links["colab"] = (
+            f"https://colab.research.google.com/github/{repo}/blob/{branch}/"
+            f"{docs}/{notebook.src_uri}"
+        )
     return links
 
 
@@ -244,7 +297,11 @@ def exclude_from_search(html_text: str) -> str:
     "¶" links of its headings and its code blocks (`<pre>`) marked `data-search-exclude`
     (Material's search plugin skips them and then removes the mark)."""
     return NOT_SEARCHED.sub(
-        lambda m: f'<{m.group("tag")} data-search-exclude="notebook"{m.group("attrs")}>', html_text)
+        lambda m: (
+            f'<{m.group("tag")} data-search-exclude="notebook"{m.group("attrs")}>'
+        ),
+        html_text,
+    )
 
 
 def on_post_build(config):
@@ -253,9 +310,13 @@ def on_post_build(config):
     if not path.is_file():
         return
     index = json.loads(path.read_text(encoding="utf-8"))
-    path.write_text(json.dumps(add_search_aliases(index, op_articles(_build(config))),
-                               separators=(",", ":")),
-                    encoding="utf-8")
+    path.write_text(
+        json.dumps(
+            add_search_aliases(index, op_articles(_build(config))),
+            separators=(",", ":"),
+        ),
+        encoding="utf-8",
+    )
 
 
 def op_articles(build: _Build) -> set[str]:
@@ -266,8 +327,10 @@ def op_articles(build: _Build) -> set[str]:
     found = set()
     for article in build.articles:
         page = build.docs_dir / f"{article}.md"
-        if page.is_file() and re.search(rf"`{re.escape(article)}`|\b{re.escape(article)}\(",
-                                        page.read_text(encoding="utf-8")):
+        if page.is_file() and re.search(
+            rf"`{re.escape(article)}`|\b{re.escape(article)}\(",
+            page.read_text(encoding="utf-8"),
+        ):
             found.add(article)
     return found
 
@@ -285,13 +348,18 @@ def add_search_aliases(index: dict, articles: set[str]) -> dict:
     """
     fields = index.setdefault("config", {}).setdefault("fields", {})
     title_boost = fields.get("title", {}).get("boost", 1e3)
-    fields.setdefault("aliases", {"boost": fields.get("text", {}).get("boost", 1.0)})
+    fields.setdefault(
+        "aliases", {"boost": fields.get("text", {}).get("boost", 1.0)}
+    )
     fields.setdefault("title_aliases", {"boost": title_boost})
     fields.setdefault("name", {"boost": title_boost})
     for entry in index.get("docs", []):
         for field, source in (("title_aliases", "title"), ("aliases", "text")):
             text = html.unescape(TAG.sub(" ", entry.get(source, "")))
-            joined = {word.replace("-", "").lower() for word in HYPHENATED.findall(text)}
+            joined = {
+                word.replace("-", "").lower()
+                for word in HYPHENATED.findall(text)
+            }
             if joined:
                 entry[field] = " ".join(sorted(joined))
         location = entry.get("location", "")
@@ -302,13 +370,21 @@ def add_search_aliases(index: dict, articles: set[str]) -> dict:
 
 def render(markdown: str, src_uri: str, build: _Build) -> str:
     """`markdown` with its markers rendered; `src_uri` is the page's path inside docs_dir."""
-    lines, waiting = [], set()  # the snippets whose GPU note this page already shows
+    lines, waiting = (
+        [],
+        set(),
+    )  # the snippets whose GPU note this page already shows
     for line, in_code in markdown_lines(markdown):
         include = SNIPPET_INCLUDE.match(line) if in_code else None
         if include and include.group("key") in build.snippets:
-            source = build.snippets[include.group("key")].path.read_text(encoding="utf-8")
+            source = build.snippets[include.group("key")].path.read_text(
+                encoding="utf-8"
+            )
             code = clean_snippet(source)
-            lines += [include.group("indent") + code_line for code_line in code.split("\n")]
+            lines += [
+                include.group("indent") + code_line
+                for code_line in code.split("\n")
+            ]
         elif in_code:
             lines.append(line)
         elif TABLE_MARKER.match(line):
@@ -316,10 +392,25 @@ def render(markdown: str, src_uri: str, build: _Build) -> str:
         elif GPU_ENVIRONMENT_MARKER.match(line):
             lines += gpu_environment(build).split("\n")
         elif marker := OUTPUT_MARKER.match(line):
-            block = _output(marker.group("target"), marker.group("alt"), src_uri, build, waiting)
-            lines += [marker.group("indent") + b if b else "" for b in block.split("\n")]
-        elif OUTPUT_START.match(line):  # e.g. a "]" in the alt text ends the marker early
-            log.warning("%s: a malformed output marker (alt text may not contain ']'): %s", src_uri, line.strip())
+            block = _output(
+                marker.group("target"),
+                marker.group("alt"),
+                src_uri,
+                build,
+                waiting,
+            )
+            lines += [
+                marker.group("indent") + b if b else ""
+                for b in block.split("\n")
+            ]
+        elif OUTPUT_START.match(
+            line
+        ):  # e.g. a "]" in the alt text ends the marker early
+            log.warning(
+                "%s: a malformed output marker (alt text may not contain ']'): %s",
+                src_uri,
+                line.strip(),
+            )
             lines.append(line)
         else:
             lines.append(INLINE.sub(lambda m: _inline(m, src_uri, build), line))
@@ -330,7 +421,9 @@ def clean_snippet(source: str) -> str:
     """A percent-format script as the pages show it: without its `# %%` / `# %% [markdown]`
     marker lines (a markdown cell's lines are comments already) and without leading or
     trailing blank lines; every other line as it is, so the result runs as the script does."""
-    lines = [line for line in source.splitlines() if not CELL_MARKER_LINE.match(line)]
+    lines = [
+        line for line in source.splitlines() if not CELL_MARKER_LINE.match(line)
+    ]
     while lines and not lines[0].strip():
         lines.pop(0)
     while lines and not lines[-1].strip():
@@ -340,17 +433,26 @@ def clean_snippet(source: str) -> str:
 
 def outputs_table(build: _Build) -> str:
     """A Markdown table: each snippet, where and when its output was made, and its state."""
-    rows = ["| Snippet | Generated on | Date | Commit | State |", "|---|---|---|---|---|"]
+    rows = [
+        "| Snippet | Generated on | Date | Commit | State |",
+        "|---|---|---|---|---|",
+    ]
     for key, snippet in sorted(build.snippets.items()):
         state, meta = build.status(snippet), build.status(snippet).meta
         if meta is None:
             where = date = commit = "–"
         else:
-            where = _where(meta) + (f", CUDA {meta.get('cuda')}" if meta.get("gpu") else "")
+            where = _where(meta) + (
+                f", CUDA {meta.get('cuda')}" if meta.get("gpu") else ""
+            )
             where += f", torch {meta.get('torch')}, triton {meta.get('triton')}"
             date, commit = short_date(meta), (meta.get("commit") or "none")[:7]
-        label = {"fresh": "fresh", "stale": f"stale: {state.reason}", "missing": "missing",
-                 "waiting-for-gpu": "waits for a GPU run"}.get(state.state, state.state)
+        label = {
+            "fresh": "fresh",
+            "stale": f"stale: {state.reason}",
+            "missing": "missing",
+            "waiting-for-gpu": "waits for a GPU run",
+        }.get(state.state, state.state)
         rows.append(f"| `{key}` | {where} | {date} | {commit} | {label} |")
     return "\n".join(rows) + "\n"
 
@@ -364,7 +466,9 @@ def _where(meta: dict) -> str:
 def _utc_time(meta: dict) -> str:
     """A meta.json's ISO date as "YYYY-MM-DD HH:MM UTC" (the raw value when it does not parse)."""
     try:
-        moment = datetime.datetime.fromisoformat(meta["date"]).astimezone(datetime.timezone.utc)
+        moment = datetime.datetime.fromisoformat(meta["date"]).astimezone(
+            datetime.timezone.utc
+        )
     except (KeyError, TypeError, ValueError):
         return str(meta.get("date") or "unknown")
     return moment.strftime("%Y-%m-%d %H:%M UTC")
@@ -372,26 +476,46 @@ def _utc_time(meta: dict) -> str:
 
 def gpu_environment(build: _Build) -> str:
     """Markdown describing the environment of the most recent output produced on a GPU."""
-    runs = [(build.status(s).meta, s) for s in build.snippets.values()
-            if build.status(s).meta and build.status(s).meta.get("gpu")]
+    runs = [
+        (build.status(s).meta, s)
+        for s in build.snippets.values()
+        if build.status(s).meta and build.status(s).meta.get("gpu")
+    ]
     if not runs:
-        return _admonition("note", "No output has been produced on a GPU yet", (
-            "Every output on this site so far comes from a CPU run, and the outputs that "
-            "only a GPU can produce, such as timings, still wait for one (see the table of "
-            "outputs below)."))
-    meta, snippet = max(runs, key=lambda run: (str(run[0].get("date") or ""), run[1].key))
+        return _admonition(
+            "note",
+            "No output has been produced on a GPU yet",
+            (
+                "Every output on this site so far comes from a CPU run, and the outputs that "
+                "only a GPU can produce, such as timings, still wait for one (see the table of "
+                "outputs below)."
+            ),
+        )
+    meta, snippet = max(
+        runs, key=lambda run: (str(run[0].get("date") or ""), run[1].key)
+    )
     commit = meta.get("commit")
     commit = f"`{commit}`" if commit else "none (not a git checkout)"
     if meta.get("dirty"):
         commit += " with uncommitted changes"
     unrecorded = "*not recorded*"
-    rows = [("Device", meta.get("device")), ("Driver", meta.get("driver")),
-            ("CUDA", meta.get("cuda")), ("PyTorch", meta.get("torch")),
-            ("Triton", meta.get("triton")), ("Python", meta.get("python")),
-            ("Date", _utc_time(meta)), ("Commit", commit)]
-    lines = [f"The most recent output made on a GPU is that of `{snippet.key}` "
-             f"({build.status(snippet).state}). It ran in this environment:", "",
-             "| | |", "|---|---|"]
+    rows = [
+        ("Device", meta.get("device")),
+        ("Driver", meta.get("driver")),
+        ("CUDA", meta.get("cuda")),
+        ("PyTorch", meta.get("torch")),
+        ("Triton", meta.get("triton")),
+        ("Python", meta.get("python")),
+        ("Date", _utc_time(meta)),
+        ("Commit", commit),
+    ]
+    lines = [
+        f"The most recent output made on a GPU is that of `{snippet.key}` "
+        f"({build.status(snippet).state}). It ran in this environment:",
+        "",
+        "| | |",
+        "|---|---|",
+    ]
     lines += [f"| {name} | {value or unrecorded} |" for name, value in rows]
     return "\n".join(lines) + "\n"
 
@@ -423,24 +547,41 @@ def waiting_note(snippet: Snippet, src_uri: str, build: _Build) -> str:
     """The one note standing for every output of a `# requires: cuda` snippet not yet run on
     a GPU: what the reader will see there and how to produce it."""
     title, prose = docstring(snippet)
-    body = [f"**{title}.** This part of the page needs a run on a CUDA GPU, which has not "
-            "happened yet; its figures and tables appear here after one."]
+    body = [
+        f"**{title}.** This part of the page needs a run on a CUDA GPU, which has not "
+        "happened yet; its figures and tables appear here after one."
+    ]
     if prose:
         body += ["", prose]
     reproduce = build.docs_dir / "reproduce.md"
     how = "the Reproduce page"
     if reproduce.is_file():
-        url = posixpath.relpath("reproduce.md", posixpath.dirname(src_uri) or ".")
+        url = posixpath.relpath(
+            "reproduce.md", posixpath.dirname(src_uri) or "."
+        )
         how = f"[the Reproduce page]({url})"
-    body += ["", f"To produce it, on a machine with a CUDA GPU and a clone of this repository, "
-                 f"run `{snippet.command}`, or every GPU step at once as {how} describes."]
-    return (f'!!! info "Waiting for a GPU run"\n'
-            + "\n".join(f"    {line}" if line else "" for line in "\n".join(body).split("\n"))
-            + "\n")
+    body += [
+        "",
+        f"To produce it, on a machine with a CUDA GPU and a clone of this repository, "
+        f"run `{snippet.command}`, or every GPU step at once as {how} describes.",
+    ]
+    return (
+        f'!!! info "Waiting for a GPU run"\n'
+        + "\n".join(
+            f"    {line}" if line else ""
+            for line in "\n".join(body).split("\n")
+        )
+        + "\n"
+    )
 
 
-def _output(target: str, alt: str | None, src_uri: str, build: _Build,
-            waiting: set | None = None) -> str:
+def _output(
+    target: str,
+    alt: str | None,
+    src_uri: str,
+    build: _Build,
+    waiting: set | None = None,
+) -> str:
     """The Markdown that replaces one `[[ output: ... ]]` marker.
 
     `waiting` holds the keys of the snippets whose "Waiting for a GPU run" note the page
@@ -457,21 +598,38 @@ def _output(target: str, alt: str | None, src_uri: str, build: _Build,
         waiting.add(snippet.key)
         return waiting_note(snippet, src_uri, build)
     if state.state == "missing":
-        return _missing(f"{snippet.rel} has no output yet: run `{snippet.command}`", src_uri)
+        return _missing(
+            f"{snippet.rel} has no output yet: run `{snippet.command}`", src_uri
+        )
     path = build.generated / snippet.key / name
     if not path.is_file():
-        return _missing(f"the output of {snippet.rel} has no file {name!r}", src_uri)
+        return _missing(
+            f"the output of {snippet.rel} has no file {name!r}", src_uri
+        )
     suffix = path.suffix.lower()
     if suffix in IMAGES and not alt:
-        log.warning("%s: the figure %r needs alt text: [[ output: %s | ... ]]",
-                    src_uri, target, target)
+        log.warning(
+            "%s: the figure %r needs alt text: [[ output: %s | ... ]]",
+            src_uri,
+            target,
+            target,
+        )
     blocks = []
     if state.state == "stale":
         gpu = " on a GPU machine" if state.needs_gpu else ""
-        blocks.append(_admonition("warning", "Stale output", (
-            f"The sources changed since this output was generated on {short_date(state.meta)} "
-            f"({state.reason}). Regenerate it{gpu} with `{snippet.command}`.")))
-    url = posixpath.relpath(f"generated/{snippet.key}/{name}", posixpath.dirname(src_uri) or ".")
+        blocks.append(
+            _admonition(
+                "warning",
+                "Stale output",
+                (
+                    f"The sources changed since this output was generated on {short_date(state.meta)} "
+                    f"({state.reason}). Regenerate it{gpu} with `{snippet.command}`."
+                ),
+            )
+        )
+    url = posixpath.relpath(
+        f"generated/{snippet.key}/{name}", posixpath.dirname(src_uri) or "."
+    )
     blocks.append(_embed(path, alt or "", url))
     blocks.append(f"{provenance_line(state.meta)}\n{{: .provenance }}\n")
     return "\n".join(blocks)
@@ -515,7 +673,9 @@ def _lookup(data, key: str):
     for part in key.split("."):
         if isinstance(data, dict) and part in data:
             data = data[part]
-        elif isinstance(data, list) and part.isdigit() and int(part) < len(data):
+        elif (
+            isinstance(data, list) and part.isdigit() and int(part) < len(data)
+        ):
             data = data[int(part)]
         else:
             raise KeyError(part)
@@ -535,14 +695,29 @@ def _inline(match: re.Match, src_uri: str, build: _Build) -> str:
         return f"**[missing: {target}#{key}]**"
     snippet, state, name = found
     if state.state == "waiting-for-gpu":
-        log.info("%s: %s#%s waits for a GPU run of %s", src_uri, target, key, snippet.rel)
+        log.info(
+            "%s: %s#%s waits for a GPU run of %s",
+            src_uri,
+            target,
+            key,
+            snippet.rel,
+        )
         return "*(waiting for a GPU run)*"
     path = build.generated / snippet.key / name
     try:
-        return format_value(_lookup(json.loads(path.read_text(encoding="utf-8")), key))
+        return format_value(
+            _lookup(json.loads(path.read_text(encoding="utf-8")), key)
+        )
     except (OSError, ValueError, KeyError) as error:
-        log.warning("%s: no value %s#%s (%s: %s); run `%s`", src_uri, target, key,
-                    type(error).__name__, error, snippet.command)
+        log.warning(
+            "%s: no value %s#%s (%s: %s); run `%s`",
+            src_uri,
+            target,
+            key,
+            type(error).__name__,
+            error,
+            snippet.command,
+        )
         return f"**[missing: {target}#{key}]**"
 
 
@@ -551,14 +726,23 @@ def _device(key: str, src_uri: str, build: _Build) -> str:
     key = key.strip().strip("/")
     snippet = build.snippets.get(key)
     if snippet is None:
-        log.warning("%s: no snippet snippets/%s.py for the marker [[ device: %s ]]",
-                    src_uri, key, key)
+        log.warning(
+            "%s: no snippet snippets/%s.py for the marker [[ device: %s ]]",
+            src_uri,
+            key,
+            key,
+        )
         return f"**[missing: {key}]**"
     state = build.status(snippet)
     if state.state == "waiting-for-gpu":
         return "*waiting for a GPU run*"
     if state.meta is None:
-        log.warning("%s: %s has no output yet: run `%s`", src_uri, snippet.rel, snippet.command)
+        log.warning(
+            "%s: %s has no output yet: run `%s`",
+            src_uri,
+            snippet.rel,
+            snippet.command,
+        )
         return f"**[missing: {key}]**"
     return _where(state.meta)
 
@@ -573,8 +757,11 @@ def _image_data_uris(notebook: dict) -> dict[str, str]:
                 if not mime.startswith("image/") or not alt:
                     continue
                 text = "".join(data) if isinstance(data, list) else data
-                payload = (base64.b64encode(text.encode("utf-8")).decode("ascii")
-                           if mime == "image/svg+xml" else "".join(text.split()))
+                payload = (
+                    base64.b64encode(text.encode("utf-8")).decode("ascii")
+                    if mime == "image/svg+xml"
+                    else "".join(text.split())
+                )
                 found[f"data:{mime};base64,{payload}"] = alt
     return found
 

@@ -78,7 +78,11 @@ def parse_cells(text: str) -> list[dict]:
     for number, line in enumerate(text.splitlines(), start=1):
         match = CELL_MARKER.match(line)
         if match:
-            kind = "markdown" if MARKDOWN_TAG.search(match.group("rest")) else "code"
+            kind = (
+                "markdown"
+                if MARKDOWN_TAG.search(match.group("rest"))
+                else "code"
+            )
             raw.append((kind, number + 1, []))
             continue
         kind, _, lines = raw[-1]
@@ -93,7 +97,9 @@ def parse_cells(text: str) -> list[dict]:
         while lines and not lines[-1].strip():
             lines.pop()
         if lines:
-            cells.append({"cell_type": kind, "source": "\n".join(lines), "line": first})
+            cells.append(
+                {"cell_type": kind, "source": "\n".join(lines), "line": first}
+            )
     return cells
 
 
@@ -128,17 +134,26 @@ def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
     for path in folder.rglob("*"):
         if path.is_file():
             info = path.stat()
-            found[path.relative_to(folder).as_posix()] = (info.st_mtime_ns, info.st_size)
+            found[path.relative_to(folder).as_posix()] = (
+                info.st_mtime_ns,
+                info.st_size,
+            )
     return found
 
 
 def _image_output(path: Path) -> dict:
     """An nbformat display_data output showing the image file at `path`."""
     mime = IMAGE_TYPES[path.suffix.lower()]
-    data = path.read_text(encoding="utf-8") if mime == "image/svg+xml" else (
-        base64.b64encode(path.read_bytes()).decode("ascii"))
-    return {"output_type": "display_data", "metadata": {},
-            "data": {mime: data, "text/plain": f"<{path.name}>"}}
+    data = (
+        path.read_text(encoding="utf-8")
+        if mime == "image/svg+xml"
+        else (base64.b64encode(path.read_bytes()).decode("ascii"))
+    )
+    return {
+        "output_type": "display_data",
+        "metadata": {},
+        "data": {mime: data, "text/plain": f"<{path.name}>"},
+    }
 
 
 def _run_cell(source: str, line: int, filename: str, namespace: dict):
@@ -156,8 +171,15 @@ def _run_cell(source: str, line: int, filename: str, namespace: dict):
         error = exc
     finally:
         sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
-    outputs = [{"output_type": "stream", "name": name, "text": stream.captured.getvalue()}
-               for name, stream in (("stdout", out), ("stderr", err)) if stream.captured.getvalue()]
+    outputs = [
+        {
+            "output_type": "stream",
+            "name": name,
+            "text": stream.captured.getvalue(),
+        }
+        for name, stream in (("stdout", out), ("stderr", err))
+        if stream.captured.getvalue()
+    ]
     return outputs, error
 
 
@@ -176,12 +198,20 @@ def _cpu_name() -> str:
 def nvidia_driver() -> str | None:
     """The NVIDIA driver version that `nvidia-smi` reports (its first GPU), or None when there is
     no `nvidia-smi`, it fails or it prints nothing."""
-    command = ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]
+    command = [
+        "nvidia-smi",
+        "--query-gpu=driver_version",
+        "--format=csv,noheader",
+    ]
     try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+        result = subprocess.run(
+            command, capture_output=True, text=True, timeout=60, check=False
+        )
     except (OSError, subprocess.SubprocessError):
         return None
-    lines = [line.strip() for line in result.stdout.splitlines() if line.strip()]
+    lines = [
+        line.strip() for line in result.stdout.splitlines() if line.strip()
+    ]
     return lines[0] if result.returncode == 0 and lines else None
 
 
@@ -189,7 +219,9 @@ def _version(name: str) -> str | None:
     """The version of package `name`: from the module when the snippet imported it, else from
     its installed metadata (None when it is not installed). Never imports it."""
     module = sys.modules.get(name)
-    if module is not None and isinstance(getattr(module, "__version__", None), str):
+    if module is not None and isinstance(
+        getattr(module, "__version__", None), str
+    ):
         return module.__version__
     try:
         return importlib.metadata.version(name)
@@ -204,14 +236,24 @@ def device_facts() -> dict:
     The GPU is the one the snippet could use: torch, when the snippet imported it, sees a CUDA
     device (this module never imports torch itself; a snippet without torch ran on the CPU).
     """
-    facts = {"gpu": False, "device": _cpu_name(), "driver": None, "cuda": None,
-             "torch": _version("torch"), "triton": _version("triton"),
-             "python": platform.python_version(),
-             "triton_interpret": os.environ.get("TRITON_INTERPRET") == "1"}
+    facts = {
+        "gpu": False,
+        "device": _cpu_name(),
+        "driver": None,
+        "cuda": None,
+        "torch": _version("torch"),
+        "triton": _version("triton"),
+        "python": platform.python_version(),
+        "triton_interpret": os.environ.get("TRITON_INTERPRET") == "1",
+    }
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
-        facts.update(gpu=True, device=torch.cuda.get_device_name(0), driver=nvidia_driver(),
-                     cuda=torch.version.cuda)
+        facts.update(
+            gpu=True,
+            device=torch.cuda.get_device_name(0),
+            driver=nvidia_driver(),
+            cuda=torch.version.cuda,
+        )
     return facts
 
 
@@ -228,10 +270,16 @@ def project_modules(root: Path, exclude: Path | None = None) -> dict[str, str]:
         if not name or not name.endswith(".py"):
             continue
         path = Path(name).resolve()
-        if path == exclude or not path.is_relative_to(root) or not path.is_file():
+        if (
+            path == exclude
+            or not path.is_relative_to(root)
+            or not path.is_file()
+        ):
             continue
         rel = path.relative_to(root)
-        if {"site-packages", "dist-packages"} & set(rel.parts) or rel.parts[0].startswith("."):
+        if {"site-packages", "dist-packages"} & set(rel.parts) or rel.parts[
+            0
+        ].startswith("."):
             continue
         found[rel.as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()
     return dict(sorted(found.items()))
@@ -246,7 +294,9 @@ def deterministic_figures(folder: Path) -> None:
     today). The same file holds the book's figure style (`FIGURE_STYLE`).
     """
     rc = Path(folder) / "matplotlibrc"
-    rc.write_text(f"svg.hashsalt: {SVG_HASH_SALT}\n{FIGURE_STYLE}", encoding="utf-8")
+    rc.write_text(
+        f"svg.hashsalt: {SVG_HASH_SALT}\n{FIGURE_STYLE}", encoding="utf-8"
+    )
     os.environ["MATPLOTLIBRC"] = str(rc)
     os.environ.setdefault("SOURCE_DATE_EPOCH", "0")
 
@@ -254,7 +304,9 @@ def deterministic_figures(folder: Path) -> None:
 def _format_error(error: BaseException) -> str:
     """The traceback of a cell's exception, without the runner's own frame."""
     tb = error.__traceback__.tb_next if error.__traceback__ else None
-    return "".join(traceback.TracebackException(type(error), error, tb).format())
+    return "".join(
+        traceback.TracebackException(type(error), error, tb).format()
+    )
 
 
 def run(snippet: Path, record: Path, root: Path) -> int:
@@ -267,39 +319,68 @@ def run(snippet: Path, record: Path, root: Path) -> int:
     filename = str(snippet)
     main = types.ModuleType("__main__")
     main.__file__ = filename
-    sys.modules["__main__"] = main  # so that pickle and dataclasses find the snippet's names
+    sys.modules["__main__"] = (
+        main  # so that pickle and dataclasses find the snippet's names
+    )
     sys.argv = [filename]
     sys.path[0] = str(snippet.parent)  # as when the script is run as printed
     cells, stdout, count = [], [], 0
     for cell in parse_cells(snippet.read_text(encoding="utf-8")):
         if cell["cell_type"] == "markdown":
-            cells.append({"cell_type": "markdown", "metadata": {}, "source": cell["source"]})
+            cells.append(
+                {
+                    "cell_type": "markdown",
+                    "metadata": {},
+                    "source": cell["source"],
+                }
+            )
             continue
         count += 1
         before = _snapshot(work)
-        outputs, error = _run_cell(cell["source"], cell["line"], filename, main.__dict__)
+        outputs, error = _run_cell(
+            cell["source"], cell["line"], filename, main.__dict__
+        )
         finished = isinstance(error, SystemExit) and error.code in (0, None)
         if error is not None and not finished:
-            (record / "traceback.txt").write_text(_format_error(error), encoding="utf-8")
+            (record / "traceback.txt").write_text(
+                _format_error(error), encoding="utf-8"
+            )
             return 1
         after = _snapshot(work)
         for name in sorted(n for n in after if before.get(n) != after[n]):
             if Path(name).suffix.lower() in IMAGE_TYPES:
                 outputs.append(_image_output(work / name))
         stdout += [o["text"] for o in outputs if o.get("name") == "stdout"]
-        cells.append({"cell_type": "code", "execution_count": count, "metadata": {},
-                      "outputs": outputs, "source": cell["source"]})
+        cells.append(
+            {
+                "cell_type": "code",
+                "execution_count": count,
+                "metadata": {},
+                "outputs": outputs,
+                "source": cell["source"],
+            }
+        )
         if finished:
             break
-    facts = {**device_facts(), "modules": project_modules(root, exclude=snippet)}
-    (record / "cells.json").write_text(json.dumps(cells, indent=1, sort_keys=True) + "\n",
-                                       encoding="utf-8")
+    facts = {
+        **device_facts(),
+        "modules": project_modules(root, exclude=snippet),
+    }
+    (record / "cells.json").write_text(
+        json.dumps(cells, indent=1, sort_keys=True) + "\n", encoding="utf-8"
+    )
     (record / "stdout.txt").write_text("".join(stdout), encoding="utf-8")
-    (record / "facts.json").write_text(json.dumps(facts, sort_keys=True) + "\n", encoding="utf-8")
+    (record / "facts.json").write_text(
+        json.dumps(facts, sort_keys=True) + "\n", encoding="utf-8"
+    )
     return 0
 
 
 if __name__ == "__main__":
     if len(sys.argv) != 4:
-        raise SystemExit(f"usage: {Path(__file__).name} SNIPPET_PATH RECORD_DIR ROOT")
-    raise SystemExit(run(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])))
+        raise SystemExit(
+            f"usage: {Path(__file__).name} SNIPPET_PATH RECORD_DIR ROOT"
+        )
+    raise SystemExit(
+        run(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]))
+    )

@@ -16,7 +16,9 @@ take the column. It also downloads each companion notebook through its page's bu
 each article by typing its title into the search box (and the FlashAttention article by
 `flash_attention`, the linear-attention one by `chunkwise`), and reads the API page. Without a
 browser it also checks that the search index holds no notebook prompts or button text and
-that the snippets shown carry no `# %%` cell markers. Without a browser it checks
+that the snippets shown carry no `# %%` cell markers, and that every generated figure opens
+at full size (a lightbox link to the figure file); at 1280 px it checks that no code block of an
+article is wider than its column. Without a browser it checks
 that each article has one name (navigation, page title, home page), that the snippets on the
 pages are open, that each article shows its reading time and that the headline table of the
 home page reads honestly.
@@ -807,3 +809,77 @@ def test_pages_link_the_repository_and_offer_their_notebook(site_dir, pages):
             assert re.search(rf'commit <a href="{re.escape(REPO_URL)}/commit/[0-9a-f]{{7,40}}">', line), line
     reproduce = (site_dir / page_url("reproduce.md") / "index.html").read_text(encoding="utf-8")
     assert "fast-llm-kernels.git" in reproduce and "&lt;repository-url&gt;" not in reproduce
+
+
+def test_generated_figures_open_at_full_size(site_dir):
+    """Each figure the build step inserts opens at full size when clicked or tapped: it sits
+    inside a lightbox link (GLightbox) that points at the figure file itself."""
+    count, unlinked = 0, []
+    figure = re.compile(
+        r'(<a\b[^>]*>\s*)?<img\b[^>]*class="[^"]*\bgenerated-figure\b[^"]*"[^>]*>', re.DOTALL)
+    for article, _ in articles():
+        page_dir = site_dir / page_url(article)
+        text = (page_dir / "index.html").read_text(encoding="utf-8")
+        for match in figure.finditer(text):
+            count += 1
+            src = re.search(r'\bsrc="([^"]+)"', match.group(0)).group(1)
+            anchor = match.group(1) or ""
+            href = re.search(r'\bhref="([^"]+)"', anchor)
+            lightbox = re.search(r'\bclass="[^"]*\bglightbox\b', anchor)
+            target = (page_dir / html.unescape(href.group(1))).resolve() if href else None
+            if not (lightbox and href and href.group(1) == src and target and target.is_file()):
+                unlinked.append(f"{article}: {src}")
+    assert count, "no generated figure on any article"
+    assert not unlinked, f"generated figures not linked to their file: {unlinked[:5]}"
+    assert (site_dir / "assets" / "javascripts" / "glightbox.min.js").is_file(), (
+        "the lightbox script is not in the built site")
+
+
+def test_clicking_a_figure_opens_it_in_the_lightbox(context, base_url):
+    """In the browser, a click on a generated figure shows that figure in the lightbox, larger
+    than in the column."""
+    page = context.new_page()
+    watch = PageWatch(page)
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.goto(base_url + page_url("flash_attention.md"), wait_until="load")
+    figure = page.locator("img.generated-figure").first
+    src = figure.evaluate("(img) => img.src")
+    shown_width = figure.evaluate("(img) => img.getBoundingClientRect().width")
+    figure.click()
+    slide = page.locator(".gslide-image img").first
+    slide.wait_for(state="visible", timeout=10_000)
+    assert slide.evaluate("(img) => img.src") == src, "the lightbox shows another image"
+    page.wait_for_function(
+        "(w) => { const img = document.querySelector('.gslide-image img');"
+        " return img && img.getBoundingClientRect().width > w; }",
+        arg=shown_width, timeout=10_000)
+    assert not watch.problems, "; ".join(watch.problems)
+    page.close()
+
+
+# Every code block on the page that is wider than its column: it would scroll sideways.
+WIDE_CODE_JS = """
+() => Array.from(document.querySelectorAll(".md-typeset pre > code"))
+  .filter(code => code.scrollWidth > code.clientWidth + 1)
+  .map(code => ({
+    width: code.scrollWidth, column: code.clientWidth,
+    line: (code.textContent.split("\\n").reduce((a, b) => (b.length > a.length ? b : a), ""))
+      .trim().slice(0, 60),
+  }))
+"""
+
+
+@pytest.mark.parametrize("article", [article for article, _ in articles()])
+def test_code_fits_the_column_on_a_desktop(browser, base_url, article):
+    """At 1280 px no code block of an article is wider than its column: snippet lines are at
+    most 80 characters (tests/test_format.py), and the column shows 83."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        page = context.new_page()
+        page.goto(base_url + page_url(article), wait_until="load")
+        count = page.evaluate("() => document.querySelectorAll('.md-typeset pre > code').length")
+        wide = page.evaluate(WIDE_CODE_JS)
+        assert count, f"{article}: no code block on the page"
+        assert not wide, f"{article} at 1280 px: code blocks wider than the column: {wide[:5]}"
+    finally:
+        context.close()
