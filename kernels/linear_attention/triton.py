@@ -252,12 +252,13 @@ DEFAULT_SHARED_BYTES = 163 * 1024  # A100's limit per block (166912 bytes), when
 
 
 def _shared_estimate(CHUNK, BLOCK_AB, BLOCK_C, num_stages, elsize):
-    """Bytes of shared memory a chunk-kernel configuration needs, roughly (the larger kernel,
-    `_chunk_out_kernel`): ``num_stages`` buffers of the streamed ``a``, ``b`` tiles and the float32
-    state tile, then the score and ``c`` tiles of the last product. The compile test checks the
-    real count of every configuration this keeps."""
-    streamed = max(num_stages, 1) * (2 * CHUNK * BLOCK_AB * elsize + 4 * BLOCK_AB * BLOCK_C)
-    return streamed + elsize * CHUNK * (CHUNK + BLOCK_C) + 4 * CHUNK * CHUNK
+    """Bytes of shared memory a chunk-kernel configuration needs, from above (the larger kernel,
+    `_chunk_out_kernel`): ``max(num_stages - 1, 1)`` buffers of the streamed ``a``, ``b`` tiles
+    ``[CHUNK, BLOCK_AB]`` and the state tile ``[BLOCK_AB, BLOCK_C]``, plus the score and ``c`` tiles
+    of the last product. At or above what Triton 3.x allocates for sm_80 and sm_90 for every
+    configuration of `CHUNK_CONFIGS`; the compile test checks the real count of every one kept."""
+    streamed = max(num_stages - 1, 1) * (2 * CHUNK * BLOCK_AB + BLOCK_AB * BLOCK_C)
+    return elsize * (streamed + CHUNK * CHUNK + CHUNK * BLOCK_C)
 
 
 def _cap(width: int, largest: int = 1 << 30) -> int:
