@@ -15,7 +15,7 @@ from .._checks import (check_bool, check_dim, check_float_dtypes, check_same_dev
 from .naive import linear_attention_chunk_states, linear_attention_quadratic
 
 if HAS_TRITON:
-    from .op import linear_attention_fwd
+    from .op import linear_attention_fwd, linear_attention_step_op
     from .triton import _config, linear_attention_step_fused
 
 
@@ -261,7 +261,9 @@ def linear_attention_step(q, k, v, state, decay=None, scale=None):
     needs_grad = torch.is_grad_enabled() and any(
         x is not None and x.requires_grad for x in (q, k, v, state, decay))
     if uses_triton(q) and acc == torch.float32 and not needs_grad:
-        return linear_attention_step_fused(q, k, v, state, decay, scale)
+        # the registered operator under torch.compile (which cannot trace the launch), else the launch
+        step = linear_attention_step_op if torch.compiler.is_compiling() else linear_attention_step_fused
+        return step(q, k, v, state, decay, scale)
     S = state.to(acc)
     if decay is not None:
         g = decay.to(acc)[None, :] if decay.dim() == 1 else decay.to(acc)

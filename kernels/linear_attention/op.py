@@ -115,3 +115,20 @@ def _backward(ctx, do, dfinal, dstates):
 
 
 linear_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+@torch.library.custom_op("kernels::linear_attention_step", mutates_args=())
+def linear_attention_step_op(q: Tensor, k: Tensor, v: Tensor, state: Tensor, decay: Optional[Tensor],
+                             scale: float) -> tuple[Tensor, Tensor]:
+    """``(o [B, H, V], new state [B, H, K, V] float32)`` of one decoding step, the fused kernel
+    (`linear_attention_step_fused`): ``q, k [B, H, K]``, ``v [B, H, V]``, ``state [B, H, K, V]``
+    (any float dtype but float64), ``decay`` ``[H]``, ``[B, H]`` or None. No autograd: the
+    kernel runs only where no gradient is needed."""
+    _check_device(q)
+    return _triton.linear_attention_step_fused(q, k, v, state, decay, scale)
+
+
+@linear_attention_step_op.register_fake
+def _(q, k, v, state, decay, scale):
+    B, H, K = q.shape
+    return q.new_empty(B, H, v.shape[-1]), q.new_empty(B, H, K, v.shape[-1], dtype=torch.float32)

@@ -11,7 +11,8 @@ import torch
 
 from _compare import assert_close
 from kernels import linear_attention, ssd, uses_triton
-from kernels.linear_attention.naive import linear_attention_chunk_states, linear_attention_quadratic
+from kernels.linear_attention.naive import (linear_attention_chunk_states, linear_attention_quadratic,
+                                            linear_attention_recurrent)
 from kernels.linear_attention.op import linear_attention_bwd, linear_attention_fwd
 
 CUDA = torch.cuda.is_available()
@@ -212,3 +213,27 @@ def test_autotune_lists_are_pruned_to_the_shared_memory_of_each_gpu():
     for tuned in (la._chunk_state_tuned, la._chunk_out_tuned):
         assert tuned.keys == ["DAB", "DC", "REVERSE", "HAS_SEG"]
     assert la._state_pass_tuned.restore_value == ["HC"]
+
+
+@pytest.mark.parametrize("decay", [None, "head", "batch"])
+def test_opcheck_and_compile_decoding_step(decay):
+    from kernels import linear_attention_step
+    from kernels.linear_attention.op import linear_attention_step_op
+
+    gen = torch.Generator().manual_seed(3)
+    B, H, K, V = 2, 3, 20, 36
+    q, k, state = torch.randn(B, H, K, generator=gen), torch.randn(B, H, K, generator=gen), torch.randn(
+        B, H, K, V, generator=gen)
+    v = torch.randn(B, H, V, generator=gen)
+    g = {None: None, "head": -torch.rand(H, generator=gen), "batch": -torch.rand(B, H, generator=gen)}[decay]
+    q, k, v, state, g = (None if x is None else x.to(DEVICE) for x in (q, k, v, state, g))
+    torch.library.opcheck(linear_attention_step_op, (q, k, v, state, g, K ** -0.5))
+    eager = linear_attention_step(q, k, v, state, g)
+    compiled = torch.compile(linear_attention_step, fullgraph=True, backend="inductor" if CUDA else "aot_eager")
+    for name, ref, out in zip(("o", "state"), eager, compiled(q, k, v, state, g)):
+        assert_close(name, ref, out, 1e-6, 1e-6)
+    o_ref, s_ref = linear_attention_recurrent(q[:, :, None].double(), k[:, :, None].double(), v[:, :, None].double(),
+                                              decay=None if g is None else (g if g.dim() == 1 else g[..., None]),
+                                              initial_state=state.double())
+    assert_close("o vs reference", o_ref[:, :, 0], eager[0], 1e-5, 1e-5)
+    assert_close("state vs reference", s_ref, eager[1], 1e-5, 1e-5)
