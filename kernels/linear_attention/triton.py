@@ -261,9 +261,9 @@ def _shared_estimate(CHUNK, BLOCK_AB, BLOCK_C, num_stages, elsize):
     return elsize * (streamed + CHUNK * CHUNK + CHUNK * BLOCK_C)
 
 
-def _cap(width: int, largest: int = 1 << 30) -> int:
+def _cap(width: int) -> int:
     """The widest useful tile for ``width`` columns: its next power of two, at least 16."""
-    return min(largest, max(16, triton.next_power_of_2(width)))
+    return max(16, triton.next_power_of_2(width))
 
 
 def _chunk_configs(DAB: int, DC: int, dtype: torch.dtype, limit: int = DEFAULT_SHARED_BYTES) -> list:
@@ -288,8 +288,7 @@ def _chunk_configs(DAB: int, DC: int, dtype: torch.dtype, limit: int = DEFAULT_S
 def _pass_configs(SIZE: int) -> list:
     """The autotune list of `_state_pass_kernel` for states of ``SIZE`` entries: `PASS_CONFIGS`
     with blocks no larger than the state (at least the smallest). It holds no tile in shared memory."""
-    kept = [dict(BLOCK=b, num_warps=w) for b, w in PASS_CONFIGS if b <= max(PASS_CONFIGS[0][0], SIZE)]
-    return kept
+    return [dict(BLOCK=b, num_warps=w) for b, w in PASS_CONFIGS if b <= max(PASS_CONFIGS[0][0], SIZE)]
 
 
 def _step_configs(DK: int, DV: int) -> list:
@@ -395,7 +394,9 @@ def _states(b, c, gc, s0, scale, reverse, want_last, config, extra=None, seg=Non
     CHUNK = config["CHUNK"]
     NT = triton.cdiv(T, CHUNK)
     hc = torch.empty(Bsz * H, NT, DAB, DC, device=c.device, dtype=torch.float32)
-    grid = lambda meta: (triton.cdiv(DAB, meta["BLOCK_AB"]) * triton.cdiv(DC, meta["BLOCK_C"]), NT, Bsz * H)  # noqa: E731
+    def grid(meta):  # tiles of the [DAB, DC] state, chunks, heads
+        return triton.cdiv(DAB, meta["BLOCK_AB"]) * triton.cdiv(DC, meta["BLOCK_C"]), NT, Bsz * H
+
     SEG, SEGP, KEEP = seg if seg is not None else (hc, hc, hc)
     _launch(_chunk_state_kernel, _chunk_state_tuned, grid,
             (b, c, gc, hc, SEG, SEGP, *b.stride()[:3], *c.stride()[:3], T, DAB, DC, H, NT, scale), config,
@@ -418,7 +419,9 @@ def _outputs(a, b, c, states, transpose, gc, scale, reverse, config, out_dtype, 
     NT = states.shape[1]
     out = torch.empty(Bsz, H, T, DC, device=c.device, dtype=out_dtype)
     stride_sr, stride_sc = (1, DAB) if transpose else (DC, 1)
-    grid = lambda meta: (triton.cdiv(DC, meta["BLOCK_C"]), NT, Bsz * H)  # noqa: E731
+    def grid(meta):  # blocks of output columns, chunks, heads
+        return triton.cdiv(DC, meta["BLOCK_C"]), NT, Bsz * H
+
     SEG, SEGP = seg[:2] if seg is not None else (states, states)
     _launch(_chunk_out_kernel, _chunk_out_tuned, grid,
             (a, b, c, states, gc, out, SEG, SEGP, *a.stride()[:3], *b.stride()[:3], *c.stride()[:3],
