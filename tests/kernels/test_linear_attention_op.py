@@ -237,3 +237,27 @@ def test_opcheck_and_compile_decoding_step(decay):
                                               initial_state=state.double())
     assert_close("o vs reference", o_ref[:, :, 0], eager[0], 1e-5, 1e-5)
     assert_close("state vs reference", s_ref, eager[1], 1e-5, 1e-5)
+
+
+def test_bfloat16_compiles_fullgraph():
+    """bfloat16 on the CPU takes the PyTorch references (the interpreter cannot run it), which
+    trace as they are; on a GPU it takes the ops. Either way: one graph, the eager results."""
+    gen = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(1, 2, 37, d, generator=gen).to(DEVICE, torch.bfloat16).requires_grad_() for d in (4, 4, 6))
+    decay = (-torch.rand(1, 2, 37, generator=gen)).to(DEVICE).requires_grad_()
+    s0 = torch.randn(1, 2, 4, 6, generator=gen).to(DEVICE).requires_grad_()
+    seq_idx = torch.zeros(1, 37, dtype=torch.int32, device=DEVICE)
+    seq_idx[0, 20:] = 1
+
+    def f(q, k, v, decay, s0):
+        o, final, states = linear_attention(q, k, v, decay=decay, initial_state=s0, return_final_state=True,
+                                            return_chunk_states=True, seq_idx=seq_idx)
+        y = ssd(v.transpose(1, 2), -decay.transpose(1, 2), -torch.ones(2, device=DEVICE), k.transpose(1, 2)[:, :, :1],
+                q.transpose(1, 2)[:, :, :1], seq_idx=seq_idx)
+        return o.float().square().sum() + final.sum() + states.sum() + y.float().sum()
+
+    leaves = (q, k, v, decay, s0)
+    eager = torch.autograd.grad(f(*leaves), leaves)
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    for name, ref, out in zip(("dq", "dk", "dv", "ddecay", "ds0"), eager, torch.autograd.grad(compiled(*leaves), leaves)):
+        assert_close(name, ref, out, 1e-2, 1e-2)
