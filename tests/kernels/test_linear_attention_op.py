@@ -262,3 +262,34 @@ def test_bfloat16_compiles_fullgraph():
     grads = torch.autograd.grad(compiled(*leaves), leaves)
     for name, ref, out in zip(("dq", "dk", "dv", "ddecay", "ds0"), eager, grads):
         assert_close(name, ref, out, 1e-2, 1e-2)
+
+
+@pytest.mark.parametrize("device", ["meta", "cuda"])
+def test_whole_call_reads_no_values(device):
+    """linear_attention and ssd with every option, backward included, on tensors without data:
+    on the meta device (the references) and on fake CUDA tensors where torch has CUDA (the ops;
+    a GPU need not be present). Reading a value (``.item()``, a tensor in an ``if``) would raise."""
+    from contextlib import nullcontext
+
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    if device == "cuda" and not torch.backends.cuda.is_built():
+        pytest.skip("this torch is built without CUDA: no fake CUDA tensors")
+    with FakeTensorMode() if device == "cuda" else nullcontext():
+        B, H, T, K, V = 2, 4, 4100, 64, 128
+        q, k = (torch.empty(B, H, T, K, device=device, requires_grad=True) for _ in range(2))
+        v = torch.empty(B, H, T, V, device=device, requires_grad=True)
+        decay = torch.empty(B, H, T, device=device, requires_grad=True)
+        s0 = torch.empty(B, H, K, V, device=device, requires_grad=True)
+        seq_idx = torch.empty(B, T, dtype=torch.int32, device=device)
+        o, final, states = linear_attention(q, k, v, decay=decay, initial_state=s0, return_final_state=True,
+                                            return_chunk_states=True, chunk_size=128, seq_idx=seq_idx)
+        (o.sum() + final.sum() + states.sum()).backward()
+        assert o.shape == v.shape and final.shape == s0.shape and states.shape == (B, H, 33, K, V)
+        assert q.grad.shape == q.shape and decay.grad.shape == decay.shape and s0.grad.shape == s0.shape
+        x = torch.empty(B, T, H, V, device=device, requires_grad=True)
+        dt = torch.empty(B, T, H, device=device)
+        A = torch.empty(H, device=device, requires_grad=True)
+        Bm, Cm = (torch.empty(B, T, 1, K, device=device) for _ in range(2))
+        y, last = ssd(x, dt, A, Bm, Cm, D=A, seq_idx=seq_idx, dt_softplus=True, return_final_states=True)
+        (y.sum() + last.sum()).backward()
+        assert y.shape == x.shape and last.shape == (B, H, V, K) and x.grad.shape == x.shape
