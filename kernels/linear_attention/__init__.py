@@ -3,7 +3,9 @@
 `linear_attention` and `linear_attention_step` (``api.py``) run the chunk-parallel Triton kernels
 of ``triton.py``; `linear_attention_quadratic`, `linear_attention_recurrent` and
 `linear_attention_chunk_states` (``naive.py``) are the plain PyTorch references;
-``feature_maps.py`` holds the feature maps applied to ``q`` and ``k``.
+``feature_maps.py`` holds the feature maps applied to ``q`` and ``k``; ``op.py`` registers the
+Triton path as PyTorch operators (``torch.ops.kernels.linear_attention_fwd``, ``_bwd``,
+``linear_attention_step``), which ``torch.compile`` traces.
 """
 from .api import linear_attention, linear_attention_step
 from .feature_maps import (elu_plus_one, gaussian_projection, orthogonal_gaussian, positive_random_features,

@@ -15,7 +15,9 @@ from .._checks import (check_bool, check_dim, check_float_dtypes, check_same_dev
 from .naive import linear_attention_chunk_states, linear_attention_quadratic, linear_attention_varlen
 
 if HAS_TRITON:
-    from .triton import ChunkLinearAttention, _config, linear_attention_step_fused, varlen_layout
+    from .op import linear_attention_fwd, linear_attention_step_op
+    from .triton import _config, linear_attention_step_fused, varlen_layout
+
 
 def check_log_decay(decay, B: int, H: int, T: int, device, per_token: str = "[B, H, T]") -> None:
     """``decay`` must be a floating tensor of log-decays, ``[H]`` or ``per_token``, on ``device``.
@@ -37,7 +39,7 @@ def check_log_decay(decay, B: int, H: int, T: int, device, per_token: str = "[B,
                              f"got {tuple(decay.shape)}")
     if decay.device != device:
         raise ValueError(f"decay must be on the device of q ({device}), got {decay.device}")
-    if decay.device.type == "cpu" and not decay.is_meta:
+    if decay.device.type == "cpu" and not decay.is_meta and not torch.compiler.is_compiling():
         with torch.no_grad():
             if not torch.isfinite(decay).all() or (decay > 0).any():
                 raise ValueError("decay must hold finite log-decays <= 0 (gamma = exp(decay) in (0, 1]), "
@@ -112,7 +114,8 @@ def _check_inputs(q, k, v, causal, decay, scale, initial_state, return_final_sta
         if tuple(seq_idx.shape) != (B, T):
             raise ValueError(f"seq_idx must have shape [B, T] = {(B, T)}, got {tuple(seq_idx.shape)}")
         check_same_device({"q": q, "seq_idx": seq_idx})
-        if seq_idx.device.type == "cpu" and T > 1 and (seq_idx[:, 1:] < seq_idx[:, :-1]).any():
+        if (seq_idx.device.type == "cpu" and T > 1 and not torch.compiler.is_compiling()
+                and (seq_idx[:, 1:] < seq_idx[:, :-1]).any()):
             raise ValueError("seq_idx must be nondecreasing along T: each sequence is one contiguous run of positions")
         if not causal:
             raise ValueError("seq_idx needs causal=True")
@@ -244,9 +247,9 @@ def _run(q, k, v, causal, decay, scale, initial_state, chunk_size=None, seq_idx=
             g = torch.zeros(B, H, T, device=q.device, dtype=torch.float32)
         else:
             g = (decay[None, :, None] if decay.dim() == 1 else decay).float().expand(B, H, T)
+        o, final, states = linear_attention_fwd(q, k, v, g, scale, initial_state, chunk_size is not None, seq_idx)
         if chunk_size is None:
-            return ChunkLinearAttention.apply(q, k, v, g, scale, initial_state, False, seq_idx)[:2]
-        o, final, states = ChunkLinearAttention.apply(q, k, v, g, scale, initial_state, True, seq_idx)
+            return o, final
         every = chunk_size // _config(q.shape[-1], v.shape[-1], v.dtype)["CHUNK"]  # kernel chunks per chunk
         return o, final, states[:, :, ::every]
     o, final = linear_attention_quadratic(q, k, v, decay=decay, scale=scale, initial_state=initial_state,
@@ -274,8 +277,8 @@ def _run_varlen(q, k, v, decay, scale, initial_state, cu_seqlens):
     def spread(x):  # [1, H, total, D] -> [1, H, Tp, D], zeros between the sequences
         return x.new_zeros(*x.shape[:2], layout.length, *x.shape[3:]).index_copy(2, layout.dest, x)
 
-    o, final, _ = ChunkLinearAttention.apply(spread(q), spread(k), spread(v), spread(g), scale, initial_state,
-                                             False, None, layout)
+    o, final, _ = linear_attention_fwd(spread(q), spread(k), spread(v), spread(g), scale, initial_state, False, None,
+                                       cu_seqlens, total)
     o = o.index_select(2, layout.dest)  # back to the packed positions
     if initial_state is not None:  # an empty sequence keeps its initial state
         final = torch.where(layout.empty[:, None, None, None], initial_state.float(), final)
@@ -337,7 +340,9 @@ def linear_attention_step(q, k, v, state, decay=None, scale=None):
     needs_grad = torch.is_grad_enabled() and any(
         x is not None and x.requires_grad for x in (q, k, v, state, decay))
     if uses_triton(q) and acc == torch.float32 and not needs_grad:
-        return linear_attention_step_fused(q, k, v, state, decay, scale)
+        # the registered operator under torch.compile (which cannot trace the launch), else the launch
+        step = linear_attention_step_op if torch.compiler.is_compiling() else linear_attention_step_fused
+        return step(q, k, v, state, decay, scale)
     S = state.to(acc)
     if decay is not None:
         g = decay.to(acc)[None, :] if decay.dim() == 1 else decay.to(acc)

@@ -27,10 +27,18 @@ of ``v`` and ``k`` are the reverse form of (c),
     out_j = scale * sum_{i >= j} exp(c_i - c_j) (a_i . b_j) c_i  +  exp(c_L - c_j) b_j G_n
 
 on ``(q, k, do)`` with ``G`` and on ``(do, v, q)`` with ``G^T``. The gradient of the log-decay
-needs no kernel (see `ChunkLinearAttention.backward`).
+needs no kernel (see `chunk_backward`).
+
+`chunk_forward` and `chunk_backward` launch them; ``op.py`` registers the two as PyTorch
+operators (``torch.ops.kernels.linear_attention_fwd`` / ``_bwd``), which is what autograd and
+``torch.compile`` see. On a GPU every launch autotunes its tiles, warps and stages
+(``triton.autotune``, short lists pruned to the device's shared memory; ``CHUNK`` stays 64, since
+the returned chunk states depend on it); in the interpreter the launchers use the deterministic
+`_config`, `_pass_config` and `_step_config`, which the ahead-of-time compile test also reads.
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
@@ -261,6 +269,116 @@ def _pass_config(interpret: bool = INTERPRET) -> dict:
     return dict(BLOCK=256, num_warps=1 if interpret else 2)
 
 
+# --- autotuning on a GPU: short lists, pruned per launch to the widths and the shared memory
+
+# (BLOCK_AB, BLOCK_C, num_warps, num_stages) of `_chunk_state_kernel` and `_chunk_out_kernel`
+CHUNK_CONFIGS = [(64, 64, 4, 2), (128, 64, 8, 2), (64, 128, 8, 2), (32, 64, 4, 3), (64, 32, 4, 3), (128, 128, 8, 1)]
+PASS_CONFIGS = [(128, 1), (256, 2), (512, 4), (1024, 4)]  # (BLOCK, num_warps) of `_state_pass_kernel`
+STEP_CONFIGS = [(64, 64, 4), (32, 64, 2), (64, 32, 2), (128, 64, 8), (32, 32, 1)]  # (BLOCK_K, BLOCK_V, num_warps)
+DEFAULT_SHARED_BYTES = 163 * 1024  # A100's limit per block (166912 bytes), when torch does not say
+
+
+def _shared_estimate(CHUNK, BLOCK_AB, BLOCK_C, num_stages, elsize):
+    """Bytes of shared memory a chunk-kernel configuration needs, from above (the larger kernel,
+    `_chunk_out_kernel`): ``max(num_stages - 1, 1)`` buffers of the streamed ``a``, ``b`` tiles
+    ``[CHUNK, BLOCK_AB]`` and the state tile ``[BLOCK_AB, BLOCK_C]``, plus the score and ``c`` tiles
+    of the last product. At or above what Triton 3.x allocates for sm_80 and sm_90 for every
+    configuration of `CHUNK_CONFIGS`; the compile test checks the real count of every one kept."""
+    streamed = max(num_stages - 1, 1) * (2 * CHUNK * BLOCK_AB + BLOCK_AB * BLOCK_C)
+    return elsize * (streamed + CHUNK * CHUNK + CHUNK * BLOCK_C)
+
+
+def _cap(width: int) -> int:
+    """The widest useful tile for ``width`` columns: its next power of two, at least 16."""
+    return max(16, triton.next_power_of_2(width))
+
+
+def _chunk_configs(DAB: int, DC: int, dtype: torch.dtype, limit: int = DEFAULT_SHARED_BYTES) -> list:
+    """The autotune list of the chunk kernels for operands of widths ``DAB``, ``DC``: `CHUNK_CONFIGS`
+    with tiles no wider than the operands (narrower ones merge), without those whose estimated
+    shared memory passes ``limit`` bytes (the smallest is kept if none fits). Dicts with
+    ``BLOCK_AB``, ``BLOCK_C``, ``num_warps`` and ``num_stages``."""
+    CHUNK = _config(DAB, DC, dtype, interpret=False)["CHUNK"]
+    elsize = 4 if dtype == torch.float32 else 2
+    kept, seen = [], set()
+    for BLOCK_AB, BLOCK_C, num_warps, num_stages in CHUNK_CONFIGS:
+        config = (min(BLOCK_AB, _cap(DAB)), min(BLOCK_C, _cap(DC)), num_warps, num_stages)
+        if config not in seen:
+            seen.add(config)
+            kept.append(config)
+    fits = [c for c in kept if _shared_estimate(CHUNK, c[0], c[1], c[3], elsize) <= limit]
+    if not fits:
+        fits = [min(kept, key=lambda c: _shared_estimate(CHUNK, c[0], c[1], c[3], elsize))]
+    return [dict(BLOCK_AB=a, BLOCK_C=c, num_warps=w, num_stages=st) for a, c, w, st in fits]
+
+
+def _pass_configs(SIZE: int) -> list:
+    """The autotune list of `_state_pass_kernel` for states of ``SIZE`` entries: `PASS_CONFIGS`
+    with blocks no larger than the state (at least the smallest). It holds no tile in shared memory."""
+    return [dict(BLOCK=b, num_warps=w) for b, w in PASS_CONFIGS if b <= max(PASS_CONFIGS[0][0], SIZE)]
+
+
+def _step_configs(DK: int, DV: int) -> list:
+    """The autotune list of `_step_kernel`: `STEP_CONFIGS` with tiles no wider than the state."""
+    kept = {}
+    for BLOCK_K, BLOCK_V, num_warps in STEP_CONFIGS:
+        kept[(min(BLOCK_K, _cap(DK)), min(BLOCK_V, _cap(DV)), num_warps)] = None
+    return [dict(BLOCK_K=k, BLOCK_V=v, num_warps=w, num_stages=1) for k, v, w in kept]
+
+
+@functools.lru_cache(maxsize=None)
+def _shared_limit(device_index: int) -> int:
+    """Shared memory a block may opt into on this GPU (A100's when torch does not say)."""
+    return getattr(torch.cuda.get_device_properties(device_index), "shared_memory_per_block_optin",
+                   DEFAULT_SHARED_BYTES)
+
+
+def _as_triton(configs, tiles):
+    return [triton.Config({k: c[k] for k in tiles}, num_warps=c["num_warps"], num_stages=c.get("num_stages", 1))
+            for c in configs]
+
+
+def _prune_chunk(configs, named_args, **kwargs):
+    c = named_args["Cp"]
+    limit = _shared_limit(c.device.index if c.device.index is not None else torch.cuda.current_device())
+    return _as_triton(_chunk_configs(named_args["DAB"], named_args["DC"], c.dtype, limit), ("BLOCK_AB", "BLOCK_C"))
+
+
+def _prune_pass(configs, named_args, **kwargs):
+    return _as_triton(_pass_configs(named_args["SIZE"]), ("BLOCK",))
+
+
+def _prune_step(configs, named_args, **kwargs):
+    return _as_triton(_step_configs(named_args["DK"], named_args["DV"]), ("BLOCK_K", "BLOCK_V"))
+
+
+_CHUNK_LIST = [triton.Config(dict(BLOCK_AB=a, BLOCK_C=c), num_warps=w, num_stages=st) for a, c, w, st in CHUNK_CONFIGS]
+# Keyed on the widths and the flags; Triton adds the dtypes of the tensors. The chunk kernels
+# write every element of a fresh buffer (timing them again rewrites the same values); the state
+# pass works in place, so its buffer is restored after each timed run.
+_chunk_state_tuned = triton.autotune(_CHUNK_LIST, key=["DAB", "DC", "REVERSE", "HAS_SEG"],
+                                     prune_configs_by={"early_config_prune": _prune_chunk})(_chunk_state_kernel)
+_chunk_out_tuned = triton.autotune(_CHUNK_LIST, key=["DAB", "DC", "REVERSE", "HAS_SEG"],
+                                   prune_configs_by={"early_config_prune": _prune_chunk})(_chunk_out_kernel)
+_state_pass_tuned = triton.autotune([triton.Config(dict(BLOCK=b), num_warps=w) for b, w in PASS_CONFIGS],
+                                    key=["SIZE", "REVERSE", "HAS_S0", "HAS_DS", "HAS_SEG", "VARLEN"],
+                                    prune_configs_by={"early_config_prune": _prune_pass},
+                                    restore_value=["HC"])(_state_pass_kernel)
+
+
+def _launch(kernel, tuned, grid, args, config, **flags):
+    """Run ``kernel`` on ``args``: with the deterministic ``config`` in the interpreter; on a GPU
+    through ``tuned``, which picks the tiles, warps and stages (the rest of ``config``, such as
+    ``CHUNK`` and ``PRECISION``, is passed as it is). ``grid(meta)`` is the grid for the tiles in ``meta``."""
+    if INTERPRET:
+        kernel[grid(config)](*args, **flags, **config)
+        return
+    chosen = set(tuned.configs[0].kwargs) | {"num_warps", "num_stages"}
+    fixed = {k: v for k, v in config.items() if k not in chosen}
+    with torch.cuda.device(args[0].device):
+        tuned[grid](*args, **flags, **fixed)
+
+
 def chunk_cumsum(g: torch.Tensor, chunk: int) -> torch.Tensor:
     """In-chunk cumulative sums of the log-decays ``g [B, H, T]`` as float32 ``[B H, NT chunk]``.
 
@@ -350,20 +468,24 @@ def _states(b, c, gc, s0, scale, reverse, want_last, config, extra=None, seg=Non
     CHUNK = config["CHUNK"]
     NT = triton.cdiv(T, CHUNK)
     hc = torch.empty(Bsz * H, NT, DAB, DC, device=c.device, dtype=torch.float32)
-    grid = (triton.cdiv(DAB, config["BLOCK_AB"]) * triton.cdiv(DC, config["BLOCK_C"]), NT, Bsz * H)
+    def grid(meta):  # tiles of the [DAB, DC] state, chunks, heads
+        return triton.cdiv(DAB, meta["BLOCK_AB"]) * triton.cdiv(DC, meta["BLOCK_C"]), NT, Bsz * H
+
     SEG, SEGP, KEEP = seg if seg is not None else (hc, hc, hc)
-    _chunk_state_kernel[grid](b, c, gc, hc, SEG, SEGP, *b.stride()[:3], *c.stride()[:3], T, DAB, DC, H, NT, scale,
-                              REVERSE=reverse, HAS_SEG=seg is not None, **config)
+    _launch(_chunk_state_kernel, _chunk_state_tuned, grid,
+            (b, c, gc, hc, SEG, SEGP, *b.stride()[:3], *c.stride()[:3], T, DAB, DC, H, NT, scale), config,
+            REVERSE=reverse, HAS_SEG=seg is not None)
     last = torch.empty(Bsz, H, DAB, DC, device=c.device, dtype=torch.float32) if want_last else hc
     if varlen is not None and want_last:  # an empty sequence has no chunk to store its state
         last = torch.zeros(varlen.N, H, DAB, DC, device=c.device, dtype=torch.float32)
     FIRST, LAST = (varlen.first, varlen.last) if varlen is not None else (hc, hc)
     s0 = None if s0 is None else s0.float().contiguous()
     pconf = _pass_config()
-    _state_pass_kernel[(triton.cdiv(DAB * DC, pconf["BLOCK"]), Bsz * H)](
-        hc, gc, s0 if s0 is not None else hc, last, extra if extra is not None else hc, KEEP, FIRST, LAST, NT,
-        DAB * DC, H, HAS_S0=s0 is not None, STORE_SN=want_last, REVERSE=reverse, HAS_DS=extra is not None,
-        HAS_SEG=seg is not None, CHUNK=CHUNK, VARLEN=varlen is not None, **pconf)
+    _launch(_state_pass_kernel, _state_pass_tuned, lambda meta: (triton.cdiv(DAB * DC, meta["BLOCK"]), Bsz * H),
+            (hc, gc, s0 if s0 is not None else hc, last, extra if extra is not None else hc, KEEP, FIRST, LAST,
+             NT, DAB * DC, H),
+            pconf, HAS_S0=s0 is not None, STORE_SN=want_last, REVERSE=reverse, HAS_DS=extra is not None,
+            HAS_SEG=seg is not None, CHUNK=CHUNK, VARLEN=varlen is not None)
     return hc, (last if want_last else None)
 
 
@@ -375,90 +497,94 @@ def _outputs(a, b, c, states, transpose, gc, scale, reverse, config, out_dtype, 
     NT = states.shape[1]
     out = torch.empty(Bsz, H, T, DC, device=c.device, dtype=out_dtype)
     stride_sr, stride_sc = (1, DAB) if transpose else (DC, 1)
-    grid = (triton.cdiv(DC, config["BLOCK_C"]), NT, Bsz * H)
+    def grid(meta):  # blocks of output columns, chunks, heads
+        return triton.cdiv(DC, meta["BLOCK_C"]), NT, Bsz * H
+
     SEG, SEGP = seg[:2] if seg is not None else (states, states)
-    _chunk_out_kernel[grid](a, b, c, states, gc, out, SEG, SEGP, *a.stride()[:3], *b.stride()[:3], *c.stride()[:3],
-                            *out.stride()[:3], stride_sr, stride_sc, T, DAB, DC, H, NT, scale,
-                            REVERSE=reverse, HAS_SEG=seg is not None, **config)
+    _launch(_chunk_out_kernel, _chunk_out_tuned, grid,
+            (a, b, c, states, gc, out, SEG, SEGP, *a.stride()[:3], *b.stride()[:3], *c.stride()[:3],
+             *out.stride()[:3], stride_sr, stride_sc, T, DAB, DC, H, NT, scale), config,
+            REVERSE=reverse, HAS_SEG=seg is not None)
     return out
 
 
-class ChunkLinearAttention(torch.autograd.Function):
-    """Autograd for chunk-parallel causal linear attention.
+def chunk_forward(q, k, v, g, scale, initial_state, want_states=False, seq_idx=None, cu_seqlens=None, total=0):
+    """Chunk-parallel causal linear attention, forward (the kernel of ``kernels::linear_attention_fwd``).
 
-    Inputs: ``q, k [B, H, T, K]``, ``v [B, H, T, V]``, ``g`` the float32 per-token log-decays
-    ``[B, H, T]``, ``scale``, ``initial_state [B, H, K, V]`` or None, ``want_states``. Returns
-    ``o [B, H, T, V]``, the float32 final state ``[B, H, K, V]`` and, with ``want_states``, the
-    float32 states before each chunk of ``CHUNK`` (`_config`) positions ``[B, H, NT, K, V]``
-    (else None).
+    Inputs: ``q, k [B, H, T, K]``, ``v [B, H, T, V]`` (any strides), ``g`` the float32 per-token
+    log-decays ``[B, H, T]``, ``scale``, ``initial_state [B, H, K, V]`` or None, ``want_states``,
+    ``seq_idx [B, T]`` or None. Returns ``o [B, H, T, V]``, the float32 final state
+    ``[B, H, K, V]`` and, with ``want_states``, the float32 states before each chunk of ``CHUNK``
+    (`_config`) positions ``[B, H, NT, K, V]`` (else None).
 
-    With ``varlen`` (a `VarlenLayout`; batch of one) the inputs are already laid out in its
-    chunk-aligned buffer, ``initial_state`` and the final states are per sequence
-    ``[N, H, K, V]``, and only the state pass knows about the sequences: each chunk lies inside
-    one, so the chunk kernels need no mask. The output is the buffer's ``[1, H, Tp, V]``.
+    With ``cu_seqlens`` (``[N + 1]`` offsets of ``total`` packed positions; batch of one) the
+    inputs are already laid out in the chunk-aligned buffer of `varlen_layout`,
+    ``initial_state`` and the final states are per sequence ``[N, H, K, V]``, and only the state
+    pass knows about the sequences: each chunk lies inside one, so the chunk kernels need no
+    mask. The output is the buffer's ``[1, H, Tp, V]``.
     """
+    q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
+    K, V = q.shape[-1], v.shape[-1]
+    config = _config(K, V, v.dtype)
+    gc = chunk_cumsum(g, config["CHUNK"])
+    seg = segments(seq_idx, q.shape[2], config["CHUNK"])
+    varlen = None if cu_seqlens is None else varlen_layout(cu_seqlens, total, config["CHUNK"])
+    states, final = _states(k, v, gc, initial_state, 1.0, False, True, config, seg=seg, varlen=varlen)
+    o = _outputs(q, k, v, states, False, gc, scale, False, config, v.dtype, seg)
+    if not want_states:
+        return o, final, None
+    Bsz, H, T, _ = q.shape
+    return o, final, states.reshape(Bsz, H, -1, K, V)
 
-    @staticmethod
-    def forward(ctx, q, k, v, g, scale, initial_state, want_states=False, seq_idx=None, varlen=None):
-        q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
-        K, V = q.shape[-1], v.shape[-1]
-        config = _config(K, V, v.dtype)
-        gc = chunk_cumsum(g, config["CHUNK"])
-        seg = segments(seq_idx, q.shape[2], config["CHUNK"])
-        states, final = _states(k, v, gc, initial_state, 1.0, False, True, config, seg=seg, varlen=varlen)
-        o = _outputs(q, k, v, states, False, gc, scale, False, config, v.dtype, seg)
-        ctx.save_for_backward(q, k, v, g, initial_state, final, seq_idx)
-        ctx.varlen = varlen
-        ctx.scale = scale
-        ctx.want_states = want_states
-        if not want_states:
-            return o, final, None
-        Bsz, H, T, _ = q.shape
-        return o, final, states.reshape(Bsz, H, -1, K, V)
 
-    @staticmethod
-    def backward(ctx, do, dfinal, dstates=None):
-        q, k, v, g, s0, final, seq_idx = ctx.saved_tensors
-        scale = ctx.scale
-        do = _last_dim_contiguous(do.to(v.dtype))
-        K, V = q.shape[-1], v.shape[-1]
-        config = _config(K, V, v.dtype)
-        gc = chunk_cumsum(g, config["CHUNK"])
-        seg = segments(seq_idx, q.shape[2], config["CHUNK"])
-        varlen = ctx.varlen
-        states, _ = _states(k, v, gc, s0, 1.0, False, False, config, seg=seg, varlen=varlen)  # recomputed
-        extra = None
-        if ctx.want_states and dstates is not None:
-            extra = dstates.float().reshape(states.shape).contiguous()
-        grads, ds0 = _states(q, do, gc, dfinal, scale, True, s0 is not None, config, extra, seg,
-                             varlen)  # after each chunk
-        # dq and dk in float32 whenever the decay needs a gradient: it is built from q . dq - k . dk.
-        wide = torch.float32 if ctx.needs_input_grad[3] else q.dtype
-        kconf = _config(V, K, v.dtype)
-        dq = _outputs(do, v, k, states, True, gc, scale, False, kconf, wide, seg)
-        dk = _outputs(do, v, q, grads, True, gc, scale, True, kconf, wide, seg)
-        dv = _outputs(q, k, do, grads, False, gc, scale, True, config, v.dtype, seg)
-        dg = None
-        if ctx.needs_input_grad[3]:
-            # o_i depends on the log-decays through exp(G_i - G_j), G the cumulative sum over the
-            # sequence: dL/dG_t = q_t . dq_t - k_t . dk_t (plus <dfinal, final> at the last
-            # position, which final depends on through exp(G_{T-1} - G_j)); g_r enters every
-            # G_t with t >= r, so dL/dg_r is the reverse cumulative sum.
-            dG = (q.float() * dq).sum(-1) - (k.float() * dk).sum(-1)
-            if dfinal is not None and varlen is not None:  # final state i sits at the end of sequence i
-                dG[0].index_add_(-1, varlen.end, (dfinal.float() * final).sum((-1, -2)).T)
-            elif dfinal is not None:
-                dG[..., -1] += (dfinal.float() * final).sum((-1, -2))
-            if extra is not None:  # the state before chunk n >= 1 holds exp(G_{nC-1} - G_s) like a final state
-                Bsz, H, T, _ = q.shape
-                CHUNK = config["CHUNK"]
-                inner = (extra * states).sum((-1, -2)).reshape(Bsz, H, -1)[..., 1:]  # [B, H, NT - 1]
-                dG[..., CHUNK - 1::CHUNK][..., :inner.shape[-1]] += inner
-            dg = dG.flip(-1).cumsum(-1).flip(-1)
-            if varlen is not None:  # the sum runs to the end of each sequence only
-                dg = dg - torch.nn.functional.pad(dg, (0, 1))[..., varlen.stop]
-        ds0 = None if ds0 is None else ds0.to(s0.dtype)
-        return dq.to(q.dtype), dk.to(k.dtype), dv, dg, None, ds0, None, None, None
+def chunk_backward(do, dfinal, dstates, q, k, v, g, s0, final, seq_idx, scale, want_states, needs_dg,
+                   cu_seqlens=None, total=0):
+    """The gradients ``(dq, dk, dv, dg, ds0)`` of `chunk_forward`'s inputs, from those of its
+    outputs: ``do [B, H, T, V]``, ``dfinal [B, H, K, V]`` (or None) and ``dstates [B, H, NT, K, V]``
+    (or None). ``dg [B, H, T]`` (float32) only with ``needs_dg``, ``ds0`` only with ``s0``
+    (else None); ``dq, dk, dv`` in the dtypes of ``q, k, v``, contiguous. ``cu_seqlens`` and
+    ``total`` as in `chunk_forward` (``dfinal`` and ``ds0`` are then per sequence).
+    """
+    q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
+    do = _last_dim_contiguous(do.to(v.dtype))
+    K, V = q.shape[-1], v.shape[-1]
+    config = _config(K, V, v.dtype)
+    gc = chunk_cumsum(g, config["CHUNK"])
+    seg = segments(seq_idx, q.shape[2], config["CHUNK"])
+    varlen = None if cu_seqlens is None else varlen_layout(cu_seqlens, total, config["CHUNK"])
+    states, _ = _states(k, v, gc, s0, 1.0, False, False, config, seg=seg, varlen=varlen)  # recomputed
+    extra = None
+    if want_states and dstates is not None:
+        extra = dstates.float().reshape(states.shape).contiguous()
+    grads, ds0 = _states(q, do, gc, dfinal, scale, True, s0 is not None, config, extra, seg,
+                         varlen)  # after each chunk
+    # dq and dk in float32 whenever the decay needs a gradient: it is built from q . dq - k . dk.
+    wide = torch.float32 if needs_dg else q.dtype
+    kconf = _config(V, K, v.dtype)
+    dq = _outputs(do, v, k, states, True, gc, scale, False, kconf, wide, seg)
+    dk = _outputs(do, v, q, grads, True, gc, scale, True, kconf, wide, seg)
+    dv = _outputs(q, k, do, grads, False, gc, scale, True, config, v.dtype, seg)
+    dg = None
+    if needs_dg:
+        # o_i depends on the log-decays through exp(G_i - G_j), G the cumulative sum over the
+        # sequence: dL/dG_t = q_t . dq_t - k_t . dk_t (plus <dfinal, final> at the last
+        # position, which final depends on through exp(G_{T-1} - G_j)); g_r enters every
+        # G_t with t >= r, so dL/dg_r is the reverse cumulative sum.
+        dG = (q.float() * dq).sum(-1) - (k.float() * dk).sum(-1)
+        if dfinal is not None and varlen is not None:  # final state i sits at the end of sequence i
+            dG[0].index_add_(-1, varlen.end, (dfinal.float() * final).sum((-1, -2)).T)
+        elif dfinal is not None:
+            dG[..., -1] += (dfinal.float() * final).sum((-1, -2))
+        if extra is not None:  # the state before chunk n >= 1 holds exp(G_{nC-1} - G_s) like a final state
+            Bsz, H, T, _ = q.shape
+            CHUNK = config["CHUNK"]
+            inner = (extra * states).sum((-1, -2)).reshape(Bsz, H, -1)[..., 1:]  # [B, H, NT - 1]
+            dG[..., CHUNK - 1::CHUNK][..., :inner.shape[-1]] += inner
+        dg = dG.flip(-1).cumsum(-1).flip(-1)
+        if varlen is not None:  # the sum runs to the end of each sequence only
+            dg = dg - torch.nn.functional.pad(dg, (0, 1))[..., varlen.stop]
+    ds0 = None if ds0 is None else ds0.to(s0.dtype)
+    return dq.to(q.dtype), dk.to(k.dtype), dv, dg, ds0
 
 
 @triton.jit
@@ -502,6 +628,12 @@ def _step_config(DK: int, DV: int, interpret: bool = INTERPRET) -> dict:
     return dict(BLOCK_K=BLOCK_K, BLOCK_V=BLOCK_V, num_warps=1 if interpret else 4)
 
 
+# the step writes a fresh state and output: timing it again rewrites the same values
+_step_tuned = triton.autotune([triton.Config(dict(BLOCK_K=k, BLOCK_V=v), num_warps=w, num_stages=1)
+                               for k, v, w in STEP_CONFIGS], key=["DK", "DV", "HAS_G", "G_PER_BATCH"],
+                              prune_configs_by={"early_config_prune": _prune_step})(_step_kernel)
+
+
 def linear_attention_step_fused(q, k, v, state, decay, scale):
     """`_step_kernel` on ``q, k [B, H, K]``, ``v [B, H, V]``, ``state [B, H, K, V]`` and
     ``decay`` (``[H]``, ``[B, H]`` or None): ``(o [B, H, V], new state [B, H, K, V] float32)``."""
@@ -511,8 +643,7 @@ def linear_attention_step_fused(q, k, v, state, decay, scale):
     o = torch.empty(B, H, DV, device=q.device, dtype=q.dtype)
     new = torch.empty(B, H, DK, DV, device=q.device, dtype=torch.float32)
     g = o if decay is None else decay.contiguous()
-    config = _step_config(DK, DV)
-    _step_kernel[(triton.cdiv(DV, config["BLOCK_V"]), B * H)](
-        q, k, v, state, g, o, new, DK, DV, H, scale, HAS_G=decay is not None,
-        G_PER_BATCH=decay is not None and decay.dim() == 2, **config)
+    _launch(_step_kernel, _step_tuned, lambda meta: (triton.cdiv(DV, meta["BLOCK_V"]), B * H),
+            (q, k, v, state, g, o, new, DK, DV, H, scale), _step_config(DK, DV), HAS_G=decay is not None,
+            G_PER_BATCH=decay is not None and decay.dim() == 2)
     return o, new

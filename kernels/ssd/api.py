@@ -9,11 +9,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from .._checks import (check_bool, check_float_dtypes, check_same_device, check_shape, check_tensor,
                        values_checkable)
-from ..linear_attention.api import linear_attention
+from .op import ssd_op
 
 
 def _check_float(name, x, layout):
@@ -108,7 +107,7 @@ def _check_ssd_inputs(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states,
     if return_varlen_states and cu_seqlens is None:
         raise ValueError("return_varlen_states needs cu_seqlens: the offsets of the packed sequences")
     check_same_device(tensors)
-    if A.device.type == "cpu" and (not torch.isfinite(A).all() or (A > 0).any()):
+    if A.device.type == "cpu" and not torch.compiler.is_compiling() and (not torch.isfinite(A).all() or (A > 0).any()):
         raise ValueError("A must hold finite decay rates <= 0 (the log-decay dt * A must be <= 0), "
                          f"got values in [{A.min().item()}, {A.max().item()}]")
     if dt_limit[0] < 0:
@@ -165,7 +164,9 @@ def ssd(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, initial_st
 
     Where it runs: as `kernels.linear_attention` (Triton on CUDA, Triton's interpreter on CPU
     under ``TRITON_INTERPRET=1`` except bfloat16, otherwise the PyTorch reference). Gradients flow
-    to every tensor argument: ``x, dt, A, B, C, D, z, dt_bias, initial_states``.
+    to every tensor argument: ``x, dt, A, B, C, D, z, dt_bias, initial_states``. After its checks
+    it calls the registered operator ``torch.ops.kernels.ssd`` (``op.py``), which
+    ``torch.compile(fullgraph=True)`` traces without a graph break.
 
     Returns:
         ``y [b, L, h, p]`` in the dtype of ``x``, or ``(y, final_states [b, h, p, n])``, or
@@ -192,37 +193,9 @@ def ssd(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, initial_st
     """
     _check_ssd_inputs(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, cu_seqlens,
                       dt_softplus, dt_limit, return_final_states, return_varlen_states, state_dtype)
-    b, L, h, p = x.shape
-    g, n = B.shape[2], B.shape[3]
-    step = dt.float()
-    if dt_bias is not None:
-        step = step + dt_bias.float()
-    if dt_softplus:
-        step = F.softplus(step, threshold=20.0)
-    step = step.clamp(dt_limit[0], dt_limit[1])  # always, as mamba_ssm: a negative step becomes 0
-    log_decay = (step * A.float()).transpose(1, 2)  # [b, h, L]
-
-    def per_head(t):  # [b, L, g, n] -> [b, h, L, n] in the dtype of x
-        t = t.to(x.dtype)
-        if g != h:
-            t = t[:, :, :, None, :].expand(b, L, g, h // g, n).reshape(b, L, h, n)
-        return t.transpose(1, 2)
-
-    v = (x.float() * step[..., None]).to(x.dtype).transpose(1, 2)  # dt x: [b, h, L, p]
-    s0 = None if initial_states is None else initial_states.float().transpose(-1, -2)  # [b, h, n, p]
-    if cu_seqlens is not None:
-        if s0 is not None:  # the first sequence's; the others start from 0: [N, h, n, p]
-            s0 = torch.cat([s0, s0.new_zeros(cu_seqlens.shape[0] - 2, h, n, p)])
-        seq_idx = None  # the offsets say the same
-    o, final = linear_attention(per_head(C), per_head(B), v, decay=log_decay, scale=1.0, initial_state=s0,
-                                return_final_state=True, seq_idx=seq_idx, cu_seqlens=cu_seqlens)
-    final = final.transpose(-1, -2).to(torch.float32 if state_dtype is None else state_dtype)  # [b or N, h, p, n]
-    y = o.transpose(1, 2).float()  # [b, L, h, p]
-    if D is not None:
-        y = y + (D.float()[:, None] if D.dim() == 1 else D.float()) * x.float()
-    if z is not None:
-        y = y * F.silu(z.float())
-    y = y.to(x.dtype)
+    y, final = ssd_op(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, cu_seqlens, dt_softplus,
+                      float(dt_limit[0]), float(dt_limit[1]))
+    final = final.to(torch.float32 if state_dtype is None else state_dtype)  # [b or N, h, p, n]
     if cu_seqlens is None:
         return (y, final) if return_final_states else y
     varlen = final  # [N, h, p, n]

@@ -158,33 +158,40 @@ def flash_attention_cases():
 def linear_attention_cases():
     from kernels._checks import FLOAT_DTYPES
     la = import_module("kernels.linear_attention.triton")
-    # The tiles depend on the widths through their next power of two only: one width of each
-    # bucket, from 1 to 513 (V up to 512, plus the column of ones that normalize=True appends).
+    # On a GPU every launch autotunes among a list that depends on the widths only through their
+    # next power of two (tiles no wider than the operands): one width of each bucket, from 1 to 513
+    # (V up to 512, plus the column of ones that normalize=True appends). The chunk kernels' lists
+    # are pruned to each GPU's shared memory: what survives for a GPU is compiled for it. CHUNK and
+    # PRECISION are never tuned: they come from _config.
     widths = [*range(1, 17), *(2**k + 1 for k in range(4, 10)), *(2**k for k in range(5, 10))]
     sizes = {"T", "DAB", "DC", "H", "NT", "SIZE", "DK", "DV"}
     seg = {"SEG", "SEGP"}
+    for arch, limit in SHARED_MEMORY.items():
+        for dtype in FLOAT_DTYPES:
+            base = la._config(64, 64, dtype, interpret=False)
+            fixed = dict(CHUNK=base["CHUNK"], PRECISION=base["PRECISION"])
+            tuned = distinct(c for a in widths for b in widths for c in la._chunk_configs(a, b, dtype, limit))
+            for constexprs, num_warps, num_stages in tuned:
+                for reverse, has_seg in ((False, False), (True, True), (False, True), (True, False)):
+                    flags = dict(constexprs, **fixed, REVERSE=reverse, HAS_SEG=has_seg)
+                    yield Case(la._chunk_state_kernel, flags, {"Bp", "Cp"}, sizes, dtype, num_warps, num_stages,
+                               small=seg, int_pointers=seg, archs=(arch,))
+                    yield Case(la._chunk_out_kernel, flags, {"Ap", "Bp", "Cp", "OUT"}, sizes, dtype, num_warps,
+                               num_stages, small=seg, int_pointers=seg, archs=(arch,))
     for dtype in FLOAT_DTYPES:
-        for constexprs, num_warps, num_stages in distinct(la._config(a, c, dtype, interpret=False)
-                                                          for a in widths for c in widths):
-            for reverse, has_seg in ((False, False), (True, True), (False, True), (True, False)):
-                flags = dict(constexprs, REVERSE=reverse, HAS_SEG=has_seg)
-                yield Case(la._chunk_state_kernel, flags, {"Bp", "Cp"}, sizes, dtype, num_warps, num_stages,
-                           small=seg, int_pointers=seg)
-                yield Case(la._chunk_out_kernel, flags, {"Ap", "Bp", "Cp", "OUT"}, sizes, dtype, num_warps,
-                           num_stages, small=seg, int_pointers=seg)
-        for constexprs, num_warps, num_stages in distinct(dict(la._step_config(k, v, interpret=False), num_stages=1)
-                                                          for k in widths for v in widths):
+        for constexprs, num_warps, num_stages in distinct(c for k in widths for v in widths
+                                                          for c in la._step_configs(k, v)):
             for has_g, per_batch in ((False, False), (True, False), (True, True)):
                 yield Case(la._step_kernel, dict(constexprs, HAS_G=has_g, G_PER_BATCH=per_batch),
                            {"Q", "K_", "V_", "O"}, sizes, dtype, num_warps, num_stages, small={"G"})
-    pconf = la._pass_config(interpret=False)
-    for reverse in (False, True):
-        for has_seg, varlen in ((False, False), (True, False), (False, True)):
-            flags = dict(HAS_S0=True, STORE_SN=True, REVERSE=reverse, HAS_DS=reverse, HAS_SEG=has_seg,
-                         CHUNK=la._config(64, 64, torch.bfloat16, interpret=False)["CHUNK"], BLOCK=pconf["BLOCK"],
-                         VARLEN=varlen)
-            yield Case(la._state_pass_kernel, flags, set(), sizes, torch.float32, pconf["num_warps"], 1,
-                       small={"KEEP", "FIRST", "LAST"}, int_pointers={"FIRST", "LAST"})
+    chunk = la._config(64, 64, torch.bfloat16, interpret=False)["CHUNK"]
+    for config in la._pass_configs(512 * 513):
+        for reverse in (False, True):
+            for has_seg, varlen in ((False, False), (True, False), (False, True)):
+                flags = dict(HAS_S0=True, STORE_SN=True, REVERSE=reverse, HAS_DS=reverse, HAS_SEG=has_seg,
+                             CHUNK=chunk, BLOCK=config["BLOCK"], VARLEN=varlen)
+                yield Case(la._state_pass_kernel, flags, set(), sizes, torch.float32, config["num_warps"], 1,
+                           small={"KEEP", "FIRST", "LAST"}, int_pointers={"FIRST", "LAST"})
 
 
 def selective_scan_cases():
