@@ -69,6 +69,7 @@ def test_shown_code_is_formatted():
             "concise",
             *FORMATTED,
         ],
+        check=False,
         cwd=ROOT,
         capture_output=True,
         text=True,
