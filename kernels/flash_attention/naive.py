@@ -29,9 +29,8 @@ def _expand_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
     """Repeat each key/value head for the ``H // Hkv`` query heads that share it
     (GQA)."""
     group = q.shape[1] // k.shape[1]
-    return k.repeat_interleave(group, dim=1), v.repeat_interleave(
-        group, dim=1
-    )  # [B, H, Tk, D]
+    # [B, H, Tk, D]
+    return k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
 
 
 def causal_mask(tq: int, tk: int, device=None) -> torch.Tensor:
@@ -99,9 +98,8 @@ def attention_ref(
         ``o [B, H, Tq, Dv]`` in the dtype of ``q``, and ``lse`` when asked.
     """
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    if (
-        cu_seqlens_q is not None
-    ):  # packed sequences: one dense call per sequence
+    # packed sequences: one dense call per sequence
+    if cu_seqlens_q is not None:
         cu_seqlens_k = cu_seqlens_q if cu_seqlens_k is None else cu_seqlens_k
         cq, ck = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
         o = q.new_zeros(*q.shape[:3], v.shape[-1])
@@ -154,24 +152,20 @@ def attention_ref(
         o, lse = torch.cat(pieces_o, dim=2), torch.cat(pieces_l, dim=2)
         return (o, lse) if return_lse else o
     k, v = _expand_kv(q, k, v)
-    s = (
-        torch.matmul(_upcast(q), _upcast(k).transpose(-1, -2)) * scale
-    )  # [B, H, Tq, Tk]
+    # [B, H, Tq, Tk]
+    s = torch.matmul(_upcast(q), _upcast(k).transpose(-1, -2)) * scale
     if softcap > 0:
         s = softcap * torch.tanh(s / softcap)
-    if (
-        causal or window[0] >= 0 or window[1] >= 0
-    ):  # decided from the arguments: reads no value
+    # decided from the arguments: reads no value
+    if causal or window[0] >= 0 or window[1] >= 0:
         s = s.masked_fill(
             ~attention_mask(q.shape[2], k.shape[2], causal, window, q.device),
             float("-inf"),
         )
-    lse = torch.logsumexp(
-        s, dim=-1
-    )  # [B, H, Tq]; -inf for a row with no visible key
-    p = torch.exp(s - lse[..., None]).nan_to_num(
-        0.0
-    )  # masked-out rows: exp(-inf - -inf) = nan -> 0
+    # [B, H, Tq]; -inf for a row with no visible key
+    lse = torch.logsumexp(s, dim=-1)
+    # masked-out rows: exp(-inf - -inf) = nan -> 0
+    p = torch.exp(s - lse[..., None]).nan_to_num(0.0)
     o = torch.matmul(p, _upcast(v)).to(q.dtype)
     return (o, lse) if return_lse else o
 
@@ -213,9 +207,8 @@ def attention_ref_backward(
         the dtypes of the inputs.
     """
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    if (
-        cu_seqlens_q is not None
-    ):  # packed sequences: each on its own, written into its rows
+    # packed sequences: each on its own, written into its rows
+    if cu_seqlens_q is not None:
         cu_seqlens_k = cu_seqlens_q if cu_seqlens_k is None else cu_seqlens_k
         dq, dk, dv = (
             torch.zeros_like(q),
@@ -252,9 +245,8 @@ def attention_ref_backward(
         s = s.masked_fill(
             ~attention_mask(Tq, Tk, causal, window, q.device), float("-inf")
         )
-    p = torch.exp(s - torch.logsumexp(s, dim=-1, keepdim=True)).nan_to_num(
-        0.0
-    )  # rows with no key: 0
+    # rows with no key: 0
+    p = torch.exp(s - torch.logsumexp(s, dim=-1, keepdim=True)).nan_to_num(0.0)
     o = p @ v_
     dv = p.transpose(-1, -2) @ do_  # [B, H, Tk, Dv]
     ds = p * (do_ @ v_.transpose(-1, -2) - (do_ * o).sum(-1, keepdim=True))
@@ -298,9 +290,8 @@ def attention_blockwise(
     q, k, v = _upcast(q), _upcast(k), _upcast(v)
     B, H, Tq, D = q.shape
     Tk = k.shape[2]
-    offset = (
-        Tk - Tq
-    )  # query i sees keys i + offset - left ... i + offset + right
+    # query i sees keys i + offset - left ... i + offset + right
+    offset = Tk - Tq
     left, right = window
     right = 0 if causal else right
     mask = attention_mask(Tq, Tk, causal, window, q.device)  # [Tq, Tk]
@@ -309,9 +300,10 @@ def attention_blockwise(
     for start_m in range(0, Tq, block_m):
         qi = q[:, :, start_m : start_m + block_m]  # [B, H, BM, D]
         last = start_m + qi.shape[2] - 1  # the tile's last row
+        # [B, H, BM]
         m = torch.full(
             qi.shape[:3], float("-inf"), dtype=q.dtype, device=q.device
-        )  # [B, H, BM]
+        )
         l = torch.zeros_like(m)
         acc = qi.new_zeros(*qi.shape[:3], v.shape[-1])
         # the keys some row of the tile sees:
@@ -333,13 +325,11 @@ def attention_blockwise(
                 float("-inf"),
             )
             m_new = torch.maximum(m, s.amax(dim=-1))
-            m_safe = m_new.masked_fill(
-                m_new == float("-inf"), 0.0
-            )  # rows that saw no key yet
+            # rows that saw no key yet
+            m_safe = m_new.masked_fill(m_new == float("-inf"), 0.0)
             p = torch.exp(s - m_safe[..., None])  # [B, H, BM, BN]
-            alpha = torch.exp(
-                m - m_safe
-            )  # rescales what was accumulated under the old maximum
+            # rescales what was accumulated under the old maximum
+            alpha = torch.exp(m - m_safe)
             l = l * alpha + p.sum(dim=-1)
             acc = acc * alpha[..., None] + p @ vj
             m = m_new

@@ -51,13 +51,11 @@ def _online_softmax_step(acc, m_i, l_i, s, b_v, PRECISION: tl.constexpr):
     into the running maximum ``m_i``, denominator ``l_i`` and output ``acc`` of
     the online softmax."""
     m_new = tl.maximum(m_i, tl.max(s, 1))
-    m_safe = tl.where(
-        m_new == float("-inf"), 0.0, m_new
-    )  # a row that has seen no key yet
+    # a row that has seen no key yet
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
     p = tl.math.exp2(s - m_safe[:, None])
-    alpha = tl.math.exp2(
-        m_i - m_safe
-    )  # rescales what was summed under the old maximum
+    # rescales what was summed under the old maximum
+    alpha = tl.math.exp2(m_i - m_safe)
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None] + tl.dot(
         p.to(b_v.dtype), b_v, input_precision=PRECISION
@@ -187,9 +185,8 @@ def _fwd_inner(
     query tile."""
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n  # [BLOCK_N]
-        start = tl.cast(
-            start_n, tl.int64
-        )  # 64-bit: start_n * stride can pass 2^31
+        # 64-bit: start_n * stride can pass 2^31
+        start = tl.cast(start_n, tl.int64)
         b_k = tl.load(
             k_ptrs + start * stride_kn,
             mask=(cols[:, None] < k_len) & (offs_d[None, :] < D),
@@ -200,9 +197,8 @@ def _fwd_inner(
             mask=(cols[:, None] < k_len) & (offs_dv[None, :] < Dv),
             other=0.0,
         )  # [BLOCK_N, BLOCK_DV]
-        s, _ = _scores(
-            q, tl.trans(b_k), sm_scale, softcap, SOFTCAP, PRECISION
-        )  # [BLOCK_M, BLOCK_N], base 2
+        # [BLOCK_M, BLOCK_N], base 2
+        s, _ = _scores(q, tl.trans(b_k), sm_scale, softcap, SOFTCAP, PRECISION)
         if MASK:
             s = tl.where(
                 _visible(
@@ -287,23 +283,20 @@ def _fwd_kernel(
     # Offsets that are products of sizes and strides are 64-bit (they can pass
     # 2^31); offsets inside a tile stay 32-bit.
     off_h = (off_bh % H).to(tl.int64)
-    off_hkv = (
-        off_h // GROUP
-    )  # grouped-query attention: GROUP query heads share one key head
+    # grouped-query attention: GROUP query heads share one key head
+    off_hkv = off_h // GROUP
     off_b, q_start, q_len, k_start, k_len = _sequence(
         off_bh // H, CU_Q, CU_K, Tq, Tk, VARLEN
     )
-    if (
-        start_m >= q_len
-    ):  # past the end of this sequence: no work, not even masked work
+    # past the end of this sequence: no work, not even masked work
+    if start_m >= q_len:
         return
     offs_m = start_m + tl.arange(0, BLOCK_M)  # rows of the sequence
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
-    tile_m = tl.arange(0, BLOCK_M)[
-        :, None
-    ]  # rows of the query tile, from start_m
+    # rows of the query tile, from start_m
+    tile_m = tl.arange(0, BLOCK_M)[:, None]
     row_q = (q_start + start_m).to(tl.int64)
     row_k = tl.cast(k_start, tl.int64)
 
@@ -331,9 +324,10 @@ def _fwd_kernel(
         + offs_n[:, None] * stride_vn
         + offs_dv[None, :] * stride_vd
     )
+    # [BLOCK_M, BLOCK_D]
     b_q = tl.load(
         p_q, mask=(offs_m[:, None] < q_len) & (offs_d[None, :] < D), other=0.0
-    )  # [BLOCK_M, BLOCK_D]
+    )
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -613,9 +607,10 @@ def _bwd_dkdv_kernel(
                 tl.where(b_lse == float("-inf"), float("inf"), b_lse) * LOG2E
             )
             b_delta = tl.load(p_delta + rows, mask=rows < q_len, other=0.0)
+            # [BLOCK_N, BLOCK_M]
             s, t = _scores(
                 b_k, tl.trans(b_q), sm_scale, softcap, SOFTCAP, PRECISION
-            )  # [BLOCK_N, BLOCK_M]
+            )
             visible = tl.trans(
                 _visible(
                     rows, offs_n, k_len, off, LEFT, RIGHT, HAS_LEFT, HAS_RIGHT
@@ -623,9 +618,8 @@ def _bwd_dkdv_kernel(
             )
             p = tl.where(visible, tl.math.exp2(s - b_lse[None, :]), 0.0)
             dv += tl.dot(p.to(b_do.dtype), b_do, input_precision=PRECISION)
-            dp = tl.dot(
-                b_v, tl.trans(b_do), input_precision=PRECISION
-            )  # [BLOCK_N, BLOCK_M]
+            # [BLOCK_N, BLOCK_M]
+            dp = tl.dot(b_v, tl.trans(b_do), input_precision=PRECISION)
             ds = p * (dp - b_delta[None, :])
             if SOFTCAP:  # d(c tanh(u)) / du = 1 - tanh(u)^2
                 ds = ds * (1.0 - t * t)
@@ -720,9 +714,8 @@ def _bwd_dq_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     tile_m = tl.arange(0, BLOCK_M)[:, None]
-    row_q = (q_start + start_m).to(
-        tl.int64
-    )  # 64-bit offsets, as in the forward
+    # 64-bit offsets, as in the forward
+    row_q = (q_start + start_m).to(tl.int64)
     row_k = tl.cast(k_start, tl.int64)
     m_q = (offs_m[:, None] < q_len) & (offs_d[None, :] < D)
     b_q = tl.load(
@@ -788,9 +781,10 @@ def _bwd_dq_kernel(
             mask=(cols[:, None] < k_len) & (offs_dv[None, :] < Dv),
             other=0.0,
         )
+        # [BLOCK_M, BLOCK_N]
         s, t = _scores(
             b_q, tl.trans(b_k), sm_scale, softcap, SOFTCAP, PRECISION
-        )  # [BLOCK_M, BLOCK_N]
+        )
         visible = _visible(
             offs_m, cols, k_len, off, LEFT, RIGHT, HAS_LEFT, HAS_RIGHT
         )
@@ -818,9 +812,8 @@ def _bwd_dq_kernel(
 # to what fits the device's shared memory.
 FWD_CONFIGS = [(128, 64, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3), (64, 32, 4, 2)]
 BWD_CONFIGS = [(64, 64, 4, 2), (64, 64, 8, 2), (32, 64, 4, 2), (32, 32, 4, 1)]
-DEFAULT_SHARED_BYTES = (
-    163 * 1024
-)  # A100's limit per block: the untuned default fits it and H100
+# A100's limit per block: the untuned default fits it and H100
+DEFAULT_SHARED_BYTES = 163 * 1024
 
 
 def _shared_estimate(
@@ -829,9 +822,8 @@ def _shared_estimate(
     """Bytes of shared memory a configuration needs, roughly: the resident
     tiles, ``num_stages`` buffers of the streamed ones, and a float32 score tile
     (the compile test checks the real count)."""
-    rows = (
-        max(BLOCK_M, BLOCK_N) if backward else BLOCK_N
-    )  # the streamed side's tile rows
+    # the streamed side's tile rows
+    rows = max(BLOCK_M, BLOCK_N) if backward else BLOCK_N
     resident = (
         (max(BLOCK_M, BLOCK_N) * (BLOCK_D + BLOCK_DV))
         if backward
@@ -1041,9 +1033,8 @@ def flash_attention_fwd(
     len_q, _, batch, cu, varlen = _lengths(
         q, k, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k
     )
-    if (
-        varlen
-    ):  # rows past cu_seqlens_q[-1] belong to no sequence: output 0, lse -inf
+    # rows past cu_seqlens_q[-1] belong to no sequence: output 0, lse -inf
+    if varlen:
         o = q.new_zeros(B, H, Tq, DV)
         lse = torch.full(
             (B, H, Tq), float("-inf"), device=q.device, dtype=torch.float32
@@ -1098,12 +1089,10 @@ def flash_attention_bwd(
     ``q, k, v``."""
     B, H, Tq, D = q.shape
     Hkv, Tk, DV = k.shape[1], k.shape[2], v.shape[3]
-    delta = (do.float() * o.float()).sum(
-        -1
-    )  # [B, H, Tq]: rowsum(dO * O) = rowsum(P * dP)
-    new = (
-        torch.zeros_like if cu_seqlens_q is not None else torch.empty_like
-    )  # packed: gaps get 0
+    # [B, H, Tq]: rowsum(dO * O) = rowsum(P * dP)
+    delta = (do.float() * o.float()).sum(-1)
+    # packed: gaps get 0
+    new = torch.zeros_like if cu_seqlens_q is not None else torch.empty_like
     dq, dk, dv = new(q), new(k), new(v)
     len_q, len_k, batch, cu, varlen = _lengths(
         q, k, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k

@@ -57,12 +57,14 @@ class MedusaHeads(nn.Module):
                 or value < 1
             ):
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        # W1_k, b1_k
         self.blocks = nn.ModuleList(
             nn.Linear(dim, dim) for _ in range(num_heads)
-        )  # W1_k, b1_k
+        )
+        # W2_k
         self.out = nn.ModuleList(
             nn.Linear(dim, vocab_size, bias=False) for _ in range(num_heads)
-        )  # W2_k
+        )
         for block in self.blocks:
             nn.init.zeros_(block.weight)
             nn.init.zeros_(block.bias)

@@ -137,9 +137,8 @@ def _selective_scan_fwd_kernel(
     row = (i_b * d + o_d)[
         :, None
     ] * L  # start of each channel's row in [b, d, L]: [BLOCK_D, 1]
-    b_A = tl.load(
-        A + o_d[:, None] * n + o_n[None, :], mask=m_dn, other=0.0
-    )  # [BLOCK_D, BLOCK_N]
+    # [BLOCK_D, BLOCK_N]
+    b_A = tl.load(A + o_d[:, None] * n + o_n[None, :], mask=m_dn, other=0.0)
     # every channel of the block is in one group of B (and of C): BLOCK_D
     # divides d / g
     p_B = B + (
@@ -155,9 +154,8 @@ def _selective_scan_fwd_kernel(
     if HAS_D:
         b_D = tl.load(D + o_d, mask=m_d, other=0.0)
     n_chunks = tl.cdiv(L, CHUNK)
-    b_x = tl.zeros(
-        [BLOCK_D, BLOCK_N], dtype=tl.float32
-    )  # the state entering the chunk
+    # the state entering the chunk
+    b_x = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
     for i_c in range(n_chunks):
         if STORE_STATES:  # for the backward only
             p_states = (
@@ -171,22 +169,22 @@ def _selective_scan_fwd_kernel(
         b_dt, _ = _load_delta(
             delta + row, delta_bias + o_d, o_t, m_d, L, HAS_BIAS, SOFTPLUS
         )
+        # [BLOCK_D, CHUNK]
         b_u = tl.load(u + row + o_t[None, :], mask=m_t, other=0.0).to(
             tl.float32
-        )  # [BLOCK_D, CHUNK]
-        b_a = tl.exp(
-            b_dt[:, None, :] * b_A[:, :, None]
-        )  # [BLOCK_D, BLOCK_N, CHUNK]
+        )
+        # [BLOCK_D, BLOCK_N, CHUNK]
+        b_a = tl.exp(b_dt[:, None, :] * b_A[:, :, None])
         b_b = (b_dt * b_u)[:, None, :] * _load_BC(
             p_B, o_d, o_n, o_t, m_d, m_n, L, B_VARIABLE
         )
-        b_prod, b_xs = tl.associative_scan(
-            (b_a, b_b), 2, _combine
-        )  # the chunk from a zero state
+        # the chunk from a zero state
+        b_prod, b_xs = tl.associative_scan((b_a, b_b), 2, _combine)
         b_xs += b_prod * b_x[:, :, None]  # plus the carried state, decayed
+        # [BLOCK_D, CHUNK]
         b_y = tl.sum(
             b_xs * _load_BC(p_C, o_d, o_n, o_t, m_d, m_n, L, C_VARIABLE), axis=1
-        )  # [BLOCK_D, CHUNK]
+        )
         if HAS_D:
             b_y += b_D[:, None] * b_u
         if HAS_Z:
@@ -197,9 +195,8 @@ def _selective_scan_fwd_kernel(
         tl.store(
             out + row + o_t[None, :], b_y.to(out.dtype.element_ty), mask=m_t
         )
-        b_x = _last(
-            b_xs, o_c, CHUNK - 1
-        )  # positions past L carry the state unchanged
+        # positions past L carry the state unchanged
+        b_x = _last(b_xs, o_c, CHUNK - 1)
     tl.store(
         last_state + (i_b * d + o_d[:, None]) * n + o_n[None, :], b_x, mask=m_dn
     )
@@ -254,9 +251,8 @@ def _selective_scan_bwd_kernel(
     m_d, m_n = o_d < d, o_n < n
     m_dn = m_d[:, None] & m_n[None, :]
     row = (i_b * d + o_d)[:, None] * L
-    p_dn = (i_b * d + o_d[:, None]) * n + o_n[
-        None, :
-    ]  # this block in a [b, d, n] tensor
+    # this block in a [b, d, n] tensor
+    p_dn = (i_b * d + o_d[:, None]) * n + o_n[None, :]
     b_A = tl.load(A + o_d[:, None] * n + o_n[None, :], mask=m_dn, other=0.0)
     grp_B = i_b * g_B + i_d * BLOCK_D // (d // g_B)
     grp_C = i_b * g_C + i_d * BLOCK_D // (d // g_C)
@@ -265,13 +261,11 @@ def _selective_scan_bwd_kernel(
     if HAS_D:
         b_D = tl.load(D + o_d, mask=m_d, other=0.0)
     n_chunks = tl.cdiv(L, CHUNK)
-    b_h = tl.load(
-        dlast + p_dn, mask=m_dn, other=0.0
-    )  # gradient reaching the state after the chunk
+    # gradient reaching the state after the chunk
+    b_h = tl.load(dlast + p_dn, mask=m_dn, other=0.0)
     b_dA = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
-    b_dBi = tl.zeros(
-        [BLOCK_D, BLOCK_N], dtype=tl.float32
-    )  # time-invariant B and C gradients
+    # time-invariant B and C gradients
+    b_dBi = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
     b_dCi = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
     b_dD = tl.zeros([BLOCK_D], dtype=tl.float32)
     b_dbias = tl.zeros([BLOCK_D], dtype=tl.float32)
@@ -436,9 +430,8 @@ def _selective_scan_step_kernel(
         + o_d[:, None] * stride_state_d
         + o_n[None, :] * stride_state_n
     )
-    b_x = tl.load(p_state, mask=m_dn, other=0.0).to(
-        tl.float32
-    )  # [BLOCK_D, BLOCK_N]
+    # [BLOCK_D, BLOCK_N]
+    b_x = tl.load(p_state, mask=m_dn, other=0.0).to(tl.float32)
     b_u = tl.load(
         u + i_b * stride_u_b + o_d * stride_u_d, mask=m_d, other=0.0
     ).to(tl.float32)  # [BLOCK_D]
@@ -464,9 +457,8 @@ def _selective_scan_step_kernel(
         + (o_d // dg_C)[:, None] * stride_C_g
         + o_n[None, :] * stride_C_n
     )
-    b_B = tl.load(p_B, mask=m_dn, other=0.0).to(
-        tl.float32
-    )  # [BLOCK_D, BLOCK_N]
+    # [BLOCK_D, BLOCK_N]
+    b_B = tl.load(p_B, mask=m_dn, other=0.0).to(tl.float32)
     b_C = tl.load(p_C, mask=m_dn, other=0.0).to(tl.float32)
     b_x = tl.exp(b_dt[:, None] * b_A) * b_x + (b_dt * b_u)[:, None] * b_B
     tl.store(p_state, b_x.to(state.dtype.element_ty), mask=m_dn)

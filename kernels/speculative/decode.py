@@ -246,12 +246,10 @@ def verify_step(
     with timed(stats, "target_s", tokens.device):
         out = feed(target, cache, tokens, drafts, return_hidden=return_hidden)
     logits, hidden = out if return_hidden else (out, None)
-    target_probs = logits_to_probs(
-        logits[-(len(drafts) + 1) :], temperature
-    )  # [k+1, V]
-    emitted = accept_reject(
-        drafts, draft_probs, target_probs, generator
-    )  # the rule of verify_draft
+    # [k+1, V]
+    target_probs = logits_to_probs(logits[-(len(drafts) + 1) :], temperature)
+    # the rule of verify_draft
+    emitted = accept_reject(drafts, draft_probs, target_probs, generator)
     # fed: tokens[-1] and k drafts; keep tokens[-1] and the n = len(emitted) - 1
     # accepted ones
     cache.truncate(len(tokens) + len(emitted) - 1)

@@ -142,9 +142,10 @@ def build_tree(paths) -> Tree:
         while j >= 0:
             mask[i, j] = True
             j = parent[j]
+    # rank order
     children = tuple(
         tuple(j for j in range(1, n) if parent[j] == i) for i in range(n)
-    )  # rank order
+    )
     return Tree(
         paths=tuple(clean),
         parent=torch.tensor(parent),
@@ -250,9 +251,8 @@ def typical_tree(
     )[:, 0]  # [N]: node passes
     ok = torch.cat([torch.ones(1, dtype=torch.bool, device=tokens.device), ok])
     best = [0]
-    for leaf in range(
-        1, n
-    ):  # the root path of each node, kept if every node on it passes
+    # the root path of each node, kept if every node on it passes
+    for leaf in range(1, n):
         chain, j = [], leaf
         while j > 0:
             chain.append(j)
@@ -333,12 +333,10 @@ def medusa_generate(
     cache = target.new_cache()
     tokens = prompt.long()
     out = prefill(target, cache, tokens, return_hidden=True)
-    head_logits = (
-        heads(out[1][-1:][None])[0, 0] if out is not None else None
-    )  # [heads, V]
-    step_tree = (
-        tree if head_logits is not None else build_tree([])
-    )  # no hidden state yet: root only
+    # [heads, V]
+    head_logits = heads(out[1][-1:][None])[0, 0] if out is not None else None
+    # no hidden state yet: root only
+    step_tree = tree if head_logits is not None else build_tree([])
     while len(tokens) - len(prompt) < max_new_tokens:
         start = cache.length  # = len(tokens) - 1: the pending token is the root
         with timed(stats, "draft_s", device):
@@ -359,9 +357,8 @@ def medusa_generate(
                 step_tree, nodes, probs, epsilon, delta, generator
             )
         cache.keep(start, path)
-        with timed(
-            stats, "draft_s", device
-        ):  # the heads at the last accepted node: next step's tree
+        # the heads at the last accepted node: next step's tree
+        with timed(stats, "draft_s", device):
             head_logits = heads(hidden[:, path[-1]][None])[0, 0]  # [heads, V]
         tokens = torch.cat([tokens, nodes[path[1:]], last.view(1)])
         stats.target_forwards += 1

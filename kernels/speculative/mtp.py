@@ -87,14 +87,12 @@ def mtp_generate(
     out = prefill(model, cache, tokens, return_hidden=True)
     # pending pairs (h_i, t_{i+1}) not yet fed to the module: hidden states of
     # tokens[j:j+n]
-    pending = (
-        out[1] if out is not None else None
-    )  # None: a one-token prompt, no hidden state yet
+    # None: a one-token prompt, no hidden state yet
+    pending = out[1] if out is not None else None
     while len(tokens) - len(prompt) < max_new_tokens:
         with timed(stats, "draft_s", device):
-            fed = (
-                mtp_cache.length
-            )  # pairs (h_i, t_{i+1}) for i < fed are in the module's cache
+            # pairs (h_i, t_{i+1}) for i < fed are in the module's cache
+            fed = mtp_cache.length
             drafts, probs = [], []
             h = pending
             nxt = (
@@ -103,9 +101,8 @@ def mtp_generate(
                 else None
             )
             for _ in range(num_draft_tokens):
-                if (
-                    h is None
-                ):  # a one-token prompt: no hidden state to draft from yet
+                # a one-token prompt: no hidden state to draft from yet
+                if h is None:
                     break
                 logits, o = mtp(model, h[None], nxt[None], mtp_cache)
                 p = logits_to_probs(logits[0, -1], temperature)

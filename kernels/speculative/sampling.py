@@ -120,9 +120,8 @@ def logits_to_probs(
         )
     logits = logits / temperature
     if top_k is not None:
-        threshold = torch.topk(logits, top_k, dim=-1).values[
-            ..., -1:
-        ]  # [..., 1]
+        # [..., 1]
+        threshold = torch.topk(logits, top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < threshold, float("-inf"))
     return torch.softmax(logits, dim=-1)
 
@@ -355,12 +354,10 @@ def accept_reject(
     # (draft(x_i) > 0)
     accepted = u * p_draft < p_target  # [k]
     rejected = (~accepted).nonzero()
-    n = (
-        rejected[0].item() if len(rejected) else k
-    )  # length of the accepted prefix
-    if (
-        n < k
-    ):  # first rejection at position n: draw from norm(max(0, target - draft))
+    # length of the accepted prefix
+    n = rejected[0].item() if len(rejected) else k
+    # first rejection at position n: draw from norm(max(0, target - draft))
+    if n < k:
         last = residual_probs(target_probs[n], draft_probs[n])
     else:  # all accepted: one more token from the target, for free
         last = target_probs[k]
@@ -391,9 +388,8 @@ def typical_mask(
     """
     k = draft_tokens.shape[-1]
     probs = target_probs[..., :k, :]
-    entropy = -torch.special.xlogy(probs, probs).sum(
-        -1
-    )  # [..., k], 0 log 0 = 0
+    # [..., k], 0 log 0 = 0
+    entropy = -torch.special.xlogy(probs, probs).sum(-1)
     threshold = torch.clamp(delta * torch.exp(-entropy), max=epsilon)
     p = probs.gather(-1, draft_tokens.long()[..., None]).squeeze(-1)  # [..., k]
     return p > threshold

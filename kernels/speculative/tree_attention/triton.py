@@ -52,17 +52,14 @@ def _tree_inner(
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n  # [BLOCK_N]
         m_kv = (cols[:, None] < Tk) & (offs_d[None, :] < D)
-        b_k = tl.load(
-            k_ptrs + start_n * stride_kn, mask=m_kv, other=0.0
-        )  # [BLOCK_N, BLOCK_D]
+        # [BLOCK_N, BLOCK_D]
+        b_k = tl.load(k_ptrs + start_n * stride_kn, mask=m_kv, other=0.0)
         b_v = tl.load(v_ptrs + start_n * stride_vn, mask=m_kv, other=0.0)
-        s = (
-            tl.dot(q, tl.trans(b_k), input_precision=PRECISION) * qk_scale
-        )  # [BLOCK_M, BLOCK_N], base 2
+        # [BLOCK_M, BLOCK_N], base 2
+        s = tl.dot(q, tl.trans(b_k), input_precision=PRECISION) * qk_scale
         if USE_MASK:
-            o_tree = tl.maximum(
-                cols - n_cache, 0
-            )  # column of the tree mask (clamped for cache keys)
+            # column of the tree mask (clamped for cache keys)
+            o_tree = tl.maximum(cols - n_cache, 0)
             m_tree = (
                 (offs_m[:, None] < Tq)
                 & (cols[None, :] >= n_cache)
