@@ -3,6 +3,7 @@
 Triton decides when a kernel is decorated, that is when ``kernels`` is imported, whether it
 runs in the interpreter: ``TRITON_INTERPRET=1`` must be set before the import.
 """
+
 from __future__ import annotations
 
 import os
@@ -11,6 +12,7 @@ import torch
 
 try:
     import triton  # noqa: F401
+
     HAS_TRITON = True
 except ImportError:  # e.g. macOS: only the references are available
     HAS_TRITON = False

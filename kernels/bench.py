@@ -96,7 +96,9 @@ def peak_memory_bytes(
     tracker = MemTracker()
     with tracker:
         fn()
-    return int(tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"])
+    return int(
+        tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"]
+    )
 
 
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -111,4 +113,9 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
         )
     if a.numel() == 0:
         return 0.0
-    return (a.detach().double().cpu() - b.detach().double().cpu()).abs().max().item()
+    return (
+        (a.detach().double().cpu() - b.detach().double().cpu())
+        .abs()
+        .max()
+        .item()
+    )

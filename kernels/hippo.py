@@ -21,6 +21,7 @@ Shapes: one SSM maps one scalar signal to one scalar signal (``A [N, N]``, ``B [
 other, e.g. ``Ab [H, N, N]`` with ``u [batch, H, L]``. Everything accepts float32 and float64;
 the HiPPO matrices are built in float64 unless asked otherwise.
 """
+
 from __future__ import annotations
 
 import math
@@ -28,36 +29,57 @@ import numbers
 
 import torch
 
-__all__ = ["hippo_legs", "hippo_legt", "discretize", "ssm_scan", "ssm_kernel", "fft_conv",
-           "legs_coefficients", "legendre_basis", "legendre_reconstruct", "legendre_project"]
+__all__ = [
+    "hippo_legs",
+    "hippo_legt",
+    "discretize",
+    "ssm_scan",
+    "ssm_kernel",
+    "fft_conv",
+    "legs_coefficients",
+    "legendre_basis",
+    "legendre_reconstruct",
+    "legendre_project",
+]
 
 DTYPES = (torch.float32, torch.float64)
 
 
 # ----------------------------------------------------------------------------- validation
 
+
 def _check_size(name, value):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be a positive int, got {type(value).__name__} {value!r}")
+        raise TypeError(
+            f"{name} must be a positive int, got {type(value).__name__} {value!r}"
+        )
     if value < 1:
         raise ValueError(f"{name} must be a positive int, got {value}")
 
 
 def _check_positive(name, value):
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a positive finite number, got {type(value).__name__} {value!r}")
+        raise TypeError(
+            f"{name} must be a positive finite number, got {type(value).__name__} {value!r}"
+        )
     if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+        raise ValueError(
+            f"{name} must be a positive finite number, got {value!r}"
+        )
 
 
 def _check_float(name, x, min_dim, layout):
     """``x`` is a float32/float64 tensor with at least ``min_dim`` dimensions, laid out as ``layout``."""
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape {layout}, got {type(x).__name__}")
+        raise TypeError(
+            f"{name} must be a torch.Tensor of shape {layout}, got {type(x).__name__}"
+        )
     if x.dtype not in DTYPES:
         raise TypeError(f"{name} must be float32 or float64, got {x.dtype}")
     if x.dim() < min_dim:
-        raise ValueError(f"{name} must have shape {layout}, got {tuple(x.shape)}")
+        raise ValueError(
+            f"{name} must have shape {layout}, got {tuple(x.shape)}"
+        )
 
 
 def _batch_shape(shapes: dict):
@@ -65,30 +87,46 @@ def _batch_shape(shapes: dict):
     try:
         return torch.broadcast_shapes(*shapes.values())
     except RuntimeError:
-        given = ", ".join(f"{name} {tuple(shape)}" for name, shape in shapes.items())
-        raise ValueError(f"the leading (batch) dimensions must broadcast, got {given}") from None
+        given = ", ".join(
+            f"{name} {tuple(shape)}" for name, shape in shapes.items()
+        )
+        raise ValueError(
+            f"the leading (batch) dimensions must broadcast, got {given}"
+        ) from None
 
 
 def _check_ssm(A, B, C=None, a_name="A", b_name="B"):
     """``A [..., N, N]``, ``B [..., N]`` (and ``C [..., N]``) on one device; returns the batch shape."""
     _check_float(a_name, A, 2, "[..., N, N]")
     if A.shape[-1] != A.shape[-2]:
-        raise ValueError(f"{a_name} must be square [..., N, N], got {tuple(A.shape)}")
+        raise ValueError(
+            f"{a_name} must be square [..., N, N], got {tuple(A.shape)}"
+        )
     N = A.shape[-1]
-    named = {a_name: A, b_name: B} if C is None else {a_name: A, b_name: B, "C": C}
+    named = (
+        {a_name: A, b_name: B} if C is None else {a_name: A, b_name: B, "C": C}
+    )
     for name, x in list(named.items())[1:]:
         _check_float(name, x, 1, f"[..., N] with N = {N}")
         if x.shape[-1] != N:
-            raise ValueError(f"{name} must have shape [..., N] with N = {N} (the size of {a_name}), "
-                             f"got {tuple(x.shape)}")
+            raise ValueError(
+                f"{name} must have shape [..., N] with N = {N} (the size of {a_name}), "
+                f"got {tuple(x.shape)}"
+            )
     if len({x.device for x in named.values()}) > 1:
         given = ", ".join(f"{name} on {x.device}" for name, x in named.items())
-        raise ValueError(f"{', '.join(named)} must be on the same device, got {given}")
-    shapes = {a_name: A.shape[:-2], **{name: x.shape[:-1] for name, x in list(named.items())[1:]}}
+        raise ValueError(
+            f"{', '.join(named)} must be on the same device, got {given}"
+        )
+    shapes = {
+        a_name: A.shape[:-2],
+        **{name: x.shape[:-1] for name, x in list(named.items())[1:]},
+    }
     return _batch_shape(shapes)
 
 
 # ----------------------------------------------------------------------------- HiPPO matrices
+
 
 def hippo_legs(N, dtype=torch.float64, device=None):
     """HiPPO-LegS: the memory of the whole history, projected onto scaled Legendre polynomials.
@@ -120,10 +158,14 @@ def hippo_legs(N, dtype=torch.float64, device=None):
     """
     _check_size("N", N)
     if dtype not in DTYPES:
-        raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+        raise TypeError(
+            f"dtype must be torch.float32 or torch.float64, got {dtype}"
+        )
     n = torch.arange(N, dtype=torch.float64, device=device)
     r = torch.sqrt(2 * n + 1)  # [N]
-    A = torch.diag(-(n + 1)) - torch.tril(r[:, None] * r[None, :], diagonal=-1)  # [N, N]
+    A = torch.diag(-(n + 1)) - torch.tril(
+        r[:, None] * r[None, :], diagonal=-1
+    )  # [N, N]
     return A.to(dtype), r.to(dtype)
 
 
@@ -157,16 +199,21 @@ def hippo_legt(N, theta=1.0, dtype=torch.float64, device=None):
     _check_size("N", N)
     _check_positive("theta", theta)
     if dtype not in DTYPES:
-        raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+        raise TypeError(
+            f"dtype must be torch.float32 or torch.float64, got {dtype}"
+        )
     n = torch.arange(N, dtype=torch.float64, device=device)
     r = torch.sqrt(2 * n + 1)
     lag = n[:, None] - n[None, :]  # n - k
-    sign = torch.where(lag >= 0, 1.0, torch.where(lag.remainder(2) == 0, 1.0, -1.0))  # [N, N]
+    sign = torch.where(
+        lag >= 0, 1.0, torch.where(lag.remainder(2) == 0, 1.0, -1.0)
+    )  # [N, N]
     A = -(r[:, None] * r[None, :]) * sign / theta
     return A.to(dtype), (r / theta).to(dtype)
 
 
 # ----------------------------------------------------------------------------- Legendre polynomials
+
 
 def _legendre(N, z):
     """``P_0(z), ..., P_{N-1}(z)`` stacked on a last dimension, by Bonnet's recurrence
@@ -240,12 +287,20 @@ def legendre_project(f, N):
     _check_float("f", f, 1, "[..., L]")
     _check_size("N", N)
     L = f.shape[-1]
-    z = 2 * torch.arange(L + 1, dtype=torch.float64, device=f.device) / L - 1  # cell edges in [-1, 1]
+    z = (
+        2 * torch.arange(L + 1, dtype=torch.float64, device=f.device) / L - 1
+    )  # cell edges in [-1, 1]
     P = _legendre(N + 1, z)  # [L + 1, N + 1]
     n = torch.arange(N, dtype=torch.float64, device=f.device)
-    P_below = torch.cat([torch.zeros_like(z)[:, None], P[:, :N - 1]], dim=-1)  # P_{n-1}, with P_{-1} = 0
-    antiderivative = (P[:, 1:] - P_below) / (2 * n + 1) * torch.sqrt(2 * n + 1) / 2  # [L + 1, N]: ∫ g_n ds
-    weights = antiderivative[1:] - antiderivative[:-1]  # [L, N]: ∫ of g_n over each cell
+    P_below = torch.cat(
+        [torch.zeros_like(z)[:, None], P[:, : N - 1]], dim=-1
+    )  # P_{n-1}, with P_{-1} = 0
+    antiderivative = (
+        (P[:, 1:] - P_below) / (2 * n + 1) * torch.sqrt(2 * n + 1) / 2
+    )  # [L + 1, N]: ∫ g_n ds
+    weights = (
+        antiderivative[1:] - antiderivative[:-1]
+    )  # [L, N]: ∫ of g_n over each cell
     return (f.to(torch.float64) @ weights).to(f.dtype)
 
 
@@ -278,11 +333,17 @@ def legs_coefficients(f, N, method="bilinear"):
         raise ValueError(f'method must be "bilinear" or "zoh", got {method!r}')
     A, B = hippo_legs(N, dtype=f.dtype, device=f.device)
     L = f.shape[-1]
-    x = f[..., 0, None] * torch.eye(N, dtype=f.dtype, device=f.device)[0]  # [..., N]
+    x = (
+        f[..., 0, None] * torch.eye(N, dtype=f.dtype, device=f.device)[0]
+    )  # [..., N]
     out = [x]
     for first in range(1, L, 256):  # discretise 256 steps at a time
-        k = torch.arange(first, min(first + 256, L), dtype=f.dtype, device=f.device)
-        Ab, Bb = discretize(A, B, torch.log((k + 1) / k), method)  # [steps, N, N], [steps, N]
+        k = torch.arange(
+            first, min(first + 256, L), dtype=f.dtype, device=f.device
+        )
+        Ab, Bb = discretize(
+            A, B, torch.log((k + 1) / k), method
+        )  # [steps, N, N], [steps, N]
         for i in range(k.shape[0]):
             x = x @ Ab[i].T + Bb[i] * f[..., first + i, None]
             out.append(x)
@@ -290,6 +351,7 @@ def legs_coefficients(f, N, method="bilinear"):
 
 
 # ----------------------------------------------------------------------------- discretisation
+
 
 def discretize(A, B, step, method="bilinear"):
     """Sample ``dx/dt = A x + B u`` with a step: ``x_k = Ab x_{k-1} + Bb u_k``.
@@ -317,16 +379,24 @@ def discretize(A, B, step, method="bilinear"):
     """
     batch = _check_ssm(A, B)
     if B.dtype != A.dtype:
-        raise TypeError(f"A and B must have the same dtype, got A {A.dtype}, B {B.dtype}")
+        raise TypeError(
+            f"A and B must have the same dtype, got A {A.dtype}, B {B.dtype}"
+        )
     if method not in ("bilinear", "zoh"):
         raise ValueError(f'method must be "bilinear" or "zoh", got {method!r}')
     if isinstance(step, torch.Tensor):
         _check_float("step", step, 0, "[...]")
         if step.device != A.device:
-            raise ValueError(f"step must be on the device of A ({A.device}), got {step.device}")
+            raise ValueError(
+                f"step must be on the device of A ({A.device}), got {step.device}"
+            )
         if not (torch.isfinite(step).all() and (step > 0).all()):
-            raise ValueError(f"step must hold positive finite values, got {step.tolist()}")
-        batch = _batch_shape({"A": A.shape[:-2], "B": B.shape[:-1], "step": step.shape})
+            raise ValueError(
+                f"step must hold positive finite values, got {step.tolist()}"
+            )
+        batch = _batch_shape(
+            {"A": A.shape[:-2], "B": B.shape[:-1], "step": step.shape}
+        )
         step = step.to(A.dtype)[..., None, None]  # [..., 1, 1]
     else:
         _check_positive("step", step)
@@ -338,7 +408,9 @@ def discretize(A, B, step, method="bilinear"):
         Ab = torch.linalg.solve(lhs, I + step / 2 * A)
         Bb = torch.linalg.solve(lhs, (step * B[..., None]))[..., 0]
         return Ab, Bb
-    M = torch.zeros(*batch, N + 1, N + 1, dtype=A.dtype, device=A.device)  # [[A, B], [0, 0]]
+    M = torch.zeros(
+        *batch, N + 1, N + 1, dtype=A.dtype, device=A.device
+    )  # [[A, B], [0, 0]]
     M[..., :N, :N] = A
     M[..., :N, N] = B
     E = torch.linalg.matrix_exp(step * M)
@@ -346,6 +418,7 @@ def discretize(A, B, step, method="bilinear"):
 
 
 # ----------------------------------------------------------------------------- the two views
+
 
 def ssm_scan(Ab, Bb, C, u, return_states=False):
     """The recurrent view: ``x_k = Ab x_{k-1} + Bb u_k``, ``y_k = C · x_k``, one step at a time.
@@ -365,13 +438,22 @@ def ssm_scan(Ab, Bb, C, u, return_states=False):
     batch = _check_ssm(Ab, Bb, C, "Ab", "Bb")
     _check_float("u", u, 1, "[..., L]")
     if u.device != Ab.device:
-        raise ValueError(f"u must be on the device of Ab ({Ab.device}), got {u.device}")
+        raise ValueError(
+            f"u must be on the device of Ab ({Ab.device}), got {u.device}"
+        )
     if not isinstance(return_states, bool):
-        raise TypeError(f"return_states must be True or False, got {return_states!r}")
+        raise TypeError(
+            f"return_states must be True or False, got {return_states!r}"
+        )
     batch = _batch_shape({"Ab, Bb and C": batch, "u": u.shape[:-1]})
-    dtype = torch.promote_types(torch.promote_types(Ab.dtype, Bb.dtype), torch.promote_types(C.dtype, u.dtype))
+    dtype = torch.promote_types(
+        torch.promote_types(Ab.dtype, Bb.dtype),
+        torch.promote_types(C.dtype, u.dtype),
+    )
     Ab, Bb, C, u = Ab.to(dtype), Bb.to(dtype), C.to(dtype), u.to(dtype)
-    x = torch.zeros(*batch, Ab.shape[-1], dtype=dtype, device=u.device)  # [..., N]
+    x = torch.zeros(
+        *batch, Ab.shape[-1], dtype=dtype, device=u.device
+    )  # [..., N]
     ys, states = [], []
     for k in range(u.shape[-1]):
         x = (Ab @ x[..., None])[..., 0] + Bb * u[..., k, None]  # [..., N]
@@ -407,10 +489,14 @@ def ssm_kernel(Ab, Bb, C, L):
     """
     batch = _check_ssm(Ab, Bb, C, "Ab", "Bb")
     _check_size("L", L)
-    dtype = torch.promote_types(torch.promote_types(Ab.dtype, Bb.dtype), C.dtype)
+    dtype = torch.promote_types(
+        torch.promote_types(Ab.dtype, Bb.dtype), C.dtype
+    )
     N = Ab.shape[-1]
     power = Ab.to(dtype).expand(*batch, N, N)  # Ab^m
-    columns = Bb.to(dtype).expand(*batch, N)[..., None]  # [..., N, m]: Ab^j Bb for j < m
+    columns = Bb.to(dtype).expand(*batch, N)[
+        ..., None
+    ]  # [..., N, m]: Ab^j Bb for j < m
     while columns.shape[-1] < L:
         columns = torch.cat([columns, power @ columns], dim=-1)
         power = power @ power
@@ -439,10 +525,16 @@ def fft_conv(u, K):
     _check_float("u", u, 1, "[..., L]")
     _check_float("K", K, 1, "[..., L]")
     if K.shape[-1] != u.shape[-1]:
-        raise ValueError(f"K must have the length of u, L = {u.shape[-1]}, got shape {tuple(K.shape)}")
+        raise ValueError(
+            f"K must have the length of u, L = {u.shape[-1]}, got shape {tuple(K.shape)}"
+        )
     if K.device != u.device:
-        raise ValueError(f"u and K must be on the same device, got u on {u.device}, K on {K.device}")
+        raise ValueError(
+            f"u and K must be on the same device, got u on {u.device}, K on {K.device}"
+        )
     _batch_shape({"u": u.shape[:-1], "K": K.shape[:-1]})
     L = u.shape[-1]
-    y = torch.fft.irfft(torch.fft.rfft(u, n=2 * L) * torch.fft.rfft(K, n=2 * L), n=2 * L)
+    y = torch.fft.irfft(
+        torch.fft.rfft(u, n=2 * L) * torch.fft.rfft(K, n=2 * L), n=2 * L
+    )
     return y[..., :L]

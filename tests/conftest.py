@@ -3,6 +3,7 @@
 ``TRITON_INTERPRET`` must be set before ``kernels`` (and so ``triton.jit``) is imported.
 With a GPU the kernels run natively on CUDA tensors and the tests use those.
 """
+
 import os
 
 import torch

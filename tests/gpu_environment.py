@@ -8,6 +8,7 @@ written by `Tensor.copy_` of a large buffer) and the dense matrix product rate (
 `2·n³` per product; bfloat16 on a GPU, float32 at a small size on a CPU, where the numbers only
 show that the probe works). Each figure is the median of several timed repetitions.
 """
+
 import json
 import platform
 import statistics
@@ -21,7 +22,9 @@ import torch
 def nvidia_smi() -> str | None:
     """The full report of `nvidia-smi`, or None without one."""
     try:
-        result = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            ["nvidia-smi"], capture_output=True, text=True, timeout=60
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return result.stdout if result.returncode == 0 else None
@@ -33,7 +36,10 @@ def median_seconds(fn, repeats: int, cuda: bool) -> float:
     times = []
     for _ in range(repeats):
         if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start, end = (
+                torch.cuda.Event(enable_timing=True),
+                torch.cuda.Event(enable_timing=True),
+            )
             start.record()
             fn()
             end.record()
@@ -57,25 +63,40 @@ def ceilings(cuda: bool) -> dict:
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     mm_s = median_seconds(lambda: a @ b, 20 if cuda else 5, cuda)
-    return {"copy_gb_per_s": round(2 * size / copy_s / 1e9, 1), "copy_buffer_bytes": size,
-            "matmul_tflops": round(2 * n**3 / mm_s / 1e12, 2 if cuda else 4),
-            "matmul_n": n, "matmul_dtype": str(dtype).removeprefix("torch.")}
+    return {
+        "copy_gb_per_s": round(2 * size / copy_s / 1e9, 1),
+        "copy_buffer_bytes": size,
+        "matmul_tflops": round(2 * n**3 / mm_s / 1e12, 2 if cuda else 4),
+        "matmul_n": n,
+        "matmul_dtype": str(dtype).removeprefix("torch."),
+    }
 
 
 def main(path: str) -> None:
     cuda = torch.cuda.is_available()
-    facts = {"python": platform.python_version(), "torch": torch.__version__,
-             "cuda": torch.version.cuda, "gpu": cuda,
-             "device": torch.cuda.get_device_name(0) if cuda else platform.processor() or "cpu"}
+    facts = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "gpu": cuda,
+        "device": torch.cuda.get_device_name(0)
+        if cuda
+        else platform.processor() or "cpu",
+    }
     for name in ("triton", "numpy"):
         try:
             facts[name] = __import__(name).__version__
-        except Exception as error:  # missing, or failing to import on this platform
+        except (
+            Exception
+        ) as error:  # missing, or failing to import on this platform
             facts[name] = f"unavailable ({type(error).__name__})"
     if cuda:
         props = torch.cuda.get_device_properties(0)
-        facts.update(capability=f"{props.major}.{props.minor}", memory_gib=round(
-            props.total_memory / 2**30, 1), multiprocessors=props.multi_processor_count)
+        facts.update(
+            capability=f"{props.major}.{props.minor}",
+            memory_gib=round(props.total_memory / 2**30, 1),
+            multiprocessors=props.multi_processor_count,
+        )
     facts.update(ceilings(cuda))
     facts["nvidia_smi"] = nvidia_smi()
     for key, value in facts.items():

@@ -4,7 +4,13 @@
 runs the Triton kernels of ``triton.py``; `attention_ref`, `attention_ref_backward` and
 `attention_blockwise` (``naive.py``) are the plain PyTorch references.
 """
+
 from .api import flash_attention
 from .naive import attention_blockwise, attention_ref, attention_ref_backward
 
-__all__ = ["flash_attention", "attention_ref", "attention_ref_backward", "attention_blockwise"]
+__all__ = [
+    "flash_attention",
+    "attention_ref",
+    "attention_ref_backward",
+    "attention_blockwise",
+]

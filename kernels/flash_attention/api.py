@@ -1,49 +1,82 @@
 """FlashAttention's public function and its argument checks."""
+
 from __future__ import annotations
 
 import numbers
 
 import torch
 
-from .._checks import check_attention_qkv, check_bool, check_scale, check_tensor, values_checkable
+from .._checks import (
+    check_attention_qkv,
+    check_bool,
+    check_scale,
+    check_tensor,
+    values_checkable,
+)
 from .op import flash_attention_fwd
 
 HEAD_DIMS = range(1, 257)  # any head dim up to 256, for q/k and for v
 
 
 def _check_window(window, causal):
-    if (not isinstance(window, (tuple, list)) or len(window) != 2
-            or not all(isinstance(w, numbers.Integral) and not isinstance(w, bool) for w in window)):
-        raise TypeError(f"window must be a pair of ints (left, right), -1 for unbounded, got {window!r}")
+    if (
+        not isinstance(window, (tuple, list))
+        or len(window) != 2
+        or not all(
+            isinstance(w, numbers.Integral) and not isinstance(w, bool)
+            for w in window
+        )
+    ):
+        raise TypeError(
+            f"window must be a pair of ints (left, right), -1 for unbounded, got {window!r}"
+        )
     left, right = (int(w) for w in window)
     if left < -1 or right < -1:
-        raise ValueError(f"window sides must be >= 0, or -1 for unbounded, got {tuple(window)!r}")
+        raise ValueError(
+            f"window sides must be >= 0, or -1 for unbounded, got {tuple(window)!r}"
+        )
     if causal and right > 0:
-        raise ValueError(f"causal=True sees no key after the diagonal, so window's right side must be 0 or -1, "
-                         f"got window={tuple(window)!r}")
+        raise ValueError(
+            f"causal=True sees no key after the diagonal, so window's right side must be 0 or -1, "
+            f"got window={tuple(window)!r}"
+        )
     return left, 0 if causal else right
 
 
 def _check_softcap(softcap):
     if isinstance(softcap, bool) or not isinstance(softcap, numbers.Real):
-        raise TypeError(f"softcap must be a number (0 for no cap), got {type(softcap).__name__} {softcap!r}")
+        raise TypeError(
+            f"softcap must be a number (0 for no cap), got {type(softcap).__name__} {softcap!r}"
+        )
     if not (0 <= softcap < float("inf")):
-        raise ValueError(f"softcap must be a finite number >= 0 (0 for no cap), got {softcap!r}")
+        raise ValueError(
+            f"softcap must be a finite number >= 0 (0 for no cap), got {softcap!r}"
+        )
     return float(softcap)
 
 
 def _check_cu_seqlens(name, cu, q, total):
     check_tensor(name, cu, 1, "[N + 1]")
     if cu.dtype != torch.int32:
-        raise TypeError(f"{name} must be int32 (as flash-attn's cu_seqlens), got {cu.dtype}")
+        raise TypeError(
+            f"{name} must be int32 (as flash-attn's cu_seqlens), got {cu.dtype}"
+        )
     if cu.device != q.device:
-        raise ValueError(f"{name} must be on the device of q ({q.device}), got {cu.device}")
+        raise ValueError(
+            f"{name} must be on the device of q ({q.device}), got {cu.device}"
+        )
     if cu.shape[0] < 2:
-        raise ValueError(f"{name} must hold N + 1 >= 2 offsets (N sequences), got shape {tuple(cu.shape)}")
-    if values_checkable(cu) and not torch.compiler.is_compiling():  # reads values: CPU, or KERNELS_CHECK_VALUES=1
+        raise ValueError(
+            f"{name} must hold N + 1 >= 2 offsets (N sequences), got shape {tuple(cu.shape)}"
+        )
+    if (
+        values_checkable(cu) and not torch.compiler.is_compiling()
+    ):  # reads values: CPU, or KERNELS_CHECK_VALUES=1
         c = cu.cpu()
         if c[0] != 0 or (c[1:] < c[:-1]).any() or c[-1] > total:
-            raise ValueError(f"{name} must rise from 0 to at most the packed length {total}, got {c.tolist()}")
+            raise ValueError(
+                f"{name} must rise from 0 to at most the packed length {total}, got {c.tolist()}"
+            )
         return int((c[1:] - c[:-1]).max())
     return None
 
@@ -51,15 +84,37 @@ def _check_cu_seqlens(name, cu, q, total):
 def _check_max_seqlen(name, value, longest, total):
     if value is None:
         return total  # an upper bound that reads nothing: programs past a sequence's end return at once
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive int (the longest packed sequence), got {value!r}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Integral)
+        or value < 1
+    ):
+        raise ValueError(
+            f"{name} must be a positive int (the longest packed sequence), got {value!r}"
+        )
     if longest is not None and value < longest:
-        raise ValueError(f"{name}={value} is shorter than the longest packed sequence, {longest}")
+        raise ValueError(
+            f"{name}={value} is shorter than the longest packed sequence, {longest}"
+        )
     return int(value)
 
 
-def _check_inputs(q, k, v, causal, scale, return_lse, window, softcap,
-                  cu_seqlens, max_seqlen, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k):
+def _check_inputs(
+    q,
+    k,
+    v,
+    causal,
+    scale,
+    return_lse,
+    window,
+    softcap,
+    cu_seqlens,
+    max_seqlen,
+    cu_seqlens_q,
+    cu_seqlens_k,
+    max_seqlen_q,
+    max_seqlen_k,
+):
     """Every check of `flash_attention`. Shapes, dtypes and devices always; values only of CPU
     tensors (or under ``KERNELS_CHECK_VALUES=1``), so a CUDA call never waits for the GPU."""
     check_attention_qkv(q, k, v, head_dims=HEAD_DIMS, same_v_dim=False)
@@ -68,38 +123,97 @@ def _check_inputs(q, k, v, causal, scale, return_lse, window, softcap,
     check_scale("scale", scale)
     window = _check_window(window, causal)
     softcap = _check_softcap(softcap)
-    if cu_seqlens is not None and (cu_seqlens_q is not None or cu_seqlens_k is not None):
-        raise ValueError("give either cu_seqlens (shared by q and k) or cu_seqlens_q and cu_seqlens_k, not both")
+    if cu_seqlens is not None and (
+        cu_seqlens_q is not None or cu_seqlens_k is not None
+    ):
+        raise ValueError(
+            "give either cu_seqlens (shared by q and k) or cu_seqlens_q and cu_seqlens_k, not both"
+        )
     if cu_seqlens is None and (cu_seqlens_q is None) != (cu_seqlens_k is None):
-        raise ValueError("cu_seqlens_q and cu_seqlens_k go together: give both or neither")
-    if max_seqlen is not None and (max_seqlen_q is not None or max_seqlen_k is not None):
-        raise ValueError("give either max_seqlen or max_seqlen_q and max_seqlen_k, not both")
+        raise ValueError(
+            "cu_seqlens_q and cu_seqlens_k go together: give both or neither"
+        )
+    if max_seqlen is not None and (
+        max_seqlen_q is not None or max_seqlen_k is not None
+    ):
+        raise ValueError(
+            "give either max_seqlen or max_seqlen_q and max_seqlen_k, not both"
+        )
     if cu_seqlens is not None:
         cu_seqlens_q = cu_seqlens_k = cu_seqlens
         max_seqlen_q = max_seqlen_k = max_seqlen
     if cu_seqlens_q is None:
-        if max_seqlen is not None or max_seqlen_q is not None or max_seqlen_k is not None:
-            raise ValueError("max_seqlen only applies to packed sequences (with cu_seqlens)")
+        if (
+            max_seqlen is not None
+            or max_seqlen_q is not None
+            or max_seqlen_k is not None
+        ):
+            raise ValueError(
+                "max_seqlen only applies to packed sequences (with cu_seqlens)"
+            )
         return window, softcap, None, None, 0, 0
     if q.shape[0] != 1:
-        raise ValueError(f"packed sequences (cu_seqlens) lie along T of a batch of one, [1, H, total, D]; "
-                         f"got q of shape {tuple(q.shape)}")
+        raise ValueError(
+            f"packed sequences (cu_seqlens) lie along T of a batch of one, [1, H, total, D]; "
+            f"got q of shape {tuple(q.shape)}"
+        )
     Tq, Tk = q.shape[2], k.shape[2]
-    longest_q = _check_cu_seqlens("cu_seqlens_q" if cu_seqlens is None else "cu_seqlens", cu_seqlens_q, q, Tq)
-    longest_k = _check_cu_seqlens("cu_seqlens_k" if cu_seqlens is None else "cu_seqlens", cu_seqlens_k, q, Tk)
+    longest_q = _check_cu_seqlens(
+        "cu_seqlens_q" if cu_seqlens is None else "cu_seqlens",
+        cu_seqlens_q,
+        q,
+        Tq,
+    )
+    longest_k = _check_cu_seqlens(
+        "cu_seqlens_k" if cu_seqlens is None else "cu_seqlens",
+        cu_seqlens_k,
+        q,
+        Tk,
+    )
     if cu_seqlens_q.shape != cu_seqlens_k.shape:
-        raise ValueError(f"cu_seqlens_q and cu_seqlens_k must describe the same number of sequences, got "
-                         f"shapes {tuple(cu_seqlens_q.shape)} and {tuple(cu_seqlens_k.shape)}")
-    max_seqlen_q = _check_max_seqlen("max_seqlen_q" if cu_seqlens is None else "max_seqlen", max_seqlen_q, longest_q, Tq)
-    max_seqlen_k = _check_max_seqlen("max_seqlen_k" if cu_seqlens is None else "max_seqlen", max_seqlen_k, longest_k, Tk)
-    return window, softcap, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k
+        raise ValueError(
+            f"cu_seqlens_q and cu_seqlens_k must describe the same number of sequences, got "
+            f"shapes {tuple(cu_seqlens_q.shape)} and {tuple(cu_seqlens_k.shape)}"
+        )
+    max_seqlen_q = _check_max_seqlen(
+        "max_seqlen_q" if cu_seqlens is None else "max_seqlen",
+        max_seqlen_q,
+        longest_q,
+        Tq,
+    )
+    max_seqlen_k = _check_max_seqlen(
+        "max_seqlen_k" if cu_seqlens is None else "max_seqlen",
+        max_seqlen_k,
+        longest_k,
+        Tk,
+    )
+    return (
+        window,
+        softcap,
+        cu_seqlens_q,
+        cu_seqlens_k,
+        max_seqlen_q,
+        max_seqlen_k,
+    )
 
 
-def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
-                    scale: float | None = None, return_lse: bool = False, *, window=(-1, -1),
-                    softcap: float = 0.0, cu_seqlens: torch.Tensor | None = None, max_seqlen: int | None = None,
-                    cu_seqlens_q: torch.Tensor | None = None, cu_seqlens_k: torch.Tensor | None = None,
-                    max_seqlen_q: int | None = None, max_seqlen_k: int | None = None):
+def flash_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    causal: bool = False,
+    scale: float | None = None,
+    return_lse: bool = False,
+    *,
+    window=(-1, -1),
+    softcap: float = 0.0,
+    cu_seqlens: torch.Tensor | None = None,
+    max_seqlen: int | None = None,
+    cu_seqlens_q: torch.Tensor | None = None,
+    cu_seqlens_k: torch.Tensor | None = None,
+    max_seqlen_q: int | None = None,
+    max_seqlen_k: int | None = None,
+):
     """Exact scaled dot-product attention, computed tile by tile with an online softmax.
 
     ``o = softmax(scale * q @ k^T + mask) @ v`` for every batch element and head, without
@@ -191,8 +305,23 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
         torch.Size([1, 4, 100, 64])
     """
     window, softcap, cu_q, cu_k, max_q, max_k = _check_inputs(
-        q, k, v, causal, scale, return_lse, window, softcap,
-        cu_seqlens, max_seqlen, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+        q,
+        k,
+        v,
+        causal,
+        scale,
+        return_lse,
+        window,
+        softcap,
+        cu_seqlens,
+        max_seqlen,
+        cu_seqlens_q,
+        cu_seqlens_k,
+        max_seqlen_q,
+        max_seqlen_k,
+    )
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    o, lse = flash_attention_fwd(q, k, v, scale, *window, softcap, cu_q, cu_k, max_q, max_k)
+    o, lse = flash_attention_fwd(
+        q, k, v, scale, *window, softcap, cu_q, cu_k, max_q, max_k
+    )
     return (o, lse) if return_lse else o

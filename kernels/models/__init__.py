@@ -9,15 +9,40 @@ import it, and ``import kernels`` does not load it.
     from kernels.models import load_models
     models = load_models("cpu", models=("target", "draft"))   # trained on first use, then cached
 """
+
 from .corpus import get_batch, load_corpus, split, stdlib_files
 from .heads import MedusaHeads, MTPModule
-from .train import MODELS, TRAINING, TrainConfig, cache_dir, cached, load_models, train_lm, train_medusa_heads, train_mtp
+from .train import (
+    MODELS,
+    TRAINING,
+    TrainConfig,
+    cache_dir,
+    cached,
+    load_models,
+    train_lm,
+    train_medusa_heads,
+    train_mtp,
+)
 from .transformer import PRESETS, Config, KVCache, Transformer
 
 __all__ = [
-    "Config", "PRESETS", "KVCache", "Transformer",
-    "MedusaHeads", "MTPModule",
-    "load_corpus", "split", "get_batch", "stdlib_files",
-    "TrainConfig", "TRAINING", "MODELS", "train_lm", "train_medusa_heads", "train_mtp", "cache_dir", "cached",
+    "Config",
+    "PRESETS",
+    "KVCache",
+    "Transformer",
+    "MedusaHeads",
+    "MTPModule",
+    "load_corpus",
+    "split",
+    "get_batch",
+    "stdlib_files",
+    "TrainConfig",
+    "TRAINING",
+    "MODELS",
+    "train_lm",
+    "train_medusa_heads",
+    "train_mtp",
+    "cache_dir",
+    "cached",
     "load_models",
 ]

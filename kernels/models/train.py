@@ -9,6 +9,7 @@ Weights never go into the repository.
 
     models = load_models("cpu", models=("target", "draft"))   # trained once, then cached
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,13 +28,23 @@ from .corpus import get_batch, load_corpus, split
 from .heads import MedusaHeads, MTPModule
 from .transformer import PRESETS, Config, Transformer
 
-__all__ = ["TrainConfig", "TRAINING", "MODELS", "train_lm", "train_medusa_heads", "train_mtp", "cache_dir", "cached",
-           "load_models"]
+__all__ = [
+    "TrainConfig",
+    "TRAINING",
+    "MODELS",
+    "train_lm",
+    "train_medusa_heads",
+    "train_mtp",
+    "cache_dir",
+    "cached",
+    "load_models",
+]
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Hyperparameters of one training run (the window length is the model's ``max_seq_len``)."""
+
     steps: int = 300
     batch_size: int = 8
     lr: float = 3e-3
@@ -50,23 +61,35 @@ class TrainConfig:
 # draft is bound by step latency rather than FLOPs (1500 small steps, ~10 s). Each benchmark
 # trains only the models it uses (`load_models(models=...)`): at most about 30 s.
 TRAINING = {
-    "cpu": TrainConfig(steps=300, batch_size=8, lr=3e-3, corpus_bytes=2_000_000),
-    "gpu": TrainConfig(steps=1500, batch_size=32, lr=1e-3, corpus_bytes=64_000_000),
+    "cpu": TrainConfig(
+        steps=300, batch_size=8, lr=3e-3, corpus_bytes=2_000_000
+    ),
+    "gpu": TrainConfig(
+        steps=1500, batch_size=32, lr=1e-3, corpus_bytes=64_000_000
+    ),
 }
 
 
 # ----------------------------------------------------------------------------- training loops
 def _device(device) -> torch.device:
-    return torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    return torch.device(
+        device
+        if device is not None
+        else ("cuda" if torch.cuda.is_available() else "cpu")
+    )
 
 
 def _autocast(device: torch.device):
     """bfloat16 autocast on CUDA (the attention kernels take it), full float32 on the CPU."""
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    return torch.autocast(
+        "cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"
+    )
 
 
 def _cross_entropy(logits, targets):
-    return nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
+    return nn.functional.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1)
+    )
 
 
 @contextmanager
@@ -82,14 +105,35 @@ def _one_cpu_thread(device: torch.device):
         torch.set_num_threads(threads)
 
 
-def _optimize(name: str, params, loss_fn, train: TrainConfig, seq_len: int, data, device, verbose: bool):
+def _optimize(
+    name: str,
+    params,
+    loss_fn,
+    train: TrainConfig,
+    seq_len: int,
+    data,
+    device,
+    verbose: bool,
+):
     """AdamW with warmup and cosine decay on windows of ``seq_len + 1`` bytes;
     ``loss_fn(batch) -> (loss, {name: value})``. Returns the history. One thread on the CPU."""
     params = [p for p in params if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=train.lr, betas=(0.9, 0.95), weight_decay=0.1)
+    opt = torch.optim.AdamW(
+        params, lr=train.lr, betas=(0.9, 0.95), weight_decay=0.1
+    )
     warmup = max(1, train.steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * (
-        0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, train.steps) / train.steps))))  # warmup, cosine to 10%
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lambda s: (
+            min(1.0, (s + 1) / warmup)
+            * (
+                0.1
+                + 0.9
+                * 0.5
+                * (1 + math.cos(math.pi * min(s, train.steps) / train.steps))
+            )
+        ),
+    )  # warmup, cosine to 10%
     g = torch.Generator().manual_seed(train.seed + 1)
     history, start, every = {}, time.perf_counter(), max(1, train.steps // 10)
     with _one_cpu_thread(device):
@@ -106,12 +150,19 @@ def _optimize(name: str, params, loss_fn, train: TrainConfig, seq_len: int, data
                 history.setdefault(key, []).append(value.item())
             if verbose and (step % every == 0 or step == train.steps - 1):
                 shown = " ".join(f"{k} {v[-1]:.3f}" for k, v in history.items())
-                print(f"[train {name}] step {step + 1}/{train.steps} {shown} ({time.perf_counter() - start:.1f}s)",
-                      flush=True)
+                print(
+                    f"[train {name}] step {step + 1}/{train.steps} {shown} ({time.perf_counter() - start:.1f}s)",
+                    flush=True,
+                )
     return history
 
 
-def train_lm(config: Config, train: TrainConfig = TRAINING["cpu"], device=None, verbose: bool = True):
+def train_lm(
+    config: Config,
+    train: TrainConfig = TRAINING["cpu"],
+    device=None,
+    verbose: bool = True,
+):
     """Train a `Transformer` on next-byte prediction. Returns ``(model, history)``; history: ``{"loss": [...]}``."""
     device = _device(device)
     torch.manual_seed(train.seed)
@@ -122,13 +173,26 @@ def train_lm(config: Config, train: TrainConfig = TRAINING["cpu"], device=None, 
         loss = _cross_entropy(model(batch[:, :-1]), batch[:, 1:])
         return loss, {"loss": loss.detach()}
 
-    history = _optimize(f"lm d{config.dim} L{config.n_layers}", model.parameters(), loss_fn, train,
-                        config.max_seq_len, data, device, verbose)
+    history = _optimize(
+        f"lm d{config.dim} L{config.n_layers}",
+        model.parameters(),
+        loss_fn,
+        train,
+        config.max_seq_len,
+        data,
+        device,
+        verbose,
+    )
     return model.eval(), history
 
 
-def train_medusa_heads(target: Transformer, num_heads: int = 4, train: TrainConfig = TRAINING["cpu"], device=None,
-                       verbose: bool = True):
+def train_medusa_heads(
+    target: Transformer,
+    num_heads: int = 4,
+    train: TrainConfig = TRAINING["cpu"],
+    device=None,
+    verbose: bool = True,
+):
     """Train `MedusaHeads` on a frozen target (Medusa-1). Returns ``(heads, history)``.
 
     The heads start from `MedusaHeads.from_target` (output matrices copied from the target's
@@ -146,19 +210,34 @@ def train_medusa_heads(target: Transformer, num_heads: int = 4, train: TrainConf
             _, hidden = target(batch[:, :-1], return_hidden=True)  # [B, T, dim]
         logits = heads(hidden)  # [B, T, heads, V]
         total, parts = 0.0, {}
-        for i in range(num_heads):  # head i at position t predicts t + 2 + i = batch[:, t + 2 + i]
-            loss = _cross_entropy(logits[:, :-(i + 1), i], batch[:, i + 2:])
-            total = total + 0.8 ** i * loss
+        for i in range(
+            num_heads
+        ):  # head i at position t predicts t + 2 + i = batch[:, t + 2 + i]
+            loss = _cross_entropy(logits[:, : -(i + 1), i], batch[:, i + 2 :])
+            total = total + 0.8**i * loss
             parts[f"head{i}"] = loss.detach()
         return total, parts
 
-    history = _optimize(f"medusa x{num_heads}", heads.parameters(), loss_fn, train, target.config.max_seq_len,
-                        data, device, verbose)
+    history = _optimize(
+        f"medusa x{num_heads}",
+        heads.parameters(),
+        loss_fn,
+        train,
+        target.config.max_seq_len,
+        data,
+        device,
+        verbose,
+    )
     return heads.eval(), history
 
 
-def train_mtp(config: Config, mtp_weight: float = 0.3, train: TrainConfig = TRAINING["cpu"], device=None,
-              verbose: bool = True):
+def train_mtp(
+    config: Config,
+    mtp_weight: float = 0.3,
+    train: TrainConfig = TRAINING["cpu"],
+    device=None,
+    verbose: bool = True,
+):
     """Train a `Transformer` and its `MTPModule` jointly: ``loss = main + mtp_weight * mtp``.
 
     The main loss predicts ``t_{i+1}`` from ``t_{<=i}``; the MTP loss predicts ``t_{i+2}`` from the
@@ -174,25 +253,46 @@ def train_mtp(config: Config, mtp_weight: float = 0.3, train: TrainConfig = TRAI
     data, _ = split(load_corpus(train.corpus_bytes)[0])
 
     def loss_fn(batch):
-        x, y = batch[:, :-1], batch[:, 1:]  # inputs t_0..t_{T-1}, targets t_1..t_T
+        x, y = (
+            batch[:, :-1],
+            batch[:, 1:],
+        )  # inputs t_0..t_{T-1}, targets t_1..t_T
         logits, hidden = model(x, return_hidden=True)
         main = _cross_entropy(logits, y)
         if mtp_weight == 0:
             return main, {"main": main.detach()}
-        mtp_logits, _ = mtp(model, hidden[:, :-1], x[:, 1:])  # pairs (h_i, t_{i+1}) -> t_{i+2}
+        mtp_logits, _ = mtp(
+            model, hidden[:, :-1], x[:, 1:]
+        )  # pairs (h_i, t_{i+1}) -> t_{i+2}
         extra = _cross_entropy(mtp_logits, y[:, 1:])
-        return main + mtp_weight * extra, {"main": main.detach(), "mtp": extra.detach()}
+        return main + mtp_weight * extra, {
+            "main": main.detach(),
+            "mtp": extra.detach(),
+        }
 
     params = list(model.parameters()) + list(mtp.parameters())
-    history = _optimize(f"mtp lambda={mtp_weight}", params, loss_fn, train, config.max_seq_len, data, device,
-                        verbose)
+    history = _optimize(
+        f"mtp lambda={mtp_weight}",
+        params,
+        loss_fn,
+        train,
+        config.max_seq_len,
+        data,
+        device,
+        verbose,
+    )
     return model.eval(), mtp.eval(), history
 
 
 # ----------------------------------------------------------------------------- checkpoint cache
 def cache_dir() -> Path:
     """``$KERNELS_CACHE/speculative`` (default ``~/.cache/kernels/speculative``)."""
-    return Path(os.environ.get("KERNELS_CACHE", Path.home() / ".cache" / "kernels")) / "speculative"
+    return (
+        Path(
+            os.environ.get("KERNELS_CACHE", Path.home() / ".cache" / "kernels")
+        )
+        / "speculative"
+    )
 
 
 def cached(kind: str, key: dict, build, verbose: bool = True) -> dict:
@@ -201,7 +301,9 @@ def cached(kind: str, key: dict, build, verbose: bool = True) -> dict:
     The file name is ``<kind>-<sha256 of the key>.pt``; the file is written to a temporary name
     first, so an interrupted run never leaves a broken checkpoint.
     """
-    digest = hashlib.sha256(json.dumps({"kind": kind, **key}, sort_keys=True).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(
+        json.dumps({"kind": kind, **key}, sort_keys=True).encode()
+    ).hexdigest()[:16]
     path = cache_dir() / f"{kind}-{digest}.pt"
     if path.exists():
         if verbose:
@@ -224,8 +326,16 @@ def _state(module):
 MODELS = ("target", "draft", "heads", "mtp", "baseline")
 
 
-def load_models(size: str = "cpu", device=None, *, models=MODELS, train: TrainConfig | None = None,
-                num_heads: int = 4, mtp_weight: float = 0.3, verbose: bool = True) -> dict:
+def load_models(
+    size: str = "cpu",
+    device=None,
+    *,
+    models=MODELS,
+    train: TrainConfig | None = None,
+    num_heads: int = 4,
+    mtp_weight: float = 0.3,
+    verbose: bool = True,
+) -> dict:
     """The models of the speculative-decoding articles, trained once per machine and cached.
 
     Args:
@@ -262,36 +372,72 @@ def load_models(size: str = "cpu", device=None, *, models=MODELS, train: TrainCo
         def build():
             model, history = train_lm(cfg, train, device, verbose)
             return {"model": _state(model), "history": history}
+
         return cached("lm", {**base, "config": asdict(cfg)}, build, verbose)
 
     def mtp_run(weight):
         def build():
-            model, mtp, history = train_mtp(target_cfg, weight, train, device, verbose)
-            return {"model": _state(model), "mtp": _state(mtp), "history": history}
-        return cached("mtp", {**base, "config": asdict(target_cfg), "mtp_weight": weight}, build, verbose)
+            model, mtp, history = train_mtp(
+                target_cfg, weight, train, device, verbose
+            )
+            return {
+                "model": _state(model),
+                "mtp": _state(mtp),
+                "history": history,
+            }
+
+        return cached(
+            "mtp",
+            {**base, "config": asdict(target_cfg), "mtp_weight": weight},
+            build,
+            verbose,
+        )
 
     out, history = {}, {}
     if "target" in models or "heads" in models:
         ck = lm(target_cfg)
-        out["target"], history["target"] = _load(Transformer(target_cfg), ck["model"], device), ck["history"]
+        out["target"], history["target"] = (
+            _load(Transformer(target_cfg), ck["model"], device),
+            ck["history"],
+        )
     if "draft" in models:
         ck = lm(draft_cfg)
-        out["draft"], history["draft"] = _load(Transformer(draft_cfg), ck["model"], device), ck["history"]
+        out["draft"], history["draft"] = (
+            _load(Transformer(draft_cfg), ck["model"], device),
+            ck["history"],
+        )
     if "heads" in models:
+
         def build_heads():
-            heads, h = train_medusa_heads(out["target"], num_heads, train, device, verbose)
+            heads, h = train_medusa_heads(
+                out["target"], num_heads, train, device, verbose
+            )
             return {"heads": _state(heads), "history": h}
 
-        ck = cached("medusa", {**base, "config": asdict(target_cfg), "num_heads": num_heads}, build_heads, verbose)
+        ck = cached(
+            "medusa",
+            {**base, "config": asdict(target_cfg), "num_heads": num_heads},
+            build_heads,
+            verbose,
+        )
         heads = MedusaHeads(target_cfg.dim, num_heads, target_cfg.vocab_size)
-        out["heads"], history["medusa"] = _load(heads, ck["heads"], device), ck["history"]
+        out["heads"], history["medusa"] = (
+            _load(heads, ck["heads"], device),
+            ck["history"],
+        )
     if "mtp" in models:
         ck = mtp_run(mtp_weight)
         out["mtp_model"] = _load(Transformer(target_cfg), ck["model"], device)
-        out["mtp"], history["mtp"] = _load(MTPModule(target_cfg), ck["mtp"], device), ck["history"]
+        out["mtp"], history["mtp"] = (
+            _load(MTPModule(target_cfg), ck["mtp"], device),
+            ck["history"],
+        )
     if "baseline" in models:
         ck = mtp_run(0.0)
-        out["baseline"], history["baseline"] = _load(Transformer(target_cfg), ck["model"], device), ck["history"]
+        out["baseline"], history["baseline"] = (
+            _load(Transformer(target_cfg), ck["model"], device),
+            ck["history"],
+        )
     out["history"] = history
     return out
 

@@ -13,6 +13,7 @@ through the plain PyTorch references `kernels.flash_attention.attention_ref` and
 `tree_attention_ref`, even under ``TRITON_INTERPRET=1``: Triton's interpreter is far too slow
 to train or decode with, and the references take float64, which the exactness tests use.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -34,6 +35,7 @@ class Config:
     (`kernels.models.train`), and its forward refuses positions beyond it, so that no
     experiment runs a model past the positions it was trained on.
     """
+
     dim: int = 64
     n_layers: int = 2
     n_heads: int = 4
@@ -55,10 +57,18 @@ class Config:
 # four times the draft's layers and about 50 times its weights (26M and 0.5M parameters). The
 # contexts are the longest sequences the articles run (prompt, new tokens and lookahead).
 PRESETS = {
-    "cpu-target": Config(dim=64, n_layers=2, n_heads=4, hidden=176, max_seq_len=128),
-    "cpu-draft": Config(dim=32, n_layers=1, n_heads=2, hidden=96, max_seq_len=128),
-    "gpu-target": Config(dim=512, n_layers=8, n_heads=8, hidden=1408, max_seq_len=512),
-    "gpu-draft": Config(dim=128, n_layers=2, n_heads=2, hidden=352, max_seq_len=512),
+    "cpu-target": Config(
+        dim=64, n_layers=2, n_heads=4, hidden=176, max_seq_len=128
+    ),
+    "cpu-draft": Config(
+        dim=32, n_layers=1, n_heads=2, hidden=96, max_seq_len=128
+    ),
+    "gpu-target": Config(
+        dim=512, n_layers=8, n_heads=8, hidden=1408, max_seq_len=512
+    ),
+    "gpu-draft": Config(
+        dim=128, n_layers=2, n_heads=2, hidden=352, max_seq_len=512
+    ),
 }
 
 
@@ -71,8 +81,16 @@ class KVCache:
     the next tokens overwrite them), and Medusa keeps the accepted path of a tree with `keep`.
     """
 
-    def __init__(self, n_layers: int, batch_size: int, n_heads: int, max_len: int, head_dim: int,
-                 device=None, dtype=torch.float32):
+    def __init__(
+        self,
+        n_layers: int,
+        batch_size: int,
+        n_heads: int,
+        max_len: int,
+        head_dim: int,
+        device=None,
+        dtype=torch.float32,
+    ):
         shape = (n_layers, batch_size, n_heads, max_len, head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
@@ -87,10 +105,12 @@ class KVCache:
         """
         end = self.length + k.shape[2]
         if end > self.max_len:
-            raise ValueError(f"the KV cache holds at most {self.max_len} positions, "
-                             f"{self.length} are used and {k.shape[2]} more were given")
-        self.k[layer, :, :, self.length:end] = k
-        self.v[layer, :, :, self.length:end] = v
+            raise ValueError(
+                f"the KV cache holds at most {self.max_len} positions, "
+                f"{self.length} are used and {k.shape[2]} more were given"
+            )
+        self.k[layer, :, :, self.length : end] = k
+        self.v[layer, :, :, self.length : end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
     def advance(self, n: int) -> None:
@@ -99,13 +119,17 @@ class KVCache:
     def truncate(self, length: int) -> None:
         """Keep the first ``length`` positions (``0 <= length <= self.length``)."""
         if not 0 <= length <= self.length:
-            raise ValueError(f"length must be between 0 and the cached length {self.length}, got {length}")
+            raise ValueError(
+                f"length must be between 0 and the cached length {self.length}, got {length}"
+            )
         self.length = length
 
     def rollback(self, n: int) -> None:
         """Forget the last ``n`` positions (``0 <= n <= self.length``)."""
         if not 0 <= n <= self.length:
-            raise ValueError(f"n must be between 0 and the cached length {self.length}, got {n}")
+            raise ValueError(
+                f"n must be between 0 and the cached length {self.length}, got {n}"
+            )
         self.length -= n
 
     def keep(self, start: int, offsets) -> None:
@@ -114,14 +138,21 @@ class KVCache:
         Used after tree verification: the tree's nodes were written at ``start, start + 1, ...``
         in node order, and only the accepted path (``offsets``, increasing) stays.
         """
-        offsets = torch.as_tensor(offsets, dtype=torch.long, device=self.k.device)
-        if len(offsets) and (offsets[0] < 0 or start + offsets[-1] >= self.length
-                             or (offsets[1:] <= offsets[:-1]).any()):
-            raise ValueError(f"offsets must increase and stay within the cache, got {offsets.tolist()} "
-                             f"from start {start} with length {self.length}")
+        offsets = torch.as_tensor(
+            offsets, dtype=torch.long, device=self.k.device
+        )
+        if len(offsets) and (
+            offsets[0] < 0
+            or start + offsets[-1] >= self.length
+            or (offsets[1:] <= offsets[:-1]).any()
+        ):
+            raise ValueError(
+                f"offsets must increase and stay within the cache, got {offsets.tolist()} "
+                f"from start {start} with length {self.length}"
+            )
         src = start + offsets
-        self.k[:, :, :, start:start + len(offsets)] = self.k[:, :, :, src]
-        self.v[:, :, :, start:start + len(offsets)] = self.v[:, :, :, src]
+        self.k[:, :, :, start : start + len(offsets)] = self.k[:, :, :, src]
+        self.v[:, :, :, start : start + len(offsets)] = self.v[:, :, :, src]
         self.length = start + len(offsets)
 
 
@@ -135,14 +166,20 @@ class RMSNorm(nn.Module):
 
     def forward(self, x):
         x32 = x if x.dtype == torch.float64 else x.float()
-        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+        return (
+            x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        ).type_as(x) * self.weight
 
 
 def rope_tables(config: Config):
     """``cos, sin`` of shape ``[max_seq_len, head_dim / 2]`` for rotary embeddings."""
     half = config.head_dim // 2
-    freqs = config.rope_base ** (-torch.arange(half, dtype=torch.float64) / half)  # [D/2]
-    angles = torch.arange(config.max_seq_len, dtype=torch.float64)[:, None] * freqs  # [T, D/2]
+    freqs = config.rope_base ** (
+        -torch.arange(half, dtype=torch.float64) / half
+    )  # [D/2]
+    angles = (
+        torch.arange(config.max_seq_len, dtype=torch.float64)[:, None] * freqs
+    )  # [T, D/2]
     return angles.cos(), angles.sin()
 
 
@@ -177,7 +214,11 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, cache=None, layer=0, tree_mask=None):
         B, T, _ = x.shape
-        q, k, v = self.wqkv(x).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 3 x [B, H, T, D]
+        q, k, v = (
+            self.wqkv(x)
+            .view(B, T, 3, self.n_heads, self.head_dim)
+            .permute(2, 0, 3, 1, 4)
+        )  # 3 x [B, H, T, D]
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # [B, H, cached + T, D]
@@ -218,11 +259,15 @@ class Transformer(nn.Module):
     def __init__(self, config: Config):
         super().__init__()
         if config.dim % config.n_heads or config.head_dim % 8:
-            raise ValueError(f"dim must be n_heads times a multiple of 8, got dim={config.dim}, "
-                             f"n_heads={config.n_heads}")
+            raise ValueError(
+                f"dim must be n_heads times a multiple of 8, got dim={config.dim}, "
+                f"n_heads={config.n_heads}"
+            )
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.dim)
-        self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.layers = nn.ModuleList(
+            Block(config) for _ in range(config.n_layers)
+        )
         self.norm = RMSNorm(config.dim)
         self.lm_head = nn.Linear(config.dim, config.vocab_size, bias=False)
         cos, sin = rope_tables(config)
@@ -239,10 +284,20 @@ class Transformer(nn.Module):
         """The context the model was trained on: it refuses longer sequences."""
         return self.config.max_seq_len
 
-    def new_cache(self, batch_size: int = 1, max_len: int | None = None) -> KVCache:
+    def new_cache(
+        self, batch_size: int = 1, max_len: int | None = None
+    ) -> KVCache:
         """An empty `KVCache` on the model's device, in its dtype."""
         c, w = self.config, self.lm_head.weight
-        return KVCache(c.n_layers, batch_size, c.n_heads, max_len or c.max_seq_len, c.head_dim, w.device, w.dtype)
+        return KVCache(
+            c.n_layers,
+            batch_size,
+            c.n_heads,
+            max_len or c.max_seq_len,
+            c.head_dim,
+            w.device,
+            w.dtype,
+        )
 
     def rope(self, position_ids: torch.Tensor):
         """``cos, sin [T, D/2]`` at the given positions (the tables are kept in the model's dtype).
@@ -251,12 +306,20 @@ class Transformer(nn.Module):
             ValueError: a position at or beyond ``max_seq_len``, the context the model was trained on.
         """
         if len(position_ids) and position_ids.max() >= self.config.max_seq_len:
-            raise ValueError(f"the model was trained on sequences of at most max_seq_len={self.config.max_seq_len} "
-                             f"tokens; this input reaches {position_ids.max().item() + 1} positions")
+            raise ValueError(
+                f"the model was trained on sequences of at most max_seq_len={self.config.max_seq_len} "
+                f"tokens; this input reaches {position_ids.max().item() + 1} positions"
+            )
         return self.cos[position_ids], self.sin[position_ids]
 
-    def forward(self, tokens: torch.Tensor, cache: KVCache | None = None, tree_mask: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None, return_hidden: bool = False):
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        cache: KVCache | None = None,
+        tree_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        return_hidden: bool = False,
+    ):
         """Logits for every new token.
 
         Args:
@@ -273,13 +336,17 @@ class Transformer(nn.Module):
             ``logits [B, T, vocab_size]``, and ``hidden`` when asked.
         """
         if tokens.dim() != 2:
-            raise ValueError(f"tokens must have shape [B, T], got {tuple(tokens.shape)}")
+            raise ValueError(
+                f"tokens must have shape [B, T], got {tuple(tokens.shape)}"
+            )
         start = cache.length if cache is not None else 0
         T = tokens.shape[1]
         if position_ids is None:
             position_ids = torch.arange(start, start + T, device=tokens.device)
         if tree_mask is not None and tuple(tree_mask.shape) != (T, T):
-            raise ValueError(f"tree_mask must have shape [T, T] = ({T}, {T}), got {tuple(tree_mask.shape)}")
+            raise ValueError(
+                f"tree_mask must have shape [T, T] = ({T}, {T}), got {tuple(tree_mask.shape)}"
+            )
         cos, sin = self.rope(position_ids)
         x = self.embed(tokens)  # [B, T, dim]
         for i, layer in enumerate(self.layers):

@@ -1,15 +1,26 @@
 """The selective scan's public functions and their argument checks."""
+
 from __future__ import annotations
 
 import torch
 
 from .._backend import HAS_TRITON, uses_triton
-from .._checks import (check_bool, check_float32, check_float_dtypes, check_same_device, check_shape,
-                       check_tensor)
+from .._checks import (
+    check_bool,
+    check_float32,
+    check_float_dtypes,
+    check_same_device,
+    check_shape,
+    check_tensor,
+)
 from .naive import selective_scan_ref, selective_scan_step_ref
 
 if HAS_TRITON:
-    from .triton import selective_scan_op, selective_scan_step_fwd, selective_scan_step_op
+    from .triton import (
+        selective_scan_op,
+        selective_scan_step_fwd,
+        selective_scan_step_op,
+    )
 
 MAX_STATE = 256  # largest state size n the kernels take
 
@@ -20,34 +31,50 @@ def _check_BC(name, M, b, d, n, L, dtype, token):
     the input-dependent forms for one token, ``[b, n]`` or ``[b, g, n]``.
     """
     if not isinstance(M, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(M).__name__}")
+        raise TypeError(
+            f"{name} must be a torch.Tensor, got {type(M).__name__}"
+        )
     g = M.shape[1] if M.dim() == 4 - token else 1
     if token:
         forms = {2: ("[b, n]", (b, n)), 3: ("[b, g, n]", (b, g, n))}
     else:
-        forms = {2: ("[d, n]", (d, n)), 3: ("[b, n, L]", (b, n, L)), 4: ("[b, g, n, L]", (b, g, n, L))}
+        forms = {
+            2: ("[d, n]", (d, n)),
+            3: ("[b, n, L]", (b, n, L)),
+            4: ("[b, g, n, L]", (b, g, n, L)),
+        }
     if M.dim() not in forms:
         expected = " or ".join(layout for layout, _ in forms.values())
-        raise ValueError(f"{name} must have shape {expected}, got {tuple(M.shape)}")
+        raise ValueError(
+            f"{name} must have shape {expected}, got {tuple(M.shape)}"
+        )
     layout, shape = forms[M.dim()]
     if g < 1 or d % g != 0:
-        raise ValueError(f"{name} has g = {g} groups, which must divide the number of channels d = {d} "
-                         f"(shape {tuple(M.shape)})")
+        raise ValueError(
+            f"{name} has g = {g} groups, which must divide the number of channels d = {d} "
+            f"(shape {tuple(M.shape)})"
+        )
     check_shape(name, M, shape, layout)
     if M.dim() == 2 and not token:
         check_float32(name, M, layout)
     else:
-        _check_activation(name, M, dtype, f"{name} {layout} is input-dependent and ")
+        _check_activation(
+            name, M, dtype, f"{name} {layout} is input-dependent and "
+        )
 
 
 def _check_activation(name, x, dtype, what=""):
     """``x`` must have the dtype of ``u`` or float32 (as ``mamba_ssm`` takes them beside half-precision ``u``)."""
     if x.dtype not in (dtype, torch.float32):
         also = "" if dtype == torch.float32 else " or float32"
-        raise TypeError(f"{what or name + ' '}must have the dtype of u ({dtype}){also}, got {x.dtype}")
+        raise TypeError(
+            f"{what or name + ' '}must have the dtype of u ({dtype}){also}, got {x.dtype}"
+        )
 
 
-def _check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, token=False):
+def _check_scan_inputs(
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus, token=False
+):
     """Validate the selective scan's (``token=False``) or the decoding step's arguments.
 
     Shapes, dtypes and devices only: nothing here reads a tensor's values, so the checks never
@@ -64,12 +91,16 @@ def _check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, toke
     L = 1 if token else u.shape[2]
     n = A.shape[1]
     if min(u.shape) < 1:
-        raise ValueError(f"u must have at least one batch element, channel and position, got shape {tuple(u.shape)}")
+        raise ValueError(
+            f"u must have at least one batch element, channel and position, got shape {tuple(u.shape)}"
+        )
     check_shape("delta", delta, u.shape, layout)
     check_float32("A", A, "[d, n]")
     check_shape("A", A, (d, n), "[d, n]")
     if not 1 <= n <= MAX_STATE:
-        raise ValueError(f"A must have a state size n between 1 and {MAX_STATE}, got {n}")
+        raise ValueError(
+            f"A must have a state size n between 1 and {MAX_STATE}, got {n}"
+        )
     _check_BC("B", B, b, d, n, L, dtype, token)
     _check_BC("C", C, b, d, n, L, dtype, token)
     tensors = {"u": u, "delta": delta, "A": A, "B": B, "C": C}
@@ -88,8 +119,18 @@ def _check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, toke
     check_same_device(tensors)
 
 
-def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                   return_last_state=False):
+def selective_scan(
+    u,
+    delta,
+    A,
+    B,
+    C,
+    D=None,
+    z=None,
+    delta_bias=None,
+    delta_softplus=False,
+    return_last_state=False,
+):
     """Mamba's selective scan, with the signature of ``mamba_ssm``'s ``selective_scan_fn``.
 
     For every batch element and channel, a linear recurrence on a state of ``n`` numbers:
@@ -145,13 +186,30 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     check_bool("return_last_state", return_last_state)
     if uses_triton(u):
         store_states = torch.is_grad_enabled() and any(
-            x is not None and x.requires_grad for x in (u, delta, A, B, C, D, z, delta_bias))
-        out, last, _ = selective_scan_op(u, delta, A, B, C, D, z, delta_bias, delta_softplus, store_states)
+            x is not None and x.requires_grad
+            for x in (u, delta, A, B, C, D, z, delta_bias)
+        )
+        out, last, _ = selective_scan_op(
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, store_states
+        )
         return (out, last) if return_last_state else out
-    return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    return selective_scan_ref(
+        u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state
+    )
 
 
-def selective_scan_step(state, u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+def selective_scan_step(
+    state,
+    u,
+    delta,
+    A,
+    B,
+    C,
+    D=None,
+    z=None,
+    delta_bias=None,
+    delta_softplus=False,
+):
     """Advance the selective scan's state by one token (decoding), in one kernel launch.
 
     The recurrence of `selective_scan` for a single position: ``x = exp(Δ A) state + Δ B u``,
@@ -200,7 +258,9 @@ def selective_scan_step(state, u, delta, A, B, C, D=None, z=None, delta_bias=Non
         >>> out.shape, bool(state.abs().sum() > 0)
         (torch.Size([1, 4]), True)
     """
-    _check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, token=True)
+    _check_scan_inputs(
+        u, delta, A, B, C, D, z, delta_bias, delta_softplus, token=True
+    )
     b, d = u.shape
     check_tensor("state", state, 3, "[b, d, n]")
     check_shape("state", state, (b, d, A.shape[1]), "[b, d, n]")
@@ -211,6 +271,14 @@ def selective_scan_step(state, u, delta, A, B, C, D=None, z=None, delta_bias=Non
         if uses_triton(u):
             # the registered operator for torch.compile; in eager mode the launch itself (the
             # operator's dispatch would add to the latency of every token)
-            step = selective_scan_step_op if torch.compiler.is_compiling() else selective_scan_step_fwd
-            return step(state, u, delta, A, B, C, D, z, delta_bias, delta_softplus)
-        return selective_scan_step_ref(state, u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+            step = (
+                selective_scan_step_op
+                if torch.compiler.is_compiling()
+                else selective_scan_step_fwd
+            )
+            return step(
+                state, u, delta, A, B, C, D, z, delta_bias, delta_softplus
+            )
+        return selective_scan_step_ref(
+            state, u, delta, A, B, C, D, z, delta_bias, delta_softplus
+        )

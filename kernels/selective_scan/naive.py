@@ -13,6 +13,7 @@ a state ``x_t`` of ``n`` numbers:
 channels share one). `selective_scan_ref` is the sequential loop: one token at a time,
 in float32 (float64 stays float64), the semantics of ``mamba_ssm``'s ``selective_scan_ref``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -31,11 +32,23 @@ def _per_channel(M, d, L=None):
     if M.dim() == 3:  # [b, n, L]: one group
         M = M[:, None]
     b, g, n, L = M.shape
-    return M[:, :, None].expand(b, g, d // g, n, L).reshape(b, d, n, L)  # [b, d, n, L]
+    return (
+        M[:, :, None].expand(b, g, d // g, n, L).reshape(b, d, n, L)
+    )  # [b, d, n, L]
 
 
-def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                       return_last_state=False):
+def selective_scan_ref(
+    u,
+    delta,
+    A,
+    B,
+    C,
+    D=None,
+    z=None,
+    delta_bias=None,
+    delta_softplus=False,
+    return_last_state=False,
+):
     """The selective scan, one token at a time.
 
     Args:
@@ -79,7 +92,18 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     return (out, x) if return_last_state else out
 
 
-def selective_scan_step_ref(state, u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+def selective_scan_step_ref(
+    state,
+    u,
+    delta,
+    A,
+    B,
+    C,
+    D=None,
+    z=None,
+    delta_bias=None,
+    delta_softplus=False,
+):
     """One token of the selective scan (decoding): updates ``state`` in place and returns the output.
 
     ``x = exp(Δ A) state + Δ B u`` (computed in float32), stored into ``state`` in its own dtype;
@@ -111,7 +135,9 @@ def selective_scan_step_ref(state, u, delta, A, B, C, D=None, z=None, delta_bias
         return M.repeat_interleave(d // M.shape[1], dim=1)
 
     uf = u.to(acc)
-    x = torch.exp(dt[..., None] * A.to(acc)) * state.to(acc) + (dt * uf)[..., None] * per_channel(B)  # [b, d, n]
+    x = torch.exp(dt[..., None] * A.to(acc)) * state.to(acc) + (dt * uf)[
+        ..., None
+    ] * per_channel(B)  # [b, d, n]
     state.copy_(x)
     y = (x * per_channel(C)).sum(-1)  # [b, d]
     if D is not None:

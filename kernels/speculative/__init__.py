@@ -15,18 +15,51 @@ The ops, written against a small model interface and never against a concrete mo
 The small models the articles run these on live apart, in `kernels.models`, which imports this
 package (never the other way round) and is not loaded by ``import kernels``.
 """
+
 from .decode import DecodeStats, generate, speculative_generate
 from .interface import Cache, Drafter, LanguageModel, MultiTokenDrafter
-from .medusa import DEFAULT_TREE, Tree, build_tree, medusa_generate, tree_candidates, typical_tree, verify_tree
+from .medusa import (
+    DEFAULT_TREE,
+    Tree,
+    build_tree,
+    medusa_generate,
+    tree_candidates,
+    typical_tree,
+    verify_tree,
+)
 from .mtp import mtp_generate
-from .sampling import logits_to_probs, residual_probs, sample, typical_accept, typical_mask, verify_draft
+from .sampling import (
+    logits_to_probs,
+    residual_probs,
+    sample,
+    typical_accept,
+    typical_mask,
+    verify_draft,
+)
 from .tree_attention import tree_attention, tree_attention_ref
 
 __all__ = [
-    "verify_draft", "typical_accept", "typical_mask", "logits_to_probs", "sample", "residual_probs",
-    "LanguageModel", "Cache", "Drafter", "MultiTokenDrafter",
-    "generate", "speculative_generate", "DecodeStats",
-    "Tree", "build_tree", "DEFAULT_TREE", "tree_candidates", "verify_tree", "typical_tree", "medusa_generate",
-    "tree_attention", "tree_attention_ref",
+    "verify_draft",
+    "typical_accept",
+    "typical_mask",
+    "logits_to_probs",
+    "sample",
+    "residual_probs",
+    "LanguageModel",
+    "Cache",
+    "Drafter",
+    "MultiTokenDrafter",
+    "generate",
+    "speculative_generate",
+    "DecodeStats",
+    "Tree",
+    "build_tree",
+    "DEFAULT_TREE",
+    "tree_candidates",
+    "verify_tree",
+    "typical_tree",
+    "medusa_generate",
+    "tree_attention",
+    "tree_attention_ref",
     "mtp_generate",
 ]

@@ -4,6 +4,7 @@ The loops in `kernels.speculative` never import a model class: they call any obj
 methods below. `kernels.models.Transformer` (with its `KVCache`), `kernels.models.MedusaHeads`
 and `kernels.models.MTPModule` are one implementation, used by the articles.
 """
+
 from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
@@ -42,8 +43,14 @@ class LanguageModel(Protocol):
     def new_cache(self) -> Cache:
         """An empty cache for one sequence (batch 1)."""
 
-    def __call__(self, tokens: torch.Tensor, cache: Cache | None = None, tree_mask: torch.Tensor | None = None,
-                 position_ids: torch.Tensor | None = None, return_hidden: bool = False):
+    def __call__(
+        self,
+        tokens: torch.Tensor,
+        cache: Cache | None = None,
+        tree_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        return_hidden: bool = False,
+    ):
         """Logits ``[B, T, V]`` of the new ``tokens [B, T]`` (appended to ``cache``), and the last
         hidden states ``[B, T, dim]`` when ``return_hidden``. ``tree_mask [T, T]`` (bool) says which
         new token sees which (default causal), ``position_ids [T]`` their positions."""
@@ -66,8 +73,13 @@ class MultiTokenDrafter(Protocol):
     def new_cache(self) -> Cache:
         """An empty cache for one sequence."""
 
-    def __call__(self, model: LanguageModel, hidden: torch.Tensor, next_tokens: torch.Tensor,
-                 cache: Cache | None = None):
+    def __call__(
+        self,
+        model: LanguageModel,
+        hidden: torch.Tensor,
+        next_tokens: torch.Tensor,
+        cache: Cache | None = None,
+    ):
         """``(logits [B, T, V], out [B, T, dim])``: predictions of ``t_{i+2}`` from the pairs
         ``(hidden [B, T, dim] = h_i, next_tokens [B, T] = t_{i+1})``, and the output states a chained
         draft feeds back in place of ``h``."""

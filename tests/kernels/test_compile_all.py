@@ -6,11 +6,18 @@ Without a GPU the ops run the Triton kernels in the interpreter (tests/conftest.
 compile uses inductor on the CPU too: it generates C++ for the PyTorch around the ops, and the
 ops stay calls to their kernels.
 """
+
 import torch
 import torch.nn.functional as F
 
 from _compare import assert_close
-from kernels import flash_attention, linear_attention, selective_scan, ssd, uses_triton
+from kernels import (
+    flash_attention,
+    linear_attention,
+    selective_scan,
+    ssd,
+    uses_triton,
+)
 from kernels.linear_attention import elu_plus_one
 
 CUDA = torch.cuda.is_available()
@@ -36,15 +43,37 @@ class AllOps(torch.nn.Module):
     def forward(self, x):
         B, T, C = x.shape
         H, n = self.heads, self.state
-        q, k, v = self.qkv(x).view(B, T, 3, H, C // H).permute(2, 0, 3, 1, 4).unbind(0)  # [B, H, T, d]
+        q, k, v = (
+            self.qkv(x)
+            .view(B, T, 3, H, C // H)
+            .permute(2, 0, 3, 1, 4)
+            .unbind(0)
+        )  # [B, H, T, d]
         soft = flash_attention(q, k, v, causal=True)
         log_decay = F.logsigmoid(self.decay(x)).transpose(1, 2)  # [B, H, T]
-        lin = linear_attention(elu_plus_one(q), elu_plus_one(k), v, decay=log_decay)
-        u, delta, Bs, Cs = self.scan_in(x).transpose(1, 2).split([C, C, n, n], dim=1)  # [B, ., T]
-        scan = selective_scan(u, delta, self.scan_A, Bs, Cs, D=self.scan_D, delta_softplus=True)  # [B, C, T]
+        lin = linear_attention(
+            elu_plus_one(q), elu_plus_one(k), v, decay=log_decay
+        )
+        u, delta, Bs, Cs = (
+            self.scan_in(x).transpose(1, 2).split([C, C, n, n], dim=1)
+        )  # [B, ., T]
+        scan = selective_scan(
+            u, delta, self.scan_A, Bs, Cs, D=self.scan_D, delta_softplus=True
+        )  # [B, C, T]
         xs, dt, Bm, Cm = self.ssd_in(x).split([C, H, n, n], dim=-1)
-        y = ssd(xs.view(B, T, H, C // H), dt, self.ssd_A, Bm[:, :, None], Cm[:, :, None], dt_softplus=True)
-        mixed = (soft + lin).transpose(1, 2).reshape(B, T, C) + scan.transpose(1, 2) + y.reshape(B, T, C)
+        y = ssd(
+            xs.view(B, T, H, C // H),
+            dt,
+            self.ssd_A,
+            Bm[:, :, None],
+            Cm[:, :, None],
+            dt_softplus=True,
+        )
+        mixed = (
+            (soft + lin).transpose(1, 2).reshape(B, T, C)
+            + scan.transpose(1, 2)
+            + y.reshape(B, T, C)
+        )
         return self.out(mixed)
 
 
@@ -65,12 +94,25 @@ def test_model_with_every_op_compiles_fullgraph_and_matches_eager():
     assert uses_triton(x), "the test would compile the references, not the ops"
     eager, eager_grads = _run(model, model, x)
     counter = CompileCounterWithBackend("inductor")
-    compiled, compiled_grads = _run(model, torch.compile(model, fullgraph=True, backend=counter), x)
+    compiled, compiled_grads = _run(
+        model, torch.compile(model, fullgraph=True, backend=counter), x
+    )
     assert counter.frame_count == 1
-    targets = {str(node.target) for graph in counter.graphs for node in graph.graph.nodes}
-    for op in ("kernels.flash_attention_fwd", "kernels.linear_attention_fwd", "kernels.selective_scan",
-               "kernels.ssd"):
-        assert any(t.startswith(op) for t in targets), (op, sorted(t for t in targets if "kernels" in t))
+    targets = {
+        str(node.target)
+        for graph in counter.graphs
+        for node in graph.graph.nodes
+    }
+    for op in (
+        "kernels.flash_attention_fwd",
+        "kernels.linear_attention_fwd",
+        "kernels.selective_scan",
+        "kernels.ssd",
+    ):
+        assert any(t.startswith(op) for t in targets), (
+            op,
+            sorted(t for t in targets if "kernels" in t),
+        )
     assert_close("out", eager, compiled, 1e-5, 1e-5)
     assert eager_grads.keys() == compiled_grads.keys()
     for name, ref in eager_grads.items():

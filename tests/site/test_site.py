@@ -265,7 +265,9 @@ class QuietServer(http.server.ThreadingHTTPServer):
 def served(tmp_path_factory):
     """A folder served on 127.0.0.1 from a thread, and its address."""
     folder = tmp_path_factory.mktemp("site")
-    server = QuietServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(folder)))
+    server = QuietServer(
+        ("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(folder))
+    )
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield folder, f"http://127.0.0.1:{server.server_address[1]}/"
@@ -279,10 +281,16 @@ def articles():
     found = []
     for page in sorted(DOCS.rglob("*.md")):
         rel = page.relative_to(DOCS)
-        if rel.parts[0] in ("generated", "assets") or rel.as_posix() in SITE_PAGES:
+        if (
+            rel.parts[0] in ("generated", "assets")
+            or rel.as_posix() in SITE_PAGES
+        ):
             continue
-        headings = [line[2:].strip() for line in page.read_text(encoding="utf-8").splitlines()
-                    if line.startswith("# ")]
+        headings = [
+            line[2:].strip()
+            for line in page.read_text(encoding="utf-8").splitlines()
+            if line.startswith("# ")
+        ]
         found.append((rel.as_posix(), headings[0] if headings else None))
     return found
 
@@ -306,16 +314,34 @@ def site_dir(served, tmp_path_factory):
     poisoned = tmp_path_factory.mktemp("no-torch")
     (poisoned / "torch").mkdir()
     (poisoned / "torch" / "__init__.py").write_text(
-        'raise ImportError("building the site must not import torch")\n')
-    path = os.pathsep.join(p for p in (str(poisoned), os.environ.get("PYTHONPATH")) if p)
+        'raise ImportError("building the site must not import torch")\n'
+    )
+    path = os.pathsep.join(
+        p for p in (str(poisoned), os.environ.get("PYTHONPATH")) if p
+    )
     result = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
+        [
+            sys.executable,
+            "-m",
+            "mkdocs",
+            "build",
+            "--strict",
+            "--site-dir",
+            str(site),
+        ],
         cwd=ROOT,
-        env={**os.environ, "SITE_URL": url, "PYTHONPATH": path, "REPO_URL": REPO_URL},
+        env={
+            **os.environ,
+            "SITE_URL": url,
+            "PYTHONPATH": path,
+            "REPO_URL": REPO_URL,
+        },
         capture_output=True,
         text=True,
     )
-    assert result.returncode == 0, f"mkdocs build --strict failed:\n{result.stdout}\n{result.stderr}"
+    assert result.returncode == 0, (
+        f"mkdocs build --strict failed:\n{result.stdout}\n{result.stderr}"
+    )
     return site
 
 
@@ -331,9 +357,12 @@ def pages(site_dir):
     found = sorted(
         path.relative_to(site_dir).as_posix()
         for path in site_dir.rglob("*.html")
-        if path.name != "404.html" and not path.relative_to(site_dir).parts[0] == "assets"
+        if path.name != "404.html"
+        and not path.relative_to(site_dir).parts[0] == "assets"
     )
-    assert "index.html" in found, f"the built site has no home page; pages: {found}"
+    assert "index.html" in found, (
+        f"the built site has no home page; pages: {found}"
+    )
     return found
 
 
@@ -346,11 +375,19 @@ def test_mathjax_is_installed():
 
 def test_no_marker_left_unrendered(site_dir, pages):
     leftovers = {
-        page: sorted(set(MARKERS.findall(CODE.sub("", (site_dir / page).read_text(encoding="utf-8")))))
+        page: sorted(
+            set(
+                MARKERS.findall(
+                    CODE.sub("", (site_dir / page).read_text(encoding="utf-8"))
+                )
+            )
+        )
         for page in pages
     }
     leftovers = {page: kinds for page, kinds in leftovers.items() if kinds}
-    assert not leftovers, f"raw [[ output: / [[ value: markers left in the built pages: {leftovers}"
+    assert not leftovers, (
+        f"raw [[ output: / [[ value: markers left in the built pages: {leftovers}"
+    )
 
 
 def test_every_article_has_a_title():
@@ -362,13 +399,19 @@ def test_every_article_has_a_title():
 
 def test_notebooks_are_offered_as_downloads(site_dir, pages):
     """Each rendered notebook page links its .ipynb, and the file sits beside the page."""
-    notebook_pages = [page for page in pages if "jupyter-wrapper" in (site_dir / page).read_text(encoding="utf-8")]
+    notebook_pages = [
+        page
+        for page in pages
+        if "jupyter-wrapper" in (site_dir / page).read_text(encoding="utf-8")
+    ]
     for page in notebook_pages:
         html = (site_dir / page).read_text(encoding="utf-8")
         links = re.findall(r'href="([^"/]+\.ipynb)"[^>]*\bdownload=', html)
         assert links, f"{page}: no download link to its notebook"
         for link in links:
-            assert (site_dir / page).parent.joinpath(link).is_file(), f"{page}: {link} is not in the site"
+            assert (site_dir / page).parent.joinpath(link).is_file(), (
+                f"{page}: {link} is not in the site"
+            )
 
 
 class PageText(html.parser.HTMLParser):
@@ -412,7 +455,11 @@ class PageText(html.parser.HTMLParser):
 
 def built_page(site_dir, markdown_page: str) -> PageText:
     """The built page of a Markdown page (or of a notebook path without its .ipynb)."""
-    return PageText((site_dir / page_url(markdown_page) / "index.html").read_text(encoding="utf-8"))
+    return PageText(
+        (site_dir / page_url(markdown_page) / "index.html").read_text(
+            encoding="utf-8"
+        )
+    )
 
 
 def site_title(page: PageText) -> str:
@@ -428,11 +475,18 @@ def test_each_article_has_one_name(site_dir):
     for article, heading in articles():
         page = built_page(site_dir, article)
         assert site_title(page) == heading, (
-            f"{article}: the navigation calls it {site_title(page)!r}, its heading {heading!r}")
+            f"{article}: the navigation calls it {site_title(page)!r}, its heading {heading!r}"
+        )
         href = page_url(article)
-        names = {text for link, text in home.links if link in (href, "./" + href) and text}
+        names = {
+            text
+            for link, text in home.links
+            if link in (href, "./" + href) and text
+        }
         assert names, f"the home page does not link to {article}"
-        assert names == {heading}, f"the home page links to {article} as {sorted(names)}, its heading is {heading!r}"
+        assert names == {heading}, (
+            f"the home page links to {article} as {sorted(names)}, its heading is {heading!r}"
+        )
 
 
 def test_each_notebook_has_a_title_of_its_own(site_dir):
@@ -443,10 +497,18 @@ def test_each_notebook_has_a_title_of_its_own(site_dir):
         rel = notebook.relative_to(DOCS).with_suffix("").as_posix()
         titles[rel] = site_title(built_page(site_dir, rel + ".md"))
     assert titles, "no companion notebook in docs/generated"
-    generic = {rel: title for rel, title in titles.items()
-               if title.lower().removeprefix("companion ").removesuffix("s") in ("notebook", "")}
+    generic = {
+        rel: title
+        for rel, title in titles.items()
+        if title.lower().removeprefix("companion ").removesuffix("s")
+        in ("notebook", "")
+    }
     assert not generic, f"notebooks without a descriptive title: {generic}"
-    shared = {title for title in titles.values() if list(titles.values()).count(title) > 1}
+    shared = {
+        title
+        for title in titles.values()
+        if list(titles.values()).count(title) > 1
+    }
     assert not shared, f"notebooks sharing a title: {sorted(shared)}"
 
 
@@ -466,28 +528,49 @@ def test_snippets_are_shown_open(site_dir):
 
 READING_TIME = re.compile(
     r'<p class="reading-time" title="(?P<words>\d+) words of prose, at 200 words a minute">'
-    r'.*?<span>(?P<minutes>\d+) min read</span>', re.DOTALL)
+    r".*?<span>(?P<minutes>\d+) min read</span>",
+    re.DOTALL,
+)
 
 
 def test_articles_show_their_reading_time(site_dir, pages):
     """Each article says, under its title, how long it takes to read: its prose (code aside) at
     200 words a minute. No other page does."""
-    article_pages = {page_url(article) + "index.html" for article, _ in articles()}
+    article_pages = {
+        page_url(article) + "index.html" for article, _ in articles()
+    }
     for name in pages:
         text = (site_dir / name).read_text(encoding="utf-8")
         found = READING_TIME.findall(text)
         if name not in article_pages:
-            assert not found, f"{name} is not an article but shows a reading time"
+            assert not found, (
+                f"{name} is not an article but shows a reading time"
+            )
             continue
-        assert len(found) == 1, f"{name}: {len(found)} reading times, expected one"
+        assert len(found) == 1, (
+            f"{name}: {len(found)} reading times, expected one"
+        )
         words, minutes = (int(n) for n in found[0])
-        assert minutes == max(1, round(words / 200)), f"{name}: {minutes} min for {words} words"
-        markdown = (DOCS / name.removesuffix("/index.html")).with_suffix(".md").read_text(encoding="utf-8")
-        prose = re.sub(r"^```.*?^```", "", markdown, flags=re.DOTALL | re.MULTILINE)
-        assert 0.5 * len(prose.split()) < words < 2 * len(prose.split()) + 500, (
-            f"{name}: {words} words of prose counted, the Markdown has {len(prose.split())}")
+        assert minutes == max(1, round(words / 200)), (
+            f"{name}: {minutes} min for {words} words"
+        )
+        markdown = (
+            (DOCS / name.removesuffix("/index.html"))
+            .with_suffix(".md")
+            .read_text(encoding="utf-8")
+        )
+        prose = re.sub(
+            r"^```.*?^```", "", markdown, flags=re.DOTALL | re.MULTILINE
+        )
+        assert (
+            0.5 * len(prose.split()) < words < 2 * len(prose.split()) + 500
+        ), (
+            f"{name}: {words} words of prose counted, the Markdown has {len(prose.split())}"
+        )
         heading_end = text.index("</h1>")
-        assert text.index('class="reading-time"') - heading_end < 200, f"{name}: the reading time is not under the title"
+        assert text.index('class="reading-time"') - heading_end < 200, (
+            f"{name}: the reading time is not under the title"
+        )
 
 
 def test_headline_results_read_honestly(site_dir):
@@ -495,27 +578,41 @@ def test_headline_results_read_honestly(site_dir):
     table; no row says twice that it waits for a GPU run; no device name repeated row after row."""
     markdown = (DOCS / "index.md").read_text(encoding="utf-8")
     section = markdown.split("## Headline results", 1)[1].split("\n## ", 1)[0]
-    tables = [block for block in re.split(r"\n(?=###)", section) if "|---" in block]
-    assert len(tables) == 2, "expected two headline tables: results that need no GPU, and speed"
+    tables = [
+        block for block in re.split(r"\n(?=###)", section) if "|---" in block
+    ]
+    assert len(tables) == 2, (
+        "expected two headline tables: results that need no GPU, and speed"
+    )
     value = re.compile(r"\[\[\s*(?:value|device):\s*([^/\]\s]+/[^/\]\s#]+)")
 
     def needs_gpu(key):
-        return "# requires: cuda" in (ROOT / "snippets" / f"{key}.py").read_text(encoding="utf-8")
+        return "# requires: cuda" in (
+            ROOT / "snippets" / f"{key}.py"
+        ).read_text(encoding="utf-8")
 
     no_gpu, speed = (set(value.findall(table)) for table in tables)
     assert speed and all(needs_gpu(key) for key in speed), (
         f"the speed table shows results of snippets that run without a GPU: "
-        f"{sorted(k for k in speed if not needs_gpu(k))}")
+        f"{sorted(k for k in speed if not needs_gpu(k))}"
+    )
     assert no_gpu and not any(needs_gpu(key) for key in no_gpu), (
-        f"the first table shows results that need a GPU: {sorted(k for k in no_gpu if needs_gpu(k))}")
+        f"the first table shows results that need a GPU: {sorted(k for k in no_gpu if needs_gpu(k))}"
+    )
     rows = built_page(site_dir, "index.md").rows
     for row in rows:
-        assert row.count("waiting for a GPU run") <= 1, f"a headline row repeats 'waiting for a GPU run': {row}"
-    devices = {json.loads(meta.read_text(encoding="utf-8")).get("device")
-               for meta in (DOCS / "generated").glob("*/*/meta.json")}
+        assert row.count("waiting for a GPU run") <= 1, (
+            f"a headline row repeats 'waiting for a GPU run': {row}"
+        )
+    devices = {
+        json.loads(meta.read_text(encoding="utf-8")).get("device")
+        for meta in (DOCS / "generated").glob("*/*/meta.json")
+    }
     for device in filter(None, devices):
         repeated = [row for row in rows if device in row]
-        assert len(repeated) <= 1, f"{len(repeated)} table rows on the home page name {device!r}"
+        assert len(repeated) <= 1, (
+            f"{len(repeated)} table rows on the home page name {device!r}"
+        )
 
 
 # --------------------------------------------------------------------------- browser
@@ -536,7 +633,9 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+        chromium = playwright.chromium.launch(
+            executable_path=executable, headless=True, args=CHROMIUM_ARGS
+        )
         yield chromium
         chromium.close()
 
@@ -547,8 +646,16 @@ class PageWatch:
     def __init__(self, page):
         self.problems = []
         page.on("console", self._on_console)
-        page.on("pageerror", lambda error: self.problems.append(f"page error: {error}"))
-        page.on("requestfailed", lambda request: self.problems.append(f"request failed: {request.url} ({request.failure})"))
+        page.on(
+            "pageerror",
+            lambda error: self.problems.append(f"page error: {error}"),
+        )
+        page.on(
+            "requestfailed",
+            lambda request: self.problems.append(
+                f"request failed: {request.url} ({request.failure})"
+            ),
+        )
         page.on("response", self._on_response)
         page.route("**/*", self._route)
 
@@ -563,10 +670,15 @@ class PageWatch:
     def _route(self, route):
         """Lets requests to the local server through and blocks (and records) any other."""
         url = urlsplit(route.request.url)
-        if url.scheme in ("data", "blob", "about") or url.hostname == "127.0.0.1":
+        if (
+            url.scheme in ("data", "blob", "about")
+            or url.hostname == "127.0.0.1"
+        ):
             route.continue_()
         else:
-            self.problems.append(f"request to another host: {route.request.url}")
+            self.problems.append(
+                f"request to another host: {route.request.url}"
+            )
             route.abort()
 
 
@@ -587,11 +699,15 @@ def check_rendered(page, watch, name):
     text = page.evaluate(VISIBLE_TEXT_JS, "body")
     notebook_text = page.evaluate(VISIBLE_TEXT_JS, ".jupyter-wrapper")
     title = page.title().strip()
-    heading = page.evaluate("() => (document.querySelector('article h1') || {}).textContent || ''").strip()
+    heading = page.evaluate(
+        "() => (document.querySelector('article h1') || {}).textContent || ''"
+    ).strip()
 
     assert not watch.problems, f"{name}: " + "; ".join(watch.problems)
     assert not math_errors, f"{name}: MathJax errors: {math_errors}"
-    assert not broken_images, f"{name}: images that did not load: {broken_images}"
+    assert not broken_images, (
+        f"{name}: images that did not load: {broken_images}"
+    )
     assert not undescribed, f"{name}: images without alt text: {undescribed}"
     raw = RAW_TEX.findall(text) + RAW_DOLLAR_MATH.findall(notebook_text)
     assert not raw, f"{name}: raw TeX left in the visible text: {raw[:5]}"
@@ -604,21 +720,28 @@ def check_anchors_and_notebook(page, name, width):
     notebook page reads as a document: a title of its own, headings in words, a table of
     contents of its headings, and code that takes (nearly) the whole column."""
     dead = page.evaluate(DEAD_ANCHORS_JS)
-    assert not dead, f"{name} at {width} px: links to anchors that are not on the page: {dead[:5]}"
+    assert not dead, (
+        f"{name} at {width} px: links to anchors that are not on the page: {dead[:5]}"
+    )
     notebook = page.evaluate(NOTEBOOK_JS)
     if notebook is None:
         return
     headings = notebook["headings"]
     assert headings and headings[0].lower() not in GENERIC_TITLES, (
-        f"{name}: the notebook's title is {headings[:1]}")
+        f"{name}: the notebook's title is {headings[:1]}"
+    )
     paths = [h for h in headings if FILE_PATH.search(h) or not h]
-    assert not paths, f"{name}: notebook headings that are file paths or empty: {paths[:5]}"
+    assert not paths, (
+        f"{name}: notebook headings that are file paths or empty: {paths[:5]}"
+    )
     blank = [href for href, title in notebook["toc"] if not title]
     assert notebook["toc"] and not blank, (
-        f"{name}: the table of contents is empty or has entries without a title: {blank[:5]}")
+        f"{name}: the table of contents is empty or has entries without a title: {blank[:5]}"
+    )
     if notebook["narrowest"] is not None:
         assert notebook["narrowest"] >= 0.9, (
-            f"{name} at {width} px: a code cell has {notebook['narrowest']:.0%} of the column")
+            f"{name} at {width} px: a code cell has {notebook['narrowest']:.0%} of the column"
+        )
 
 
 def check_layout(page, name, scheme):
@@ -626,20 +749,29 @@ def check_layout(page, name, scheme):
     layout = page.evaluate(LAYOUT_JS)
     formulas = layout["formulas"]
     assert not formulas["hidden"], (
-        f"{name} at {layout['width']} px: display formulas with no visible size: {formulas['hidden'][:5]}")
+        f"{name} at {layout['width']} px: display formulas with no visible size: {formulas['hidden'][:5]}"
+    )
     assert not formulas["shrunk"], (
-        f"{name} at {layout['width']} px: display formulas shrunk below their size: {formulas['shrunk'][:5]}")
+        f"{name} at {layout['width']} px: display formulas shrunk below their size: {formulas['shrunk'][:5]}"
+    )
     assert not formulas["outside"], (
         f"{name} at {layout['width']} px: display formulas wider than the screen that do not scroll "
-        f"inside their own box: {formulas['outside'][:5]}")
+        f"inside their own box: {formulas['outside'][:5]}"
+    )
     assert layout["pageWidth"] <= layout["width"], (
-        f"{name} at {layout['width']} px: the page is {layout['pageWidth']} px wide and scrolls sideways")
+        f"{name} at {layout['width']} px: the page is {layout['pageWidth']} px wide and scrolls sideways"
+    )
     assert not layout["broken"], (
-        f"{name} at {layout['width']} px: numbers broken across lines in a table: {layout['broken'][:5]}")
-    assert layout["scheme"] == scheme, f"{name}: the palette is {layout['scheme']!r}, not {scheme!r}"
+        f"{name} at {layout['width']} px: numbers broken across lines in a table: {layout['broken'][:5]}"
+    )
+    assert layout["scheme"] == scheme, (
+        f"{name}: the palette is {layout['scheme']!r}, not {scheme!r}"
+    )
     if scheme == "slate":
         plain = page.evaluate(NOT_INVERTED_JS)
-        assert not plain, f"{name}: figures left black on white in the dark palette: {plain[:5]}"
+        assert not plain, (
+            f"{name}: figures left black on white in the dark palette: {plain[:5]}"
+        )
     return formulas["count"]
 
 
@@ -655,8 +787,9 @@ def test_every_page_renders_for_each_reader(browser, base_url, pages, reader):
         if scheme != "default":
             # The reader's choice, with the toggle in the header; Material keeps it for every page.
             page.click(f'form[data-md-component="palette"] label:visible')
-        assert page.evaluate("() => document.body.dataset.mdColorScheme") == scheme, (
-            f"the palette toggle did not switch to {scheme!r}")
+        assert (
+            page.evaluate("() => document.body.dataset.mdColorScheme") == scheme
+        ), f"the palette toggle did not switch to {scheme!r}"
         page.close()
         formulas = 0
         for name in pages:
@@ -667,15 +800,23 @@ def test_every_page_renders_for_each_reader(browser, base_url, pages, reader):
             formulas += check_layout(page, name, scheme)
             check_anchors_and_notebook(page, name, width)
             page.close()
-        assert formulas, "no display formula on the whole site: the formula checks checked nothing"
+        assert formulas, (
+            "no display formula on the whole site: the formula checks checked nothing"
+        )
     finally:
         context.close()
 
 
-def test_notebook_download_buttons_give_notebooks_with_outputs(context, base_url, site_dir, pages):
+def test_notebook_download_buttons_give_notebooks_with_outputs(
+    context, base_url, site_dir, pages
+):
     """The button on each notebook page downloads an nbformat 4 notebook with executed code."""
     nbformat = pytest.importorskip("nbformat")
-    notebook_pages = [p for p in pages if "jupyter-wrapper" in (site_dir / p).read_text(encoding="utf-8")]
+    notebook_pages = [
+        p
+        for p in pages
+        if "jupyter-wrapper" in (site_dir / p).read_text(encoding="utf-8")
+    ]
     assert notebook_pages, "the site has no notebook page"
     for name in notebook_pages:
         page = context.new_page()
@@ -684,16 +825,26 @@ def test_notebook_download_buttons_give_notebooks_with_outputs(context, base_url
             page.click("a.notebook-download")
         text = Path(download.value.path()).read_text(encoding="utf-8")
         data = json.loads(text)
-        assert data.get("nbformat") == 4, f"{name}: the download is not an nbformat 4 notebook"
+        assert data.get("nbformat") == 4, (
+            f"{name}: the download is not an nbformat 4 notebook"
+        )
         notebook = nbformat.reads(text, as_version=4)
         nbformat.validate(notebook)
-        executed = [c for c in notebook.cells if c.cell_type == "code" and c.get("outputs")]
-        assert executed, f"{name}: the downloaded notebook has no code cell with outputs"
+        executed = [
+            c
+            for c in notebook.cells
+            if c.cell_type == "code" and c.get("outputs")
+        ]
+        assert executed, (
+            f"{name}: the downloaded notebook has no code cell with outputs"
+        )
         page.close()
 
 
 @pytest.mark.parametrize("article, title", articles())
-def test_search_finds_each_article_by_its_title(context, base_url, article, title):
+def test_search_finds_each_article_by_its_title(
+    context, base_url, article, title
+):
     """Typing an article's title into the search box lists that article first."""
     page = context.new_page()
     watch = PageWatch(page)
@@ -703,20 +854,31 @@ def test_search_finds_each_article_by_its_title(context, base_url, article, titl
     # single search, for the whole title (typing it key by key would race partial searches).
     page.fill("input.md-search__input", title)
     page.press("input.md-search__input", "End")
-    first = page.locator(".md-search-result__item > a.md-search-result__link").first
+    first = page.locator(
+        ".md-search-result__item > a.md-search-result__link"
+    ).first
     first.wait_for(timeout=20_000)
     href = urlsplit(first.evaluate("(a) => a.href"))
     assert href.path == urlsplit(base_url + page_url(article)).path, (
-        f"searching for {title!r}: the first result links to {href.path}, not to {article}")
+        f"searching for {title!r}: the first result links to {href.path}, not to {article}"
+    )
     assert not watch.problems, "; ".join(watch.problems)
     page.close()
 
 
-@pytest.mark.parametrize("query, article", [
-    ("flash_attention", "flash_attention.md"),   # the name of the op and of its snippets
-    ("chunkwise", "linear_attention.md"),        # the article writes "chunk-wise"
-])
-def test_search_finds_an_article_by_its_code_name_or_unhyphenated(context, base_url, query, article):
+@pytest.mark.parametrize(
+    "query, article",
+    [
+        (
+            "flash_attention",
+            "flash_attention.md",
+        ),  # the name of the op and of its snippets
+        ("chunkwise", "linear_attention.md"),  # the article writes "chunk-wise"
+    ],
+)
+def test_search_finds_an_article_by_its_code_name_or_unhyphenated(
+    context, base_url, query, article
+):
     """Searching for an op's name or a hyphenated word written without its hyphen lists the
     article first, above its notebook and the pages that mention it."""
     page = context.new_page()
@@ -724,22 +886,34 @@ def test_search_finds_an_article_by_its_code_name_or_unhyphenated(context, base_
     page.click("input.md-search__input")
     page.fill("input.md-search__input", query)
     page.press("input.md-search__input", "End")
-    first = page.locator(".md-search-result__item > a.md-search-result__link").first
+    first = page.locator(
+        ".md-search-result__item > a.md-search-result__link"
+    ).first
     first.wait_for(timeout=20_000)
     href = urlsplit(first.evaluate("(a) => a.href"))
     assert href.path == urlsplit(base_url + page_url(article)).path, (
-        f"searching for {query!r}: the first result links to {href.path}, not to {article}")
+        f"searching for {query!r}: the first result links to {href.path}, not to {article}"
+    )
     page.close()
 
 
 def test_search_index_holds_no_notebook_prompts_or_buttons(site_dir):
     """The notebooks' "In [n]:" prompts, copy buttons and "¶" links are not in the index."""
-    index = json.loads((site_dir / "search" / "search_index.json").read_text(encoding="utf-8"))
-    notebooks = [d for d in index["docs"] if d["location"].startswith("generated/")]
+    index = json.loads(
+        (site_dir / "search" / "search_index.json").read_text(encoding="utf-8")
+    )
+    notebooks = [
+        d for d in index["docs"] if d["location"].startswith("generated/")
+    ]
     assert notebooks, "no notebook page in the search index"
-    noise = [d["location"] for d in notebooks
-             if re.search(r"\bIn \[\d*\]:|Copied!|\u00b6", d["title"] + d["text"])]
-    assert not noise, f"notebook entries with prompts or button text: {noise[:5]}"
+    noise = [
+        d["location"]
+        for d in notebooks
+        if re.search(r"\bIn \[\d*\]:|Copied!|\u00b6", d["title"] + d["text"])
+    ]
+    assert not noise, (
+        f"notebook entries with prompts or button text: {noise[:5]}"
+    )
 
 
 def test_snippets_on_pages_show_clean_code(site_dir):
@@ -747,7 +921,9 @@ def test_snippets_on_pages_show_clean_code(site_dir):
     the text the copy button copies (the same element's text)."""
     count, marked = 0, []
     for article, _ in articles():
-        text = (site_dir / page_url(article) / "index.html").read_text(encoding="utf-8")
+        text = (site_dir / page_url(article) / "index.html").read_text(
+            encoding="utf-8"
+        )
         for block in re.findall(r"<pre\b.*?</pre>", text, re.DOTALL):
             code = html.unescape(re.sub(r"<[^>]+>", "", block))
             if "import" in code:
@@ -761,17 +937,40 @@ def test_snippets_on_pages_show_clean_code(site_dir):
 def test_api_page_documents_flash_attention_with_its_args(context, base_url):
     """The API page has an entry for kernels.flash_attention.flash_attention with a table of its
     parameters, one row per argument of its signature, and its Returns and Raises sections."""
-    source = (ROOT / "kernels" / "flash_attention" / "api.py").read_text(encoding="utf-8")
-    function = next(node for node in ast.walk(ast.parse(source))
-                    if isinstance(node, ast.FunctionDef) and node.name == "flash_attention")
-    arguments = [a.arg for a in function.args.posonlyargs + function.args.args + function.args.kwonlyargs]
+    source = (ROOT / "kernels" / "flash_attention" / "api.py").read_text(
+        encoding="utf-8"
+    )
+    function = next(
+        node
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.FunctionDef) and node.name == "flash_attention"
+    )
+    arguments = [
+        a.arg
+        for a in function.args.posonlyargs
+        + function.args.args
+        + function.args.kwonlyargs
+    ]
     page = context.new_page()
     page.goto(base_url + "api/", wait_until="load")
-    listed = page.evaluate(API_PARAMETERS_JS, "kernels.flash_attention.flash_attention")
-    assert listed is not None, "the API page has no entry kernels.flash_attention.flash_attention"
-    assert listed == arguments, f"Parameters of flash_attention on the API page: {listed}"
+    listed = page.evaluate(
+        API_PARAMETERS_JS, "kernels.flash_attention.flash_attention"
+    )
+    assert listed is not None, (
+        "the API page has no entry kernels.flash_attention.flash_attention"
+    )
+    assert listed == arguments, (
+        f"Parameters of flash_attention on the API page: {listed}"
+    )
     text = page.inner_text("article")
-    for needed in ("Returns:", "Raises:", "TypeError", "ValueError", "attention_ref", "attention_blockwise"):
+    for needed in (
+        "Returns:",
+        "Raises:",
+        "TypeError",
+        "ValueError",
+        "attention_ref",
+        "attention_blockwise",
+    ):
         assert needed in text, f"the API page does not show {needed!r}"
     page.close()
 
@@ -781,7 +980,10 @@ def test_pages_link_the_repository_and_offer_their_notebook(site_dir, pages):
     page, offers a labelled "Download notebook" link to the .ipynb in the site and an "Open in
     Colab" link to that notebook in the repository; the header links the repository; the
     commits of provenance lines link to the repository; the Reproduce page clones it."""
-    notebooks = sorted(p.relative_to(DOCS).as_posix() for p in (DOCS / "generated").glob("*/*.ipynb"))
+    notebooks = sorted(
+        p.relative_to(DOCS).as_posix()
+        for p in (DOCS / "generated").glob("*/*.ipynb")
+    )
     assert notebooks, "no companion notebook in docs/generated"
     checked = []
     for notebook in notebooks:
@@ -789,26 +991,55 @@ def test_pages_link_the_repository_and_offer_their_notebook(site_dir, pages):
         for page in (f"{article}.md", notebook.removesuffix(".ipynb")):
             built = site_dir / page_url(page) / "index.html"
             text = built.read_text(encoding="utf-8")
-            download = re.search(r'<a class="md-button notebook-download" href="([^"]+)"[^>]*>(.*?)</a>', text, re.S)
+            download = re.search(
+                r'<a class="md-button notebook-download" href="([^"]+)"[^>]*>(.*?)</a>',
+                text,
+                re.S,
+            )
             assert download, f"{page}: no download button"
-            assert "Download notebook" in download.group(2), f"{page}: the download button has no label"
-            assert (built.parent / download.group(1)).resolve().is_file(), f"{page}: {download.group(1)} is not in the site"
-            colab = re.search(r'<a class="md-button notebook-colab" href="([^"]+)"', text)
+            assert "Download notebook" in download.group(2), (
+                f"{page}: the download button has no label"
+            )
+            assert (built.parent / download.group(1)).resolve().is_file(), (
+                f"{page}: {download.group(1)} is not in the site"
+            )
+            colab = re.search(
+                r'<a class="md-button notebook-colab" href="([^"]+)"', text
+            )
             assert colab, f"{page}: no Open in Colab button"
-            expected = ("https://colab.research.google.com/github/example/fast-llm-kernels/blob/main/docs/"
-                        + notebook)
-            assert colab.group(1) == expected, f"{page}: Colab link {colab.group(1)}, expected {expected}"
-            assert f'href="{REPO_URL}"' in text, f"{page}: the header does not link the repository"
+            expected = (
+                "https://colab.research.google.com/github/example/fast-llm-kernels/blob/main/docs/"
+                + notebook
+            )
+            assert colab.group(1) == expected, (
+                f"{page}: Colab link {colab.group(1)}, expected {expected}"
+            )
+            assert f'href="{REPO_URL}"' in text, (
+                f"{page}: the header does not link the repository"
+            )
             checked.append(page)
     assert len(checked) == 2 * len(notebooks)
-    commits = re.findall(r'<p class="provenance">.*?</p>',
-                         (site_dir / page_url("flash_attention.md") / "index.html").read_text(encoding="utf-8"), re.S)
+    commits = re.findall(
+        r'<p class="provenance">.*?</p>',
+        (site_dir / page_url("flash_attention.md") / "index.html").read_text(
+            encoding="utf-8"
+        ),
+        re.S,
+    )
     assert commits, "flash_attention: no provenance line"
     for line in commits:
         if "commit " in line and "no commit" not in line:
-            assert re.search(rf'commit <a href="{re.escape(REPO_URL)}/commit/[0-9a-f]{{7,40}}">', line), line
-    reproduce = (site_dir / page_url("reproduce.md") / "index.html").read_text(encoding="utf-8")
-    assert "fast-llm-kernels.git" in reproduce and "&lt;repository-url&gt;" not in reproduce
+            assert re.search(
+                rf'commit <a href="{re.escape(REPO_URL)}/commit/[0-9a-f]{{7,40}}">',
+                line,
+            ), line
+    reproduce = (site_dir / page_url("reproduce.md") / "index.html").read_text(
+        encoding="utf-8"
+    )
+    assert (
+        "fast-llm-kernels.git" in reproduce
+        and "&lt;repository-url&gt;" not in reproduce
+    )
 
 
 def test_generated_figures_open_at_full_size(site_dir):
@@ -816,7 +1047,9 @@ def test_generated_figures_open_at_full_size(site_dir):
     inside a lightbox link (GLightbox) that points at the figure file itself."""
     count, unlinked = 0, []
     figure = re.compile(
-        r'(<a\b[^>]*>\s*)?<img\b[^>]*class="[^"]*\bgenerated-figure\b[^"]*"[^>]*>', re.DOTALL)
+        r'(<a\b[^>]*>\s*)?<img\b[^>]*class="[^"]*\bgenerated-figure\b[^"]*"[^>]*>',
+        re.DOTALL,
+    )
     for article, _ in articles():
         page_dir = site_dir / page_url(article)
         text = (page_dir / "index.html").read_text(encoding="utf-8")
@@ -826,13 +1059,26 @@ def test_generated_figures_open_at_full_size(site_dir):
             anchor = match.group(1) or ""
             href = re.search(r'\bhref="([^"]+)"', anchor)
             lightbox = re.search(r'\bclass="[^"]*\bglightbox\b', anchor)
-            target = (page_dir / html.unescape(href.group(1))).resolve() if href else None
-            if not (lightbox and href and href.group(1) == src and target and target.is_file()):
+            target = (
+                (page_dir / html.unescape(href.group(1))).resolve()
+                if href
+                else None
+            )
+            if not (
+                lightbox
+                and href
+                and href.group(1) == src
+                and target
+                and target.is_file()
+            ):
                 unlinked.append(f"{article}: {src}")
     assert count, "no generated figure on any article"
-    assert not unlinked, f"generated figures not linked to their file: {unlinked[:5]}"
-    assert (site_dir / "assets" / "javascripts" / "glightbox.min.js").is_file(), (
-        "the lightbox script is not in the built site")
+    assert not unlinked, (
+        f"generated figures not linked to their file: {unlinked[:5]}"
+    )
+    assert (
+        site_dir / "assets" / "javascripts" / "glightbox.min.js"
+    ).is_file(), "the lightbox script is not in the built site"
 
 
 def test_clicking_a_figure_opens_it_in_the_lightbox(context, base_url):
@@ -848,11 +1094,15 @@ def test_clicking_a_figure_opens_it_in_the_lightbox(context, base_url):
     figure.click()
     slide = page.locator(".gslide-image img").first
     slide.wait_for(state="visible", timeout=10_000)
-    assert slide.evaluate("(img) => img.src") == src, "the lightbox shows another image"
+    assert slide.evaluate("(img) => img.src") == src, (
+        "the lightbox shows another image"
+    )
     page.wait_for_function(
         "(w) => { const img = document.querySelector('.gslide-image img');"
         " return img && img.getBoundingClientRect().width > w; }",
-        arg=shown_width, timeout=10_000)
+        arg=shown_width,
+        timeout=10_000,
+    )
     assert not watch.problems, "; ".join(watch.problems)
     page.close()
 
@@ -877,9 +1127,13 @@ def test_code_fits_the_column_on_a_desktop(browser, base_url, article):
     try:
         page = context.new_page()
         page.goto(base_url + page_url(article), wait_until="load")
-        count = page.evaluate("() => document.querySelectorAll('.md-typeset pre > code').length")
+        count = page.evaluate(
+            "() => document.querySelectorAll('.md-typeset pre > code').length"
+        )
         wide = page.evaluate(WIDE_CODE_JS)
         assert count, f"{article}: no code block on the page"
-        assert not wide, f"{article} at 1280 px: code blocks wider than the column: {wide[:5]}"
+        assert not wide, (
+            f"{article} at 1280 px: code blocks wider than the column: {wide[:5]}"
+        )
     finally:
         context.close()

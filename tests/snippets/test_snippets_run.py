@@ -2,6 +2,7 @@
 folder, in a fresh process where only the installed ``kernels`` package is importable, at the
 CPU sizes it picks for itself. The files the pages show must be among what it writes.
 """
+
 import os
 import re
 import shutil
@@ -31,16 +32,32 @@ def test_there_are_snippets():
     assert SNIPPETS, "no snippets found under snippets/<article>/NN_name.py"
 
 
-@pytest.mark.parametrize("snippet", SNIPPETS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+@pytest.mark.parametrize(
+    "snippet", SNIPPETS, ids=lambda p: f"{p.parent.name}/{p.stem}"
+)
 def test_snippet_runs_as_printed(snippet, tmp_path):
     copy = tmp_path / snippet.name
     shutil.copy(snippet, copy)
-    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "PYTHONPATH")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("TRITON_INTERPRET", "PYTHONPATH")
+    }
     env["MPLBACKEND"] = "Agg"
-    proc = subprocess.run([sys.executable, copy.name], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, f"{snippet.name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    proc = subprocess.run(
+        [sys.executable, copy.name],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, (
+        f"{snippet.name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    )
     assert proc.stdout.strip(), f"{snippet.name} printed nothing"
     written = {p.name for p in tmp_path.iterdir()} - {copy.name}
     missing = files_shown_on_pages(snippet.parent.name, snippet.stem) - written
-    assert not missing, f"the pages show {sorted(missing)} from {snippet.name}, which it did not write"
+    assert not missing, (
+        f"the pages show {sorted(missing)} from {snippet.name}, which it did not write"
+    )

@@ -5,12 +5,18 @@ that must each see the KV cache (all of it) and their own ancestors in the tree 
 siblings or cousins). `tree_attention` is that attention: keys are the cache followed by the
 new tokens, and a boolean ``tree_mask [Tq, Tq]`` says which new token sees which.
 """
+
 from __future__ import annotations
 
 import torch
 
 from ..._backend import HAS_TRITON, uses_triton
-from ..._checks import check_attention_qkv, check_same_device, check_scale, check_tensor
+from ..._checks import (
+    check_attention_qkv,
+    check_same_device,
+    check_scale,
+    check_tensor,
+)
 from .naive import tree_attention_ref
 
 if HAS_TRITON:
@@ -25,19 +31,32 @@ def _check_inputs(q, k, v, tree_mask, scale):
     check_same_device({"q": q, "tree_mask": tree_mask})
     check_scale("scale", scale)
     if tree_mask.dtype != torch.bool:
-        raise TypeError(f"tree_mask must be a bool tensor, got {tree_mask.dtype}")
+        raise TypeError(
+            f"tree_mask must be a bool tensor, got {tree_mask.dtype}"
+        )
     Tq = q.shape[2]
     if k.shape[2] < Tq:
-        raise ValueError(f"k must hold the cache and then the Tq={Tq} new keys (Tk >= Tq), got Tk={k.shape[2]}")
+        raise ValueError(
+            f"k must hold the cache and then the Tq={Tq} new keys (Tk >= Tq), got Tk={k.shape[2]}"
+        )
     if tuple(tree_mask.shape) != (Tq, Tq):
-        raise ValueError(f"tree_mask must have shape [Tq, Tq] = ({Tq}, {Tq}), got {tuple(tree_mask.shape)}")
+        raise ValueError(
+            f"tree_mask must have shape [Tq, Tq] = ({Tq}, {Tq}), got {tuple(tree_mask.shape)}"
+        )
     if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
-        raise ValueError("tree_attention has no backward: call it under torch.no_grad() "
-                         "or on tensors that do not require grad")
+        raise ValueError(
+            "tree_attention has no backward: call it under torch.no_grad() "
+            "or on tensors that do not require grad"
+        )
 
 
-def tree_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tree_mask: torch.Tensor,
-                   scale: float | None = None) -> torch.Tensor:
+def tree_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    tree_mask: torch.Tensor,
+    scale: float | None = None,
+) -> torch.Tensor:
     """Attention of a block of new tokens over the KV cache (all visible) and each other (masked).
 
     Keys and values hold the ``Tk - Tq`` cached positions followed by the ``Tq`` new tokens.

@@ -5,6 +5,7 @@ A block of ``Tq`` new tokens (the nodes of a candidate tree, or any block) atten
 the last ``Tq`` keys, as a boolean ``tree_mask [Tq, Tq]`` allows. With a lower-triangular
 ``tree_mask`` this is ordinary causal attention with a cache.
 """
+
 from __future__ import annotations
 
 import torch
@@ -35,9 +36,14 @@ def tree_attention_ref(q, k, v, tree_mask, scale: float | None = None):
     """
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     group = q.shape[1] // k.shape[1]
-    k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # [B, H, Tk, D]
+    k, v = (
+        k.repeat_interleave(group, dim=1),
+        v.repeat_interleave(group, dim=1),
+    )  # [B, H, Tk, D]
     up = (lambda x: x) if q.dtype == torch.float64 else (lambda x: x.float())
     s = torch.matmul(up(q), up(k).transpose(-1, -2)) * scale  # [B, H, Tq, Tk]
     s = s.masked_fill(~full_mask(tree_mask, k.shape[2]), float("-inf"))
-    p = torch.softmax(s, dim=-1).nan_to_num(0.0)  # a row with no visible key: all -inf -> nan -> 0
+    p = torch.softmax(s, dim=-1).nan_to_num(
+        0.0
+    )  # a row with no visible key: all -inf -> nan -> 0
     return torch.matmul(p, up(v)).to(q.dtype)
