@@ -377,12 +377,19 @@ def linear_attention(
             options it does not go with.
 
     Examples:
-        >>> q, k, v = torch.randn(1, 2, 100, 16), torch.randn(1, 2, 100, 16), torch.randn(1, 2, 100, 32)
-        >>> o, S = linear_attention(q, k, v, decay=torch.tensor([-0.1, -0.01]), return_final_state=True)
+        >>> q, k = torch.randn(1, 2, 100, 16), torch.randn(1, 2, 100, 16)
+        >>> v = torch.randn(1, 2, 100, 32)
+        >>> o, S = linear_attention(
+        ...     q, k, v, decay=torch.tensor([-0.1, -0.01]),
+        ...     return_final_state=True,
+        ... )
         >>> o.shape, S.shape
         (torch.Size([1, 2, 100, 32]), torch.Size([1, 2, 16, 32]))
-        >>> cu = torch.tensor([0, 30, 100], dtype=torch.int32)  # two sequences, 30 and 70 long
-        >>> o, S = linear_attention(q, k, v, return_final_state=True, cu_seqlens=cu)
+        >>> # two sequences, 30 and 70 long
+        >>> cu = torch.tensor([0, 30, 100], dtype=torch.int32)
+        >>> o, S = linear_attention(
+        ...     q, k, v, return_final_state=True, cu_seqlens=cu
+        ... )
         >>> S.shape
         torch.Size([2, 2, 16, 32])
     """
@@ -563,7 +570,8 @@ def linear_attention_step(q, k, v, state, decay=None, scale=None):
             state in float32 (float64 stays float64).
 
     Examples:
-        >>> q, k, v = torch.randn(1, 2, 16), torch.randn(1, 2, 16), torch.randn(1, 2, 8)
+        >>> q, k = torch.randn(1, 2, 16), torch.randn(1, 2, 16)
+        >>> v = torch.randn(1, 2, 8)
         >>> o, S = linear_attention_step(q, k, v, torch.zeros(1, 2, 16, 8))
         >>> o.shape, S.shape
         (torch.Size([1, 2, 8]), torch.Size([1, 2, 16, 8]))

@@ -219,8 +219,9 @@ def linear_attention_chunk_states(
     """The state before each chunk of ``chunk_size`` positions, from the decayed
     sums.
 
-    ``S_before(t0) = sum_{s < t0} exp(G_{t0-1} - G_s) k_s^T v_s + exp(G_{t0-1}) S_{-1}`` for the
-    chunk starts ``t0 = 0, C, 2C, ...`` (``S_{-1}`` itself at ``t0 = 0``).
+    ``S_before(t0) = sum_{s < t0} exp(G_{t0-1} - G_s) k_s^T v_s``
+    ``+ exp(G_{t0-1}) S_{-1}`` for the chunk starts ``t0 = 0, C, 2C, ...``
+    (``S_{-1}`` itself at ``t0 = 0``).
 
     Args:
         k (torch.Tensor): keys ``[B, H, T, K]``.
@@ -362,8 +363,12 @@ def mixed_chunk_attention(
             that is not a positive finite number.
 
     Example:
-        >>> q_quad, k_quad, q_lin, k_lin = (torch.randn(2, 100, 32) for _ in range(4))
-        >>> mixed_chunk_attention(q_quad, k_quad, q_lin, k_lin, torch.randn(2, 100, 64), chunk=32).shape
+        >>> q_quad, k_quad, q_lin, k_lin = (
+        ...     torch.randn(2, 100, 32) for _ in range(4)
+        ... )
+        >>> v = torch.randn(2, 100, 64)
+        >>> o = mixed_chunk_attention(q_quad, k_quad, q_lin, k_lin, v, chunk=32)
+        >>> o.shape
         torch.Size([2, 100, 64])
     """
     _check_mixed_chunk(q_quad, k_quad, q_lin, k_lin, v, chunk, scale)

@@ -297,9 +297,15 @@ def _chunk_out_kernel(
     """One chunk's output from its intra-chunk products and the state ST[bh, n].
 
     Forward:
-    ``out_i = scale * (sum_{j<=i} exp(c_i - c_j) (a_i . b_j) c_j + exp(c_i) a_i S)``.
+
+        out_i = scale * (sum_{j<=i} exp(c_i - c_j) (a_i . b_j) c_j
+                         + exp(c_i) a_i S)
+
     Reverse:
-    ``out_j = scale * sum_{i>=j} exp(c_i - c_j) (a_i . b_j) c_i + exp(c_L - c_j) b_j S``.
+
+        out_j = scale * sum_{i>=j} exp(c_i - c_j) (a_i . b_j) c_i
+                + exp(c_L - c_j) b_j S
+
     A, B: ``[B, H, T, DAB]``; C, OUT: ``[B, H, T, DC]``; ST: float32
     ``[B H, NT, ., .]`` whose ``[DAB, DC]`` tile is read with the strides
     ``stride_sr, stride_sc`` (a transposed state is a swap of the two). Loops

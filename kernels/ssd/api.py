@@ -71,11 +71,11 @@ def _check_cu_seqlens(cu_seqlens, seq_idx, b, L, device):
         if not torch.equal(
             ids[1:] != ids[:-1], seq_idx[0, 1:].cpu() != seq_idx[0, :-1].cpu()
         ):
+            changes = seq_idx[0, 1:] != seq_idx[0, :-1]
+            changes = changes.nonzero().flatten().add(1).tolist()
             raise ValueError(
                 "seq_idx and cu_seqlens must describe the same sequences: "
-                "seq_idx changes at "
-                "positions "
-                f"{(seq_idx[0, 1:] != seq_idx[0, :-1]).nonzero().flatten().add(1).tolist()}, "
+                f"seq_idx changes at positions {changes}, "
                 f"cu_seqlens starts sequences at {cu[1:-1].tolist()}"
             )
 
@@ -326,12 +326,16 @@ def ssd(
 
     Examples:
         >>> b, L, h, p, n = 1, 10, 2, 4, 8
-        >>> x, dt, A = torch.randn(b, L, h, p), torch.rand(b, L, h), -torch.rand(h)
+        >>> x, dt = torch.randn(b, L, h, p), torch.rand(b, L, h)
+        >>> A = -torch.rand(h)
         >>> B, C = torch.randn(b, L, 1, n), torch.randn(b, L, 1, n)
         >>> ssd(x, dt, A, B, C, 64).shape
         torch.Size([1, 10, 2, 4])
-        >>> cu = torch.tensor([0, 3, 10], dtype=torch.int32)  # two sequences packed in one row
-        >>> y, states = ssd(x, dt, A, B, C, 64, cu_seqlens=cu, return_varlen_states=True)
+        >>> # two sequences packed in one row
+        >>> cu = torch.tensor([0, 3, 10], dtype=torch.int32)
+        >>> y, states = ssd(
+        ...     x, dt, A, B, C, 64, cu_seqlens=cu, return_varlen_states=True
+        ... )
         >>> states.shape
         torch.Size([2, 2, 4, 8])
     """

@@ -5,15 +5,17 @@ The operator has one implementation, registered as
 attention with a per-token decay and calls the linear attention ops
 (``kernels::linear_attention_fwd`` and its backward, on the Triton path) or the
 PyTorch reference. PyTorch therefore needs no fake function or autograd formula
-of its own for
-it: the fake shapes, the gradients and ``torch.compile``'s graph all come from
-the operations the body calls, and ``torch.library.opcheck`` checks the
-registration.
+of its own for it: the fake shapes, the gradients and ``torch.compile``'s graph
+all come from the operations the body calls, and ``torch.library.opcheck``
+checks the registration.
 
 Schema:
-``ssd(x, dt, A, B, C, D?, z?, dt_bias?, initial_states?, seq_idx?, cu_seqlens?, dt_softplus, dt_min, dt_max) -> (y, final_states)``, the arguments of `kernels.ssd` already
-checked; the final states are always returned (float32), per sequence
-``[N, h, p, n]`` with ``cu_seqlens``.
+
+    ssd(x, dt, A, B, C, D?, z?, dt_bias?, initial_states?, seq_idx?,
+        cu_seqlens?, dt_softplus, dt_min, dt_max) -> (y, final_states)
+
+with the arguments of `kernels.ssd` already checked; the final states are
+always returned (float32), per sequence ``[N, h, p, n]`` with ``cu_seqlens``.
 """
 
 from __future__ import annotations
@@ -26,10 +28,8 @@ from ..linear_attention.api import _run, _run_varlen
 _lib = torch.library.Library("kernels", "FRAGMENT")
 _lib.define(
     "ssd(Tensor x, Tensor dt, Tensor A, Tensor B, Tensor C, Tensor? D, "
-    "Tensor? z, Tensor? dt_bias, "
-    "Tensor? initial_states, Tensor? seq_idx, Tensor? cu_seqlens, bool "
-    "dt_softplus, float dt_min, "
-    "float dt_max) "
+    "Tensor? z, Tensor? dt_bias, Tensor? initial_states, Tensor? seq_idx, "
+    "Tensor? cu_seqlens, bool dt_softplus, float dt_min, float dt_max) "
     "-> (Tensor, Tensor)"
 )
 
