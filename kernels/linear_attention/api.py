@@ -353,11 +353,10 @@ def linear_attention(
     products in PyTorch everywhere.
 
     Packed sequences (``cu_seqlens``) run the same kernels on a copy of the
-    inputs in which
-    every sequence starts at a chunk boundary, computed on the device from the
-    offsets: no padding to the longest sequence, at most one partial chunk per
-    sequence, so the work is ``O(total + N * chunk)``; only the pass over the
-    chunks restarts the state at each sequence.
+    inputs in which every sequence starts at a chunk boundary, computed on the
+    device from the offsets: no padding to the longest sequence, at most one
+    partial chunk per sequence, so the work is ``O(total + N * chunk)``; only
+    the pass over the chunks restarts the state at each sequence.
 
     Returns:
         ``o [B, H, T, V]`` in the dtype of ``q``; ``(o, S_{T-1})`` with
@@ -555,9 +554,8 @@ def linear_attention_step(q, k, v, state, decay=None, scale=None):
             ``linear_attention(..., return_final_state=True)`` for the prompt.
         decay (torch.Tensor, optional): this token's log-decays (each <= 0), per
             head ``[H]`` or per sequence and head ``[B, H]``, as in
-            ``linear_attention``. Its values are checked
-            only on CPU tensors: reading them back would make every decoding
-            step wait for the GPU.
+            ``linear_attention``. Its values are checked only on CPU tensors:
+            reading them back would make every decoding step wait for the GPU.
         scale (float, optional): default ``K ** -0.5``.
 
     Where it runs: one fused Triton kernel (state update and read-out in one

@@ -470,9 +470,8 @@ def _pass_config(interpret: bool = INTERPRET) -> dict:
     program.
 
     The sweep is sequential over the chunks and elementwise on the state, so its
-    speed is the
-    number of programs in flight: small blocks (a 128 x 128 state makes 64
-    programs per head).
+    speed is the number of programs in flight: small blocks (a 128 x 128 state
+    makes 64 programs per head).
     """
     return dict(BLOCK=256, num_warps=1 if interpret else 2)
 
@@ -565,9 +564,8 @@ def _chunk_configs(
 
 def _pass_configs(SIZE: int) -> list:
     """The autotune list of `_state_pass_kernel` for states of ``SIZE`` entries:
-    `PASS_CONFIGS`
-    with blocks no larger than the state (at least the smallest). It holds no
-    tile in shared memory."""
+    `PASS_CONFIGS` with blocks no larger than the state (at least the smallest).
+    It holds no tile in shared memory."""
     return [
         dict(BLOCK=b, num_warps=w)
         for b, w in PASS_CONFIGS
@@ -662,9 +660,8 @@ _state_pass_tuned = triton.autotune(
 def _launch(kernel, tuned, grid, args, config, **flags):
     """Run ``kernel`` on ``args``: with the deterministic ``config`` in the
     interpreter; on a GPU through ``tuned``, which picks the tiles, warps and
-    stages (the rest of ``config``, such as
-    ``CHUNK`` and ``PRECISION``, is passed as it is). ``grid(meta)`` is the grid
-    for the tiles in ``meta``."""
+    stages (the rest of ``config``, such as ``CHUNK`` and ``PRECISION``, is
+    passed as it is). ``grid(meta)`` is the grid for the tiles in ``meta``."""
     if INTERPRET:
         kernel[grid(config)](*args, **flags, **config)
         return
@@ -703,10 +700,9 @@ def segments(seq_idx, T: int, chunk: int):
     ``[B, T]``, or None.
 
     SEG pads the ids with the last one; SEGP is the id of the position before
-    each chunk (that of
-    position 0 for the first chunk: the initial state belongs to the first
-    sequence); KEEP is 1.0 where every position of the chunk has the id of SEGP.
-    No value is read back to the host.
+    each chunk (that of position 0 for the first chunk: the initial state
+    belongs to the first sequence); KEEP is 1.0 where every position of the
+    chunk has the id of SEGP. No value is read back to the host.
     """
     if seq_idx is None:
         return None
@@ -753,9 +749,8 @@ def varlen_layout(cu_seqlens, total: int, chunk: int) -> VarlenLayout:
 
     Every chunk then lies inside one sequence (at most one partial chunk per
     sequence, padded with zeros), and the buffer length ``Tp``,
-    ``total + N (chunk - 1)`` rounded up to a chunk,
-    comes from the shapes alone: everything is computed on the device, nothing
-    is read back.
+    ``total + N (chunk - 1)`` rounded up to a chunk, comes from the shapes
+    alone: everything is computed on the device, nothing is read back.
     """
     cu = cu_seqlens.to(torch.int64)
     N = cu.shape[0] - 1
@@ -973,9 +968,9 @@ def chunk_forward(
     With ``cu_seqlens`` (``[N + 1]`` offsets of ``total`` packed positions;
     batch of one) the inputs are already laid out in the chunk-aligned buffer of
     `varlen_layout`, ``initial_state`` and the final states are per sequence
-    ``[N, H, K, V]``, and only the state
-    pass knows about the sequences: each chunk lies inside one, so the chunk
-    kernels need no mask. The output is the buffer's ``[1, H, Tp, V]``.
+    ``[N, H, K, V]``, and only the state pass knows about the sequences: each
+    chunk lies inside one, so the chunk kernels need no mask. The output is the
+    buffer's ``[1, H, Tp, V]``.
     """
     q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
     K, V = q.shape[-1], v.shape[-1]
@@ -1175,8 +1170,7 @@ _step_tuned = triton.autotune(
 
 def linear_attention_step_fused(q, k, v, state, decay, scale):
     """`_step_kernel` on ``q, k [B, H, K]``, ``v [B, H, V]``,
-    ``state [B, H, K, V]`` and
-    ``decay`` (``[H]``, ``[B, H]`` or None):
+    ``state [B, H, K, V]`` and ``decay`` (``[H]``, ``[B, H]`` or None):
     ``(o [B, H, V], new state [B, H, K, V] float32)``."""
     B, H, DK = q.shape
     DV = v.shape[-1]

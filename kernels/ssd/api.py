@@ -302,11 +302,10 @@ def ssd(
 
     Where it runs: as `kernels.linear_attention` (Triton on CUDA, Triton's
     interpreter on CPU under ``TRITON_INTERPRET=1`` except bfloat16, otherwise
-    the PyTorch reference). Gradients flow
-    to every tensor argument: ``x, dt, A, B, C, D, z, dt_bias, initial_states``.
-    After its checks it calls the registered operator ``torch.ops.kernels.ssd``
-    (``op.py``), which ``torch.compile(fullgraph=True)`` traces without a graph
-    break.
+    the PyTorch reference). Gradients flow to every tensor argument:
+    ``x, dt, A, B, C, D, z, dt_bias, initial_states``. After its checks it calls
+    the registered operator ``torch.ops.kernels.ssd`` (``op.py``), which
+    ``torch.compile(fullgraph=True)`` traces without a graph break.
 
     Returns:
         ``y [b, L, h, p]`` in the dtype of ``x``, or

@@ -14,8 +14,8 @@ Schema:
     ssd(x, dt, A, B, C, D?, z?, dt_bias?, initial_states?, seq_idx?,
         cu_seqlens?, dt_softplus, dt_min, dt_max) -> (y, final_states)
 
-with the arguments of `kernels.ssd` already checked; the final states are
-always returned (float32), per sequence ``[N, h, p, n]`` with ``cu_seqlens``.
+with the arguments of `kernels.ssd` already checked; the final states are always
+returned (float32), per sequence ``[N, h, p, n]`` with ``cu_seqlens``.
 """
 
 from __future__ import annotations
