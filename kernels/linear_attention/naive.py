@@ -327,8 +327,8 @@ def mixed_chunk_attention(
     Position ``t`` lies in chunk ``g(t) = t // C`` (``C = chunk``); its output
     is
 
-        o_t = sum_{g(s) = g(t), s <= t} relu(scale * q_quad_t . k_quad_s)^2 / C
-            * v_s
+        o_t = sum_{g(s) = g(t), s <= t}
+                  relu(scale * q_quad_t . k_quad_s)^2 / C * v_s
             + sum_{g(s) < g(t)} (q_lin_t . k_lin_s) / (g(t) C) * v_s
 
     computed chunk by chunk: a masked ``[C, C]`` product per chunk, plus each

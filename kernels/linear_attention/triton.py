@@ -5,8 +5,9 @@ The sequence is cut into chunks of ``CHUNK`` positions. Inside chunk ``n`` let
 (``c_i = g_0 + ... + g_i``, each ``g <= 0``) and ``c_L`` its last value. With
 ``S_n`` the state before the chunk:
 
-    o_i     = scale * ( sum_{j <= i} exp(c_i - c_j) (q_i . k_j) v_j  +  exp(c_i)
-    q_i S_n ) S_{n+1} = exp(c_L) S_n + sum_j exp(c_L - c_j) k_j^T v_j
+    o_i     = scale * ( sum_{j <= i} exp(c_i - c_j) (q_i . k_j) v_j
+                        +  exp(c_i) q_i S_n )
+    S_{n+1} = exp(c_L) S_n + sum_j exp(c_L - c_j) k_j^T v_j
 
 Every exponent is a difference ``c_i - c_j`` with ``j <= i`` or a partial sum,
 so it is <= 0: the cumulative sums stay in log space inside a chunk and no
@@ -29,8 +30,8 @@ with the weights ``exp(c_i)`` and (b) in reverse order, starting from the
 gradient of the final state; the gradients of ``v`` and ``k`` are the reverse
 form of (c),
 
-    out_j = scale * sum_{i >= j} exp(c_i - c_j) (a_i . b_j) c_i  +  exp(c_L -
-    c_j) b_j G_n
+    out_j = scale * sum_{i >= j} exp(c_i - c_j) (a_i . b_j) c_i
+            +  exp(c_L - c_j) b_j G_n
 
 on ``(q, k, do)`` with ``G`` and on ``(do, v, q)`` with ``G^T``. The gradient of
 the log-decay needs no kernel (see `chunk_backward`).
@@ -87,11 +88,10 @@ def _chunk_state_kernel(
     """HC[bh, n] = scale * (w * B_n)^T C_n ``[DAB, DC]`` for chunk n, float32.
 
     Forward (``REVERSE=False``): ``w_j = exp(c_L - c_j)``, the decay from j to
-    the chunk's end;
-    reverse: ``w_i = exp(c_i)``, the decay from the chunk's start to i. B:
-    ``[B, H, T, DAB]``,
-    C: ``[B, H, T, DC]`` (last dim contiguous); GC: ``[B H, NT CHUNK]`` the
-    in-chunk cumulative log-decays (zero past T); HC: ``[B H, NT, DAB, DC]``.
+    the chunk's end; reverse: ``w_i = exp(c_i)``, the decay from the chunk's
+    start to i. B: ``[B, H, T, DAB]``, C: ``[B, H, T, DC]`` (last dim
+    contiguous); GC: ``[B H, NT CHUNK]`` the in-chunk cumulative log-decays
+    (zero past T); HC: ``[B H, NT, DAB, DC]``.
     With ``HAS_SEG``, SEG ``[B, NT CHUNK]`` holds each position's sequence id
     and SEGP ``[B, NT]`` that of the state before each chunk: only positions of
     the chunk's last sequence (forward) or of the state's sequence (reverse)
