@@ -63,8 +63,7 @@ def check_log_decay(
         if tuple(decay.shape) != expected:
             raise ValueError(
                 f"decay must have shape [H] = ({H},) or {per_token} = "
-                f"{expected}, "
-                f"got {tuple(decay.shape)}"
+                f"{expected}, got {tuple(decay.shape)}"
             )
     if decay.device != device:
         raise ValueError(
@@ -79,9 +78,8 @@ def check_log_decay(
             if not torch.isfinite(decay).all() or (decay > 0).any():
                 raise ValueError(
                     "decay must hold finite log-decays <= 0 (gamma = "
-                    "exp(decay) in (0, 1]), "
-                    f"got values in [{decay.min().item()}, "
-                    f"{decay.max().item()}]"
+                    "exp(decay) in (0, 1]), got values in "
+                    f"[{decay.min().item()}, {decay.max().item()}]"
                 )
 
 
@@ -113,8 +111,7 @@ def _check_cu_seqlens(
     if B != 1:
         raise ValueError(
             "packed sequences (cu_seqlens) lie along T of a batch of one, q "
-            "[1, H, total, K]; "
-            f"got batch size {B}"
+            f"[1, H, total, K]; got batch size {B}"
         )
     if not causal:
         raise ValueError("cu_seqlens needs causal=True")
@@ -252,8 +249,8 @@ def _check_inputs(
         expected = (B if cu_seqlens is None else N, H, K, v.shape[-1])
         if tuple(initial_state.shape) != expected:
             raise ValueError(
-                f"initial_state must have shape {layout} = {expected}, "
-                f"got {tuple(initial_state.shape)}"
+                f"initial_state must have shape {layout} = {expected}, got "
+                f"{tuple(initial_state.shape)}"
             )
         if not initial_state.is_floating_point():
             raise TypeError(

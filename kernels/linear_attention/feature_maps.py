@@ -55,8 +55,7 @@ def orthogonal_gaussian(
     if generator is not None and generator.device.type != "cpu":
         raise ValueError(
             "generator must be a CPU torch.Generator (the draws are made on "
-            "the CPU), "
-            f"got one on {generator.device}"
+            f"the CPU), got one on {generator.device}"
         )
     blocks = []
     for start in range(0, m, d):

@@ -300,14 +300,12 @@ def _check_mixed_chunk(q_quad, k_quad, q_lin, k_lin, v, chunk, scale):
         if tensors[name].shape != q_quad.shape:
             raise ValueError(
                 f"{name} must have the shape of q_quad [..., T, S] = "
-                f"{tuple(q_quad.shape)}, "
-                f"got {tuple(tensors[name].shape)}"
+                f"{tuple(q_quad.shape)}, got {tuple(tensors[name].shape)}"
             )
     if v.shape[:-1] != q_quad.shape[:-1]:
         raise ValueError(
             "v must have the leading dims and length of q_quad "
-            f"{tuple(q_quad.shape[:-1])} "
-            f"followed by E, got {tuple(v.shape)}"
+            f"{tuple(q_quad.shape[:-1])} followed by E, got {tuple(v.shape)}"
         )
     if v.shape[-2] == 0:
         raise ValueError(

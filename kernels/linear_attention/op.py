@@ -37,10 +37,9 @@ def _check_device(q: Tensor) -> None:
     if not uses_triton(q):
         raise ValueError(
             "the linear_attention ops run the Triton kernels: q must be a "
-            "CUDA tensor, or a "
-            "float16/float32 CPU tensor with TRITON_INTERPRET=1 set before "
-            "kernels was imported; "
-            f"got a {q.dtype} tensor on {q.device}"
+            "CUDA tensor, or a float16/float32 CPU tensor with "
+            "TRITON_INTERPRET=1 set before kernels was imported; got a "
+            f"{q.dtype} tensor on {q.device}"
         )
 
 

@@ -212,8 +212,7 @@ def _check_ssd_inputs(
     ):
         raise ValueError(
             "A must hold finite decay rates <= 0 (the log-decay dt * A must "
-            "be <= 0), "
-            f"got values in [{A.min().item()}, {A.max().item()}]"
+            f"be <= 0), got values in [{A.min().item()}, {A.max().item()}]"
         )
     if dt_limit[0] < 0:
         raise ValueError(
