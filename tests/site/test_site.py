@@ -76,7 +76,8 @@ VISIBLE_TEXT_JS = """
 (selector) => {
   const root = document.querySelector(selector);
   if (!root) return "";
-  const skip = "code, pre, script, style, noscript, textarea, mjx-container, .md-search";
+  // .clipboard-copy-txt: the hidden copy of a notebook cell's code that its copy button copies.
+  const skip = "code, pre, script, style, noscript, textarea, mjx-container, .md-search, .clipboard-copy-txt";
   const walker = document.createTreeWalker(root, NodeFilter.SHOW_TEXT);
   const parts = [];
   for (let node = walker.nextNode(); node; node = walker.nextNode()) {
@@ -1082,11 +1083,12 @@ def test_generated_figures_open_at_full_size(site_dir):
 
 
 def test_clicking_a_figure_opens_it_in_the_lightbox(context, base_url):
-    """In the browser, a click on a generated figure shows that figure in the lightbox, larger
-    than in the column."""
+    """On a phone, where the column shrinks a figure, a tap on a generated figure shows that
+    figure in the lightbox, larger than in the column (a desktop's column shows figures at
+    their natural size already)."""
     page = context.new_page()
     watch = PageWatch(page)
-    page.set_viewport_size({"width": 1280, "height": 900})
+    page.set_viewport_size({"width": 390, "height": 844})
     page.goto(base_url + page_url("flash_attention.md"), wait_until="load")
     figure = page.locator("img.generated-figure").first
     src = figure.evaluate("(img) => img.src")
