@@ -102,8 +102,10 @@ def test_torch_compile_fullgraph_matches_eager():
 @pytest.mark.parametrize("device", ["meta", "cuda"])
 def test_whole_call_reads_no_values(device):
     """The whole call, checks, launch sizes and backward included, on tensors without data: on the
-    meta device, and on fake CUDA tensors where torch has CUDA (a GPU need not be present).
-    Reading a value (``.item()``, ``.tolist()``, a tensor in an ``if``) would raise."""
+    meta device, and on fake CUDA tensors where torch has CUDA (a GPU need not be present for the
+    forward; torch's autograd engine asks the driver for a device even for fake CUDA tensors, so
+    the backward runs where there is one). Reading a value (``.item()``, ``.tolist()``, a tensor
+    in an ``if``) would raise."""
     from contextlib import nullcontext
 
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -135,12 +137,11 @@ def test_whole_call_reads_no_values(device):
             cu_seqlens=cu,
             max_seqlen=2048,
         )
+        assert o.shape == (1, 8, 4096, 128) and o.device.type == device
+        if device == "cuda" and not torch.cuda.is_available():
+            return
         o.sum().backward()
-        assert (
-            o.shape == (1, 8, 4096, 128)
-            and o.device.type == device
-            and q.grad.shape == q.shape
-        )
+        assert q.grad.shape == q.shape
 
 
 def test_autotune_lists_are_pruned_to_the_shared_memory_of_each_gpu():

@@ -512,14 +512,17 @@ def test_bfloat16_compiles_fullgraph():
 @pytest.mark.parametrize("device", ["meta", "cuda"])
 def test_whole_call_reads_no_values(device):
     """linear_attention and ssd with every option, backward included, on tensors without data:
-    on the meta device (the references) and on fake CUDA tensors where torch has CUDA (the ops;
-    a GPU need not be present). Reading a value (``.item()``, a tensor in an ``if``) would raise."""
+    on the meta device (the references) and on fake CUDA tensors where torch has CUDA (the ops; a
+    GPU need not be present for the forwards; torch's autograd engine asks the driver for a device
+    even for fake CUDA tensors, so the backwards run where there is one). Reading a value
+    (``.item()``, a tensor in an ``if``) would raise."""
     from contextlib import nullcontext
 
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     if device == "cuda" and not torch.backends.cuda.is_built():
         pytest.skip("this torch is built without CUDA: no fake CUDA tensors")
+    backward = device != "cuda" or torch.cuda.is_available()
     with FakeTensorMode() if device == "cuda" else nullcontext():
         B, H, T, K, V = 2, 4, 4100, 64, 128
         q, k = (
@@ -541,17 +544,18 @@ def test_whole_call_reads_no_values(device):
             chunk_size=128,
             seq_idx=seq_idx,
         )
-        (o.sum() + final.sum() + states.sum()).backward()
         assert (
             o.shape == v.shape
             and final.shape == s0.shape
             and states.shape == (B, H, 33, K, V)
         )
-        assert (
-            q.grad.shape == q.shape
-            and decay.grad.shape == decay.shape
-            and s0.grad.shape == s0.shape
-        )
+        if backward:
+            (o.sum() + final.sum() + states.sum()).backward()
+            assert (
+                q.grad.shape == q.shape
+                and decay.grad.shape == decay.shape
+                and s0.grad.shape == s0.shape
+            )
         x = torch.empty(B, T, H, V, device=device, requires_grad=True)
         dt = torch.empty(B, T, H, device=device)
         A = torch.empty(H, device=device, requires_grad=True)
@@ -567,9 +571,7 @@ def test_whole_call_reads_no_values(device):
             dt_softplus=True,
             return_final_states=True,
         )
-        (y.sum() + last.sum()).backward()
-        assert (
-            y.shape == x.shape
-            and last.shape == (B, H, V, K)
-            and x.grad.shape == x.shape
-        )
+        assert y.shape == x.shape and last.shape == (B, H, V, K)
+        if backward:
+            (y.sum() + last.sum()).backward()
+            assert x.grad.shape == x.shape
