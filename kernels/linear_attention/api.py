@@ -433,6 +433,17 @@ def linear_attention(
     return (o, final) if return_final_state else o
 
 
+def _log_decays(decay, q):
+    """The kernels' float32 per-token log-decays ``[B, H, T]`` (``B, H, T`` of
+    ``q [B, H, T, K]``) of a checked ``decay``: None (no decay), per head
+    ``[H]`` or per token ``[B, H, T]``."""
+    B, H, T, _ = q.shape
+    if decay is None:
+        return torch.zeros(B, H, T, device=q.device, dtype=torch.float32)
+    per_token = decay[None, :, None] if decay.dim() == 1 else decay
+    return per_token.float().expand(B, H, T)
+
+
 def _run(
     q, k, v, causal, decay, scale, initial_state, chunk_size=None, seq_idx=None
 ):
@@ -442,17 +453,15 @@ def _run(
     if not causal:
         return linear_attention_quadratic(q, k, v, causal=False, scale=scale)
     if uses_triton(q):
-        B, H, T, _ = q.shape
-        if decay is None:
-            g = torch.zeros(B, H, T, device=q.device, dtype=torch.float32)
-        else:
-            g = (
-                (decay[None, :, None] if decay.dim() == 1 else decay)
-                .float()
-                .expand(B, H, T)
-            )
         o, final, states = linear_attention_fwd(
-            q, k, v, g, scale, initial_state, chunk_size is not None, seq_idx
+            q,
+            k,
+            v,
+            _log_decays(decay, q),
+            scale,
+            initial_state,
+            chunk_size is not None,
+            seq_idx,
         )
         if chunk_size is None:
             return o, final
@@ -497,18 +506,10 @@ def _run_varlen(q, k, v, decay, scale, initial_state, cu_seqlens):
             initial_state=initial_state,
         )
         return o, final
-    _, H, total, _ = q.shape
+    total = q.shape[2]
     layout = varlen_layout(
         cu_seqlens, total, _config(q.shape[-1], v.shape[-1], v.dtype)["CHUNK"]
     )
-    if decay is None:
-        g = torch.zeros(1, H, total, device=q.device, dtype=torch.float32)
-    else:
-        g = (
-            (decay[None, :, None] if decay.dim() == 1 else decay)
-            .float()
-            .expand(1, H, total)
-        )
 
     # [1, H, total, D] -> [1, H, Tp, D], zeros between the sequences
     def spread(x):
@@ -520,7 +521,7 @@ def _run_varlen(q, k, v, decay, scale, initial_state, cu_seqlens):
         spread(q),
         spread(k),
         spread(v),
-        spread(g),
+        spread(_log_decays(decay, q)),
         scale,
         initial_state,
         False,
