@@ -19,7 +19,7 @@ MATHJAX_FILES := tex-svg.js core.js loader.js startup.js input output/svg.js out
 
 .DEFAULT_GOAL := help
 .PHONY: help serve test build snippets check setup-docs setup-test mathjax chromium clean \
-	gpu-run gpu-unpack gpu-bundle gpu-wheels
+	gpu-run gpu-unpack gpu-bundle gpu-wheels gpu-mamba
 
 help:
 	@echo "make serve     set up, then serve the site at http://127.0.0.1:8000"
@@ -30,6 +30,7 @@ help:
 	@echo "make clean     remove the built site and the installed MathJax"
 	@echo "make gpu-bundle, then make gpu-run OUT=dir BUDGET=540 (on the GPU machine),"
 	@echo "               then make gpu-unpack FILE=dir/outputs.tar.gz; make gpu-wheels"
+	@echo "               and make gpu-mamba (optional baselines for the GPU run)"
 
 serve: setup-docs
 	$(BIN)/mkdocs serve -a 127.0.0.1:8000
@@ -116,3 +117,10 @@ gpu-bundle:
 # tree for a GPU machine must carry that folder along.
 gpu-wheels:
 	$(PYTHON) -m snippets._build.gpu wheels
+
+# Builds mamba-ssm's wheel, CUDA extension included, for the GPU machine (sm_90, Python 3.12,
+# torch 2.11.0) into .gpu-wheels/. Needs nvcc; MAMBA_PYTHON names a Python 3.12 with a CUDA
+# build of that torch, else one is made in .gpu-build/venv (several GB, once).
+MAMBA_PYTHON ?=
+gpu-mamba:
+	$(PYTHON) -m snippets._build.gpu mamba $(if $(MAMBA_PYTHON),--python "$(MAMBA_PYTHON)")

@@ -6,14 +6,15 @@ outputs come back.
     python -m snippets._build.gpu unpack ARCHIVE   # make gpu-unpack FILE=...
     python -m snippets._build.gpu bundle           # make gpu-bundle
     python -m snippets._build.gpu wheels           # make gpu-wheels
+    python -m snippets._build.gpu mamba [--python PY]  # make gpu-mamba
 
 `run` does the most valuable work first and keeps what it has when it is cut
 short. Its steps, each a child process under its own time cap inside the global
 budget:
 
 1. `wheels`: installs the optional baseline wheels of `.gpu-wheels/` (from
-   `make gpu-wheels`) into a temporary folder put on the children's PYTHONPATH,
-   when there are any;
+   `make gpu-wheels` and `make gpu-mamba`) into a temporary folder put on the
+   children's PYTHONPATH, when there are any;
 2. `environment`: `tests/gpu_environment.py`: nvidia-smi, versions, measured
    copy bandwidth and matrix product rate (`environment.json` in OUT);
 3. `smoke`: `tests/kernels/test_gpu_smoke.py`, every op forward and backward in
@@ -63,6 +64,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import selectors
 import shutil
 import signal
@@ -509,6 +511,7 @@ def run(
         if all(
             result == "0"
             or result.startswith("skipped")
+            or name.startswith("wheel ")  # an optional baseline
             or (name == "tests" and result == "timeout")
             for name, result, _, _ in state.steps
         )
@@ -518,7 +521,9 @@ def run(
 
 def _install_wheels(state: Run, python: str) -> None:
     """Install the wheels of `.gpu-wheels/` into a temporary folder on the
-    children's path.
+    children's path, one step per wheel: a wheel that does not install here
+    (built for another Python, say) leaves the others, and the run goes on
+    without that baseline.
     """
     wheels = sorted((state.root / WHEELS).glob("*.whl"))
     if not wheels:
@@ -529,23 +534,26 @@ def _install_wheels(state: Run, python: str) -> None:
         return
     target = Path(tempfile.mkdtemp(prefix="gpu-wheels-"))
     state.scratch.append(target)
-    result = state.step(
-        "wheels",
-        [
-            python,
-            "-m",
-            "pip",
-            "install",
-            "--no-deps",
-            "--no-index",
-            "--disable-pip-version-check",
-            "--target",
-            str(target),
-            *map(str, wheels),
-        ],
-        CAPS["wheels"],
-    )
-    if result == "0":
+    installed = 0
+    for wheel in wheels:
+        result = state.step(
+            f"wheel {wheel.name.split('-')[0]}",
+            [
+                python,
+                "-m",
+                "pip",
+                "install",
+                "--no-deps",
+                "--no-index",
+                "--disable-pip-version-check",
+                "--target",
+                str(target),
+                str(wheel),
+            ],
+            CAPS["wheels"],
+        )
+        installed += result == "0"
+    if installed:
         state.pythonpath.append(str(target))
 
 
@@ -872,6 +880,221 @@ def wheels(root: Path) -> int:
     return code
 
 
+# mamba-ssm, built from source for the GPU machine (`make gpu-mamba`): PyPI has
+# it as a source package only, and its package imports its CUDA extension.
+MAMBA_SSM = "mamba-ssm==2.3.2.post1"
+# What the extension is built for and against: the GPU machine's chip (H200,
+# sm_90), Python and torch (the extension links against that torch and imports
+# only beside it).
+GPU_ARCH = "9.0"
+GPU_PYTHON_VERSION = "3.12"
+GPU_TORCH = "2.11.0"
+BUILD = ".gpu-build"  # git-ignored: the build's Python and sources
+_GENCODE = re.compile(
+    r'cc_flag\.append\("(?:-gencode|arch=compute_\d+,code=sm_\d+)"\)'
+)
+
+
+def mamba_setup_for_one_arch(text: str) -> str:
+    """mamba-ssm's `setup.py` without its fixed list of GPU architectures, so
+    that torch's `TORCH_CUDA_ARCH_LIST` chooses them: one architecture instead
+    of nine builds in minutes on a laptop. Raises ValueError when the text has
+    no such list or keeps an architecture after the edit (another version of
+    mamba-ssm: check `MAMBA_SSM`)."""
+    patched, count = _GENCODE.subn("pass", text)
+    if count == 0 or "arch=compute_" in patched:
+        raise ValueError(
+            "mamba-ssm's setup.py: expected its list of `cc_flag.append("
+            '"-gencode")` / `"arch=compute_NN,code=sm_NN"` lines, found '
+            f"{count} such lines"
+            + (" and others left over" if count else "")
+            + f"; this build knows {MAMBA_SSM}"
+        )
+    return patched
+
+
+def _check_build_python(python: str, torch_version: str) -> None:
+    """Raise SystemExit unless `python` is Python GPU_PYTHON_VERSION with a
+    CUDA build of torch `torch_version`."""
+    probe = subprocess.run(
+        [
+            python,
+            "-c",
+            "import sys, torch; print('%d.%d' % sys.version_info[:2], "
+            "torch.__version__, torch.version.cuda)",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if probe.returncode != 0:
+        raise SystemExit(
+            f"--python {python}: cannot import torch there:\n{probe.stderr}"
+        )
+    version, torch_found, cuda = probe.stdout.split()
+    if (
+        version != GPU_PYTHON_VERSION
+        or torch_found.split("+")[0] != torch_version
+        or cuda == "None"
+    ):
+        raise SystemExit(
+            f"--python {python}: expected Python {GPU_PYTHON_VERSION} with a "
+            f"CUDA build of torch {torch_version} (the GPU machine's), got "
+            f"Python {version} with torch {torch_found} (CUDA {cuda})"
+        )
+
+
+def _cuda_home() -> str:
+    """The CUDA toolkit folder for torch's extension builder: `CUDA_HOME`, or
+    the folder above the `bin/` of `nvcc` when it holds the CUDA headers, or
+    `/usr/local/cuda` (where `nvcc` on PATH is a wrapper script elsewhere)."""
+    if os.environ.get("CUDA_HOME"):
+        return os.environ["CUDA_HOME"]
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        raise SystemExit(
+            "make gpu-mamba needs nvcc (the CUDA compiler) on PATH"
+        )
+    for home in (Path(nvcc).resolve().parents[1], Path("/usr/local/cuda")):
+        if (home / "include" / "cuda_runtime.h").exists():
+            return str(home)
+    raise SystemExit(
+        f"make gpu-mamba: no cuda_runtime.h beside {nvcc} or in "
+        "/usr/local/cuda; set CUDA_HOME to the CUDA toolkit's folder"
+    )
+
+
+def build_mamba(
+    root: Path, python: str | None, torch_version: str = GPU_TORCH
+) -> int:
+    """Build mamba-ssm's wheel, CUDA extension included, for the GPU machine
+    into `.gpu-wheels/`, where `make gpu-run` installs it.
+
+    Needs `nvcc` (CUDA 13, as the GPU machine's torch) and a Python
+    GPU_PYTHON_VERSION with a CUDA build of torch `torch_version`: `python`, or
+    else a virtual environment made in `.gpu-build/venv` with `python3.12`
+    (several GB of downloads from PyPI, once). The extension is built for sm_90
+    alone (`mamba_setup_for_one_arch`), with mamba-ssm's own compiler flags
+    otherwise. The wheel imports only beside that torch; on the GPU machine the
+    benchmarks then compare against mamba_ssm's CUDA selective scan and its
+    Triton SSD and state update, and where the import fails they run without
+    them, as they do without the wheel.
+    """
+    cuda_home = _cuda_home()
+    build = Path(root).resolve() / BUILD
+    target = Path(root).resolve() / WHEELS
+    target.mkdir(exist_ok=True)
+    if python is None:
+        venv = build / "venv"
+        python = str(venv / "bin" / "python")
+        if not Path(python).exists():
+            base = shutil.which(f"python{GPU_PYTHON_VERSION}")
+            if base is None:
+                raise SystemExit(
+                    f"make gpu-mamba needs python{GPU_PYTHON_VERSION} on PATH "
+                    "(or MAMBA_PYTHON=path/to/python with torch "
+                    f"{torch_version})"
+                )
+            subprocess.run([base, "-m", "venv", str(venv)], check=True)
+            subprocess.run(
+                [
+                    python,
+                    "-m",
+                    "pip",
+                    "install",
+                    f"torch=={torch_version}",
+                    "numpy",
+                    "setuptools",
+                    "wheel",
+                    "packaging",
+                    "ninja",
+                ],
+                check=True,
+            )
+    _check_build_python(python, torch_version)
+    sources = build / "src"
+    shutil.rmtree(sources, ignore_errors=True)
+    sources.mkdir(parents=True)
+    subprocess.run(
+        [
+            python,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "--no-build-isolation",
+            "--dest",
+            str(sources),
+            MAMBA_SSM,
+        ],
+        check=True,
+    )
+    (archive,) = sources.glob("*.tar.gz")
+    with tarfile.open(archive) as tar:
+        tar.extractall(sources, filter="data")
+    (setup,) = sources.glob("*/setup.py")
+    setup.write_text(mamba_setup_for_one_arch(setup.read_text()))
+    for old in target.glob("mamba_ssm-*.whl"):
+        old.unlink()
+    env = dict(
+        os.environ,
+        CUDA_HOME=cuda_home,
+        MAMBA_FORCE_BUILD="TRUE",
+        TORCH_CUDA_ARCH_LIST=GPU_ARCH,
+        MAX_JOBS=str(os.cpu_count() or 1),
+    )
+    started = time.monotonic()
+    subprocess.run(
+        [
+            python,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--wheel-dir",
+            str(target),
+            str(setup.parent),
+        ],
+        env=env,
+        check=True,
+    )
+    (wheel,) = target.glob("mamba_ssm-*.whl")
+    # the extension must load beside this torch (a GPU is not needed for that)
+    check = Path(tempfile.mkdtemp(prefix="gpu-mamba-"))
+    try:
+        subprocess.run(
+            [
+                python,
+                "-m",
+                "pip",
+                "install",
+                "--no-deps",
+                "--quiet",
+                "--target",
+                str(check),
+                str(wheel),
+            ],
+            check=True,
+        )
+        subprocess.run(
+            [python, "-c", "import torch, selective_scan_cuda"],
+            env=dict(os.environ, PYTHONPATH=str(check)),
+            check=True,
+        )
+    finally:
+        shutil.rmtree(check, ignore_errors=True)
+    arch = GPU_ARCH.replace(".", "")
+    print(
+        f"{wheel}: {wheel.stat().st_size / 2**20:.1f} MiB, built in "
+        f"{time.monotonic() - started:.0f} s for sm_{arch} against torch "
+        f"{torch_version} (the tree that travels may carry 64 MiB in all)"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """The command line (see the module docstring)."""
     parser = argparse.ArgumentParser(
@@ -938,7 +1161,21 @@ def main(argv: list[str] | None = None) -> int:
     fetch.add_argument(
         "--root", type=Path, default=REPOSITORY, help="the repository root"
     )
+    mamba = commands.add_parser(
+        "mamba", help="build mamba-ssm's wheel with its CUDA extension"
+    )
+    mamba.add_argument(
+        "--root", type=Path, default=REPOSITORY, help="the repository root"
+    )
+    mamba.add_argument(
+        "--python",
+        default=None,
+        help=f"a Python {GPU_PYTHON_VERSION} with a CUDA build of torch "
+        f"{GPU_TORCH} (default: a venv made in {BUILD}/venv)",
+    )
     args = parser.parse_args(argv)
+    if args.command == "mamba":
+        return build_mamba(args.root, args.python)
     if args.command == "run":
         if args.budget <= 0:
             parser.error(

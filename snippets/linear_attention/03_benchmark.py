@@ -26,10 +26,12 @@ import torch.nn.functional as F
 from kernels import flash_attention, linear_attention
 from kernels.bench import peak_memory_bytes, time_ms
 
-try:
-    from fla.ops.simple_gla import chunk_simple_gla
-except ImportError:  # flash-linear-attention is not installed
-    chunk_simple_gla = None
+chunk_simple_gla = None
+if torch.cuda.is_available():  # flash-linear-attention's kernels need CUDA
+    try:
+        from fla.ops.simple_gla import chunk_simple_gla
+    except ImportError:  # flash-linear-attention is not installed
+        pass
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 if DEVICE == "cuda":  # 32k tokens per batch, hidden size 2048 (H = 2048 // K)
@@ -55,7 +57,13 @@ WHERE = (
 )
 print(
     f"device: {WHERE}; flash-linear-attention chunk_simple_gla: "
-    + ("found" if chunk_simple_gla else "not installed, its rows are left out")
+    + (
+        "found"
+        if chunk_simple_gla
+        else "not found, its rows are left out"
+        if DEVICE == "cuda"
+        else "not used on a CPU, its rows are left out"
+    )
 )
 
 

@@ -28,16 +28,15 @@ from kernels import selective_scan, selective_scan_step
 from kernels.bench import time_ms
 from kernels.selective_scan import selective_scan_ref, selective_scan_step_ref
 
-try:
-    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
-except ImportError:  # not installed, or installed without its CUDA extension
-    selective_scan_fn = None
-try:
-    from mamba_ssm.ops.triton.selective_state_update import (
-        selective_state_update,
-    )
-except ImportError:
-    selective_state_update = None
+selective_scan_fn = selective_state_update = None
+if torch.cuda.is_available():  # mamba_ssm's kernels run on CUDA only
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+        from mamba_ssm.ops.triton.selective_state_update import (
+            selective_state_update,
+        )
+    except ImportError:  # not installed, or its CUDA extension does not load
+        pass
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 if DEVICE == "cuda":
@@ -60,7 +59,13 @@ WHERE = (
 )
 print(
     f"device: {WHERE}; mamba_ssm selective_scan_fn: "
-    f"{'found' if selective_scan_fn else 'not installed'}"
+    + (
+        "found"
+        if selective_scan_fn
+        else "not found"
+        if DEVICE == "cuda"
+        else "not used on a CPU"
+    )
 )
 
 

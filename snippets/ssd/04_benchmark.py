@@ -27,10 +27,12 @@ import torch.nn.functional as F
 from kernels import linear_attention, ssd
 from kernels.bench import time_ms
 
-try:
-    from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
-except ImportError:  # mamba_ssm is not installed
-    mamba_chunk_scan_combined = None
+mamba_chunk_scan_combined = None
+if torch.cuda.is_available():  # mamba_ssm runs on CUDA only
+    try:
+        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+    except ImportError:  # not installed, or its CUDA extension does not load
+        pass
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 if DEVICE == "cuda":
@@ -51,7 +53,13 @@ WHERE = (
 )
 print(
     f"device: {WHERE}; mamba_ssm mamba_chunk_scan_combined: "
-    f"{'found' if mamba_chunk_scan_combined else 'not installed'}"
+    + (
+        "found"
+        if mamba_chunk_scan_combined
+        else "not found"
+        if DEVICE == "cuda"
+        else "not used on a CPU"
+    )
 )
 
 

@@ -347,6 +347,58 @@ def test_steps_out_of_budget_are_skipped(tmp_path):
     assert archive_names(out) == []
 
 
+def _wheel(folder: Path, name: str, tag: str, module: str) -> Path:
+    """A minimal wheel `name-1.0-tag.whl` holding `module` as `name.py`."""
+    import zipfile
+
+    info = f"{name}-1.0.dist-info"
+    path = folder / f"{name}-1.0-{tag}.whl"
+    with zipfile.ZipFile(path, "w") as wheel:
+        wheel.writestr(f"{name}.py", module)
+        wheel.writestr(
+            f"{info}/METADATA",
+            f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n",
+        )
+        wheel.writestr(
+            f"{info}/WHEEL",
+            "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+            f"Tag: {tag}\n",
+        )
+        wheel.writestr(
+            f"{info}/RECORD",
+            f"{name}.py,,\n{info}/METADATA,,\n{info}/WHEEL,,\n{info}/RECORD,,\n",
+        )
+    return path
+
+
+def test_a_wheel_that_does_not_install_leaves_the_others(tmp_path):
+    """One step per wheel of .gpu-wheels/: a wheel for another Python fails its
+    step, the run goes on, and the snippets import the wheels that installed."""
+    bench = (
+        BENCH.format(name="flash")
+        + "import baseline\nprint('baseline', baseline.NAME)\n"
+    )
+    repo = make_repo(
+        tmp_path / "repo", {"snippets/flash_attention/01_bench.py": bench}
+    )
+    # a smoke that passes, so that the exit status is the wheels' alone
+    (repo / "tests/smoke.py").write_text(
+        SMOKE.format(cases=["flash_attention-1"])
+    )
+    (repo / gpu.WHEELS).mkdir()
+    _wheel(repo / gpu.WHEELS, "baseline", "py3-none-any", "NAME = 'ok'\n")
+    _wheel(repo / gpu.WHEELS, "elsewhere", "cp27-cp27m-win32", "X = 1\n")
+    out = tmp_path / "out"
+    assert dry_run(repo, out) == 0
+    rows = steps(out)
+    assert rows[0][:2] == ["wheel baseline", "0"]
+    assert rows[1][0] == "wheel elsewhere" and rows[1][1] not in ("0", "")
+    assert ["snippet flash_attention/01_bench", "0"] in [
+        row[:2] for row in rows
+    ]
+    assert "baseline ok" in (out / "run.log").read_text()
+
+
 def test_bundle_records_the_commit_and_the_tree_without_git_reads_it(tmp_path):
     if shutil.which("git") is None:
         pytest.skip("git is not installed")
@@ -418,12 +470,14 @@ def test_make_gpu_run_dry_run_on_this_repository(tmp_path):
         timeout=300,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    wheels = (
-        [["wheels", "0"]]
-        if list((REPOSITORY / gpu.WHEELS).glob("*.whl"))
-        else []
-    )
-    assert [row[:2] for row in steps(out)] == wheels + [
+    # the wheels of .gpu-wheels/, where there are any, each its own step that
+    # may fail (a wheel built for the GPU machine's Python) without failing the
+    # run
+    wheels = sorted((REPOSITORY / gpu.WHEELS).glob("*.whl"))
+    assert [row[0] for row in steps(out)[: len(wheels)]] == [
+        f"wheel {wheel.name.split('-')[0]}" for wheel in wheels
+    ]
+    assert [row[:2] for row in steps(out)[len(wheels) :]] == [
         ["environment", "0"],
         ["smoke", "0"],
         ["snippet flash_attention/03_benchmark", "0"],
@@ -446,3 +500,58 @@ def test_make_gpu_run_dry_run_on_this_repository(tmp_path):
         )
     }
     assert gpu._folder_hashes(REPOSITORY / "docs/generated") == before
+
+
+# The lines of mamba-ssm's setup.py that `make gpu-mamba` edits, as in its
+# release 2.3.2.post1.
+MAMBA_SETUP = """\
+cc_flag = []
+if not HIP_BUILD:
+    cc_flag.append("-gencode")
+    cc_flag.append("arch=compute_75,code=sm_75")
+    if bare_metal_version >= Version("11.8"):
+        cc_flag.append("-gencode")
+        cc_flag.append("arch=compute_90,code=sm_90")
+extra = {"nvcc": ["-O3"] + cc_flag}
+"""
+
+
+def test_mamba_setup_loses_its_architecture_list_and_stays_python():
+    patched = gpu.mamba_setup_for_one_arch(MAMBA_SETUP)
+    assert "gencode" not in patched and "arch=compute_" not in patched
+    namespace = {"HIP_BUILD": False, "bare_metal_version": 12, "Version": float}
+    exec(compile(patched, "setup.py", "exec"), namespace)
+    assert namespace["cc_flag"] == [] and namespace["extra"]["nvcc"] == ["-O3"]
+
+
+@pytest.mark.parametrize(
+    "text, found",
+    [
+        ("cc_flag = []\n", "found 0 such lines"),
+        (
+            MAMBA_SETUP
+            + 'cc_flag += ["-gencode", "arch=compute_80,code=sm_80"]\n',
+            "and others left over",
+        ),
+    ],
+)
+def test_mamba_setup_of_another_version_is_refused(text, found):
+    with pytest.raises(ValueError, match=found) as error:
+        gpu.mamba_setup_for_one_arch(text)
+    assert gpu.MAMBA_SSM in str(error.value)
+
+
+def test_mamba_build_says_what_it_needs(monkeypatch, tmp_path):
+    """Without nvcc, and with a Python that is not the GPU machine's, the build
+    stops before it downloads anything, saying what it expected."""
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    monkeypatch.setattr(gpu.shutil, "which", lambda name: None)
+    with pytest.raises(SystemExit, match="needs nvcc"):
+        gpu.build_mamba(tmp_path, sys.executable)
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path))
+    with pytest.raises(
+        SystemExit, match="expected Python 3.12 with a CUDA"
+    ) as e:
+        gpu.build_mamba(tmp_path, sys.executable, torch_version="0.0.1")
+    assert f"--python {sys.executable}" in str(e.value)
+    assert not (tmp_path / gpu.BUILD).exists()
