@@ -119,8 +119,11 @@ gpu-wheels:
 	$(PYTHON) -m snippets._build.gpu wheels
 
 # Builds mamba-ssm's wheel, CUDA extension included, for the GPU machine (sm_90, Python 3.12,
-# torch 2.11.0) into .gpu-wheels/. Needs nvcc; MAMBA_PYTHON names a Python 3.12 with a CUDA
-# build of that torch, else one is made in .gpu-build/venv (several GB, once).
+# its torch: MAMBA_TORCH, default 2.11.0) into .gpu-wheels/. Needs nvcc; MAMBA_PYTHON names a
+# Python 3.12 with a CUDA build of that torch, else one is made in .gpu-build/ (several
+# GB, once).
 MAMBA_PYTHON ?=
+MAMBA_TORCH ?=
 gpu-mamba:
-	$(PYTHON) -m snippets._build.gpu mamba $(if $(MAMBA_PYTHON),--python "$(MAMBA_PYTHON)")
+	$(PYTHON) -m snippets._build.gpu mamba $(if $(MAMBA_PYTHON),--python "$(MAMBA_PYTHON)") \
+		$(if $(MAMBA_TORCH),--torch "$(MAMBA_TORCH)")

@@ -972,20 +972,20 @@ def build_mamba(
 
     Needs `nvcc` (CUDA 13, as the GPU machine's torch) and a Python
     GPU_PYTHON_VERSION with a CUDA build of torch `torch_version`: `python`, or
-    else a virtual environment made in `.gpu-build/venv` with `python3.12`
-    (several GB of downloads from PyPI, once). The extension is built for sm_90
-    alone (`mamba_setup_for_one_arch`), with mamba-ssm's own compiler flags
-    otherwise. The wheel imports only beside that torch; on the GPU machine the
-    benchmarks then compare against mamba_ssm's CUDA selective scan and its
-    Triton SSD and state update, and where the import fails they run without
-    them, as they do without the wheel.
+    else a virtual environment made in `.gpu-build/venv-torch-<version>` with
+    `python3.12` (several GB of downloads from PyPI, once). The extension is
+    built for sm_90 alone (`mamba_setup_for_one_arch`), with mamba-ssm's own
+    compiler flags otherwise. The wheel imports only beside that torch; on the
+    GPU machine the benchmarks then compare against mamba_ssm's CUDA selective
+    scan and its Triton SSD and state update, and where the import fails they
+    run without them, as they do without the wheel.
     """
     cuda_home = _cuda_home()
     build = Path(root).resolve() / BUILD
     target = Path(root).resolve() / WHEELS
     target.mkdir(exist_ok=True)
     if python is None:
-        venv = build / "venv"
+        venv = build / f"venv-torch-{torch_version}"
         python = str(venv / "bin" / "python")
         if not Path(python).exists():
             base = shutil.which(f"python{GPU_PYTHON_VERSION}")
@@ -1170,12 +1170,18 @@ def main(argv: list[str] | None = None) -> int:
     mamba.add_argument(
         "--python",
         default=None,
-        help=f"a Python {GPU_PYTHON_VERSION} with a CUDA build of torch "
-        f"{GPU_TORCH} (default: a venv made in {BUILD}/venv)",
+        help=f"a Python {GPU_PYTHON_VERSION} with a CUDA build of the torch "
+        f"of --torch (default: a venv made in {BUILD}/venv-torch-<version>)",
+    )
+    mamba.add_argument(
+        "--torch",
+        default=GPU_TORCH,
+        help="the GPU machine's torch version, which the extension is built "
+        f"against (default {GPU_TORCH})",
     )
     args = parser.parse_args(argv)
     if args.command == "mamba":
-        return build_mamba(args.root, args.python)
+        return build_mamba(args.root, args.python, args.torch)
     if args.command == "run":
         if args.budget <= 0:
             parser.error(

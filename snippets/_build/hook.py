@@ -10,7 +10,10 @@ It rewrites these markers in each page's Markdown (never inside
 fenced code blocks or inline code):
 
 - `[[ output: <article>/<stem>/<file> | alt text ]]` on a line of its own: an image (svg, png,
-  with the CSS class `generated-figure`; the `glightbox` plugin, listed after this one, wraps
+  with the CSS class `generated-figure`, and `raster` too for an SVG that holds a raster
+  image (a heatmap, or many points drawn as pixels), which the dark palette leaves in its own
+  colours;
+  the `glightbox` plugin, listed after this one, wraps
   it in a link that opens it at full size), the inlined Markdown table (.md), a text block (.txt)
   or a JSON block (.json), followed by a provenance paragraph (class `provenance`). A stale output
   gets a "Stale output" warning. The outputs of a `# requires: cuda` snippet that has not run on
@@ -96,7 +99,23 @@ OUTPUT_START = re.compile(r"^[ \t]*\[\[\s*output\s*:")
 IMG_TAG = re.compile(r"<img\b[^>]*>")
 IMG_SRC = re.compile(r'\ssrc="(?P<src>[^"]*)"')
 IMG_ALT = re.compile(r'\salt="[^"]*"')
+IMG_CLASS = re.compile(r'\sclass="(?P<value>[^"]*)"')
 IMAGES = (".svg", ".png", ".jpg", ".jpeg", ".gif", ".webp")
+# A raster image inside an SVG: what matplotlib writes for imshow (a heatmap) and for
+# an artist drawn with rasterized=True.
+SVG_RASTER = re.compile(r"<image\b")
+
+
+def has_raster(svg: str) -> bool:
+    """Whether an SVG figure holds a raster image (matplotlib's imshow, or an
+    artist drawn with `rasterized=True`).
+
+    The dark palette inverts figures so that lines and labels read on a dark
+    page. Inverted, a heatmap's colours would turn into others that its colour
+    bar does not name, so a figure with a raster image keeps its own colours."""
+    return SVG_RASTER.search(svg) is not None
+
+
 REQUIRED_EXTENSIONS = ("attr_list", "admonition")
 # Opening tags of a rendered notebook that the search index should not hold: the prompts, the
 # copy buttons' text, the headings' "¶" links and every <pre> (the code and its printed
@@ -647,7 +666,11 @@ def _embed(path: Path, alt: str, url: str) -> str:
     suffix = path.suffix.lower()
     if suffix in IMAGES:
         alt = alt.replace("[", "\\[").replace("]", "\\]")
-        return f"![{alt}]({url}){{ .generated-figure }}\n"
+        raster = suffix == ".svg" and has_raster(
+            path.read_text(encoding="utf-8")
+        )
+        classes = ".generated-figure .raster" if raster else ".generated-figure"
+        return f"![{alt}]({url}){{ {classes} }}\n"
     if suffix == ".md":
         return path.read_text(encoding="utf-8").strip() + "\n"
     if suffix == ".txt":
@@ -747,8 +770,9 @@ def _device(key: str, src_uri: str, build: _Build) -> str:
     return _where(state.meta)
 
 
-def _image_data_uris(notebook: dict) -> dict[str, str]:
-    """{data URI as nbconvert writes it into `<img src>`: alt text} of a notebook's images."""
+def _image_data_uris(notebook: dict) -> dict[str, tuple[str, bool]]:
+    """{data URI as nbconvert writes it into `<img src>`: (alt text, whether it
+    holds a raster image, see `has_raster`)} of a notebook's images."""
     found = {}
     for cell in notebook.get("cells", []):
         for output in cell.get("outputs", []):
@@ -757,33 +781,47 @@ def _image_data_uris(notebook: dict) -> dict[str, str]:
                 if not mime.startswith("image/") or not alt:
                     continue
                 text = "".join(data) if isinstance(data, list) else data
+                svg = mime == "image/svg+xml"
                 payload = (
                     base64.b64encode(text.encode("utf-8")).decode("ascii")
-                    if mime == "image/svg+xml"
+                    if svg
                     else "".join(text.split())
                 )
-                found[f"data:{mime};base64,{payload}"] = alt
+                found[f"data:{mime};base64,{payload}"] = (
+                    alt,
+                    svg and has_raster(text),
+                )
     return found
 
 
 def with_notebook_alt_text(html_text: str, notebook: dict) -> str:
-    """`html_text` of a rendered notebook with each output image's alt set from `notebook`.
+    """`html_text` of a rendered notebook with each output image's alt set from
+    `notebook`, and the class `raster` on those that hold a raster image (see
+    `has_raster`).
 
-    nbconvert's lab template, which mkdocs-jupyter uses, drops the alt text that the notebook
-    records in `output.metadata[<mime>]["alt"]`; images are matched here by their data URI.
+    nbconvert's lab template, which mkdocs-jupyter uses, drops the alt text that
+    the notebook records in `output.metadata[<mime>]["alt"]`; images are matched
+    here by their data URI.
     """
-    alts = _image_data_uris(notebook)
+    images = _image_data_uris(notebook)
 
     def replace(match: re.Match) -> str:
         tag = match.group(0)
         src = IMG_SRC.search(tag)
-        alt = alts.get(html.unescape(src.group("src"))) if src else None
-        if alt is None:
+        found = images.get(html.unescape(src.group("src"))) if src else None
+        if found is None:
             return tag
+        alt, raster = found
         tag = IMG_ALT.sub("", tag)
-        return tag[:4] + f' alt="{html.escape(alt, quote=True)}"' + tag[4:]
+        attributes = f' alt="{html.escape(alt, quote=True)}"'
+        if raster:
+            before = IMG_CLASS.search(tag)
+            tag = IMG_CLASS.sub("", tag, count=1)
+            kept = before.group("value").split() if before else []
+            attributes += f' class="{" ".join(["raster", *kept])}"'
+        return tag[:4] + attributes + tag[4:]
 
-    return IMG_TAG.sub(replace, html_text) if alts else html_text
+    return IMG_TAG.sub(replace, html_text) if images else html_text
 
 
 class GeneratedOutputsPlugin(BasePlugin):

@@ -200,11 +200,15 @@ LAYOUT_JS = r"""
 }
 """
 
-# Figures (and notebook output images) that the dark palette leaves as drawn: black on white.
-NOT_INVERTED_JS = """
+# Figures (and notebook output images) in the wrong colours for the dark palette: a plot left
+# black on white, or a figure with a raster image (class `raster`, a heatmap) inverted into
+# colours its colour bar does not name.
+WRONG_COLOURS_JS = """
 () => Array.from(document.querySelectorAll(".generated-figure, .jp-OutputArea-output img"))
-  .filter((img) => !getComputedStyle(img).filter.includes("invert"))
-  .map((img) => (img.currentSrc || img.src).slice(-60))
+  .filter((img) => getComputedStyle(img).filter.includes("invert")
+    === img.classList.contains("raster"))
+  .map((img) => (img.classList.contains("raster") ? "inverted raster " : "plain plot ")
+    + (img.currentSrc || img.src).slice(-60))
 """
 
 # The two readers of the browser tests: (width, height, palette chosen with the toggle).
@@ -769,9 +773,9 @@ def check_layout(page, name, scheme):
         f"{name}: the palette is {layout['scheme']!r}, not {scheme!r}"
     )
     if scheme == "slate":
-        plain = page.evaluate(NOT_INVERTED_JS)
-        assert not plain, (
-            f"{name}: figures left black on white in the dark palette: {plain[:5]}"
+        wrong = page.evaluate(WRONG_COLOURS_JS)
+        assert not wrong, (
+            f"{name}: figures in the wrong colours for the dark palette: {wrong[:5]}"
         )
     return formulas["count"]
 

@@ -551,6 +551,46 @@ def test_notebook_pages_get_the_alt_text_the_notebook_records():
     )
 
 
+def test_figures_with_a_raster_image_are_marked_to_keep_their_colours():
+    """A figure holding a raster image (a heatmap) gets the class `raster`,
+    which the dark palette does not invert; a line plot does not. Checked on the
+    site's own figures, in an article and in its notebook."""
+    import base64
+
+    generated = REPOSITORY / "docs/generated"
+    heatmap = generated / "ssd/02_mask/mask.svg"
+    plot = generated / "linear_attention/02_scaling/scaling.svg"
+    assert hook.has_raster(heatmap.read_text())
+    assert not hook.has_raster(plot.read_text())
+    assert (
+        hook._embed(heatmap, "Mask", "g/mask.svg")
+        == "![Mask](g/mask.svg){ .generated-figure .raster }\n"
+    )
+    assert (
+        hook._embed(plot, "Plot", "g/scaling.svg")
+        == "![Plot](g/scaling.svg){ .generated-figure }\n"
+    )
+    outputs = [
+        {
+            "output_type": "display_data",
+            "data": {"image/svg+xml": path.read_text()},
+            "metadata": {"image/svg+xml": {"alt": path.stem}},
+        }
+        for path in (heatmap, plot)
+    ]
+    notebook = {"cells": [{"cell_type": "code", "outputs": outputs}]}
+    uri = [
+        base64.b64encode(path.read_bytes()).decode() for path in (heatmap, plot)
+    ]
+    html = (
+        f'<img class="jp-a" src="data:image/svg+xml;base64,{uri[0]}"/>'
+        f'<img src="data:image/svg+xml;base64,{uri[1]}"/>'
+    )
+    out = hook.with_notebook_alt_text(html, notebook)
+    assert '<img alt="mask" class="raster jp-a" src=' in out
+    assert '<img alt="scaling" src=' in out and out.count("raster") == 1
+
+
 def test_articles_rank_above_notebooks_in_search(repo):
     """Articles (pages named after a snippet folder) get Material's search boost, unless they
     set their own; notebooks and the site's other pages do not."""
