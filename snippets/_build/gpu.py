@@ -989,13 +989,22 @@ def build_mamba(
         python = str(venv / "bin" / "python")
         if not Path(python).exists():
             base = shutil.which(f"python{GPU_PYTHON_VERSION}")
-            if base is None:
+            runs = base is not None and (
+                subprocess.run(
+                    [base, "--version"], capture_output=True, check=False
+                ).returncode
+                == 0
+            )
+            if not runs:  # missing, or a version manager's shim that fails
                 raise SystemExit(
                     f"make gpu-mamba needs python{GPU_PYTHON_VERSION} on PATH "
                     "(or MAMBA_PYTHON=path/to/python with torch "
                     f"{torch_version})"
                 )
             subprocess.run([base, "-m", "venv", str(venv)], check=True)
+        # (again after an install that was cut short)
+        probe = [python, "-c", "import torch"]
+        if subprocess.run(probe, capture_output=True, check=False).returncode:
             subprocess.run(
                 [
                     python,
