@@ -1111,8 +1111,15 @@ def main(argv: list[str] | None = None) -> int:
         description="The GPU run and its archive of outputs.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    # every command takes --root
+    rooted = argparse.ArgumentParser(add_help=False)
+    rooted.add_argument(
+        "--root", type=Path, default=REPOSITORY, help="the repository root"
+    )
     go = commands.add_parser(
-        "run", help="run everything that needs a GPU, within a budget"
+        "run",
+        parents=[rooted],
+        help="run everything that needs a GPU, within a budget",
     )
     go.add_argument(
         "--out", type=Path, required=True, help="the folder for what comes back"
@@ -1137,16 +1144,12 @@ def main(argv: list[str] | None = None) -> int:
         default=SMOKE_TESTS,
         help=f"the smoke tests (default {SMOKE_TESTS})",
     )
-    go.add_argument(
-        "--root", type=Path, default=REPOSITORY, help="the repository root"
-    )
     back = commands.add_parser(
-        "unpack", help="put a GPU run's outputs into docs/generated/"
+        "unpack",
+        parents=[rooted],
+        help="put a GPU run's outputs into docs/generated/",
     )
     back.add_argument("archive", type=Path)
-    back.add_argument(
-        "--root", type=Path, default=REPOSITORY, help="the repository root"
-    )
     back.add_argument(
         "--out",
         type=Path,
@@ -1158,23 +1161,18 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also take CPU outputs of `# requires: cuda` snippets (dry runs)",
     )
-    pack = commands.add_parser(
-        "bundle", help="record the commit for a tree without .git"
+    commands.add_parser(
+        "bundle",
+        parents=[rooted],
+        help="record the commit for a tree without .git",
     )
-    pack.add_argument(
-        "--root", type=Path, default=REPOSITORY, help="the repository root"
-    )
-    fetch = commands.add_parser(
-        "wheels", help="download the optional baseline wheels"
-    )
-    fetch.add_argument(
-        "--root", type=Path, default=REPOSITORY, help="the repository root"
+    commands.add_parser(
+        "wheels", parents=[rooted], help="download the optional baseline wheels"
     )
     mamba = commands.add_parser(
-        "mamba", help="build mamba-ssm's wheel with its CUDA extension"
-    )
-    mamba.add_argument(
-        "--root", type=Path, default=REPOSITORY, help="the repository root"
+        "mamba",
+        parents=[rooted],
+        help="build mamba-ssm's wheel with its CUDA extension",
     )
     mamba.add_argument(
         "--python",

@@ -12,9 +12,8 @@ fenced code blocks or inline code):
 - `[[ output: <article>/<stem>/<file> | alt text ]]` on a line of its own: an image (svg, png,
   with the CSS class `generated-figure`, and `raster` too for an SVG that holds a raster
   image (a heatmap, or many points drawn as pixels), which the dark palette leaves in its own
-  colours;
-  the `glightbox` plugin, listed after this one, wraps
-  it in a link that opens it at full size), the inlined Markdown table (.md), a text block (.txt)
+  colours; the `glightbox` plugin, listed after this one, wraps it in a link that opens it at
+  full size), the inlined Markdown table (.md), a text block (.txt)
   or a JSON block (.json), followed by a provenance paragraph (class `provenance`). A stale output
   gets a "Stale output" warning. The outputs of a `# requires: cuda` snippet that has not run on
   a GPU yet share one "Waiting for a GPU run" note, where the page's first marker of that

@@ -26,14 +26,14 @@ import torch.nn.functional as F
 from kernels import flash_attention, linear_attention
 from kernels.bench import peak_memory_bytes, time_ms
 
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 chunk_simple_gla = None
-if torch.cuda.is_available():  # flash-linear-attention's kernels need CUDA
+if DEVICE == "cuda":  # flash-linear-attention's kernels need CUDA
     try:
         from fla.ops.simple_gla import chunk_simple_gla
     except ImportError:  # flash-linear-attention is not installed
         pass
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 if DEVICE == "cuda":  # 32k tokens per batch, hidden size 2048 (H = 2048 // K)
     LENGTHS, HEAD_DIMS, TOKENS, HIDDEN, DTYPE = (
         [512, 1024, 2048, 4096, 8192, 16384, 32768],

@@ -28,8 +28,9 @@ from kernels import selective_scan, selective_scan_step
 from kernels.bench import time_ms
 from kernels.selective_scan import selective_scan_ref, selective_scan_step_ref
 
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 selective_scan_fn = selective_state_update = None
-if torch.cuda.is_available():  # mamba_ssm's kernels run on CUDA only
+if DEVICE == "cuda":  # mamba_ssm's kernels run on CUDA only
     try:
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
         from mamba_ssm.ops.triton.selective_state_update import (
@@ -38,7 +39,6 @@ if torch.cuda.is_available():  # mamba_ssm's kernels run on CUDA only
     except ImportError:  # not installed, or its CUDA extension does not load
         pass
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 if DEVICE == "cuda":
     b, CHANNELS, n, LENGTHS, DTYPE = (
         8,

@@ -27,14 +27,14 @@ import torch.nn.functional as F
 from kernels import linear_attention, ssd
 from kernels.bench import time_ms
 
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 mamba_chunk_scan_combined = None
-if torch.cuda.is_available():  # mamba_ssm runs on CUDA only
+if DEVICE == "cuda":  # mamba_ssm runs on CUDA only
     try:
         from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
     except ImportError:  # not installed, or its CUDA extension does not load
         pass
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 if DEVICE == "cuda":
     b, h, p, STATES, LENGTHS, DTYPE = (
         8,
